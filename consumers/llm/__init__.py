@@ -1,0 +1,1 @@
+"""LLM client for OpenAI and vLLM OpenAI-compatible servers: limits, retries, error classes."""

@@ -1,0 +1,57 @@
+"""Settings of the LLM client: one frozen model, defaults declared once, the key kept secret."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+def is_openai(base_url: str) -> bool:
+    """OpenAI's own API (rate limited, priced) as opposed to a self-hosted OpenAI-compatible server."""
+    return (urlparse(base_url).hostname or "").endswith("openai.com")
+
+
+class Sampling(BaseModel):
+    """Sampling parameters sent with every call; unset values are left to the server's defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, gt=0)
+
+    @classmethod
+    def reference_defaults(cls, base_url: str) -> Sampling:
+        """The WebR reference: GPT-4o-mini at temperature 1.0 and API defaults; vLLM at 0.6 / 0.9 / 4096."""
+        if is_openai(base_url):
+            return cls(temperature=1.0)
+        return cls(temperature=0.6, top_p=0.9, max_tokens=4096)
+
+
+class LLMSettings(BaseModel):
+    """Where to send calls and how hard to push."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str = OPENAI_BASE_URL
+    api_key: SecretStr = SecretStr("")
+    model: str = "gpt-4o-mini"
+    max_concurrency: int = Field(default=64, gt=0, description="requests in flight at once")
+    max_requests_per_minute: int | None = Field(default=None, gt=0)
+    max_tokens_per_minute: int | None = Field(default=None, gt=0)
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1, description="attempts per call, the first included")
+    retry_deadline_s: float = Field(default=600.0, gt=0, description="give up retrying a call after this")
+    sampling: Sampling = Sampling()
+    price_input_per_mtok: float | None = Field(default=None, ge=0)
+    price_cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    price_output_per_mtok: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _key_needed_for_openai(self) -> LLMSettings:
+        if is_openai(self.base_url) and not self.api_key.get_secret_value():
+            raise ValueError("an API key is required for OpenAI: set OPENAI_API_KEY or pass --api-key")
+        return self

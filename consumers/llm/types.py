@@ -1,0 +1,59 @@
+"""The LLM client's contract: what a call returns, how it fails, and the protocol the engine depends on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from consumers.exceptions import PipelineError
+
+Message = dict[str, str]
+
+
+class ErrorKind(StrEnum):
+    """Error classes decided from status codes and response fields, never from message strings."""
+
+    RATE_LIMITED = "rate_limited"  # 429
+    TRANSIENT = "transient"  # 5xx, timeouts, connection resets
+    PERMANENT = "permanent"  # other 4xx (bad request, auth, context too long)
+    BAD_OUTPUT = "bad_output"  # finish_reason length/content_filter, empty or unparsable body
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    """One successful chat completion."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    finish_reason: str
+    latency_s: float
+    attempts: int
+
+
+class LLMCallError(PipelineError):
+    """A call that failed for good (after retries where the error was retryable)."""
+
+    def __init__(self, kind: ErrorKind, reason: str, *, status: int | None = None, attempts: int = 1) -> None:
+        super().__init__(f"{kind}: {reason}")
+        self.kind = kind
+        self.reason = reason
+        self.status = status
+        self.attempts = attempts
+
+
+class ChatClient(Protocol):
+    """What the WebR engine needs from an LLM backend.
+
+    `priority`: lower runs first when calls queue for capacity; the engine passes the document's sequence
+    number so a started document's next call (same page prefix, warm in the server's cache) overtakes the
+    first call of a newer document.
+    """
+
+    model: str
+
+    async def chat(self, messages: list[Message], *, priority: int = 0) -> ChatResult: ...
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> float | None: ...

@@ -1,0 +1,85 @@
+"""What processing one document ends as: exactly one `PairRow` or one `Rejection` (nothing lost)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where a document came from: a file (partition 0, offset = record index) or a Kafka topic-partition."""
+
+    source: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage and cost summed over a document's successful LLM calls."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float | None = None
+
+    def __add__(self, other: Usage) -> Usage:
+        cost = None if self.cost_usd is None and other.cost_usd is None else (
+            (self.cost_usd or 0.0) + (other.cost_usd or 0.0)
+        )
+        return Usage(
+            self.calls + other.calls,
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+            cost,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PairRow:
+    """One instruction-tuning pair in chat form, with the provenance the reference lacks."""
+
+    doc_id: str
+    prompt_id: str
+    instruction: str
+    response: str
+    branch: str
+    category: str
+    persona: str
+    source_url: str | None
+    model: str
+    prompt_version: str
+    seed: int
+    page_tokens: int
+    page_truncated: bool
+    usage: Usage
+    ref: SourceRef
+    created_at: datetime
+    metadata_json: str = "{}"
+    page_hash: str = ""
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": "user", "content": self.instruction}, {"role": "assistant", "content": self.response}]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A document that yields no row, with the stage where it stopped and why. `payload` allows a replay."""
+
+    doc_id: str
+    stage: str
+    reason: str
+    detail: str
+    ref: SourceRef
+    created_at: datetime
+    source_url: str | None = None
+    payload: bytes | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+Outcome = PairRow | Rejection

@@ -1,0 +1,1 @@
+"""The WebR (Web Reconstruction) method, step by step (see docs/webr.md)."""

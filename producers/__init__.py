@@ -1,0 +1,1 @@
+"""Producers: normalise crawled documents, give them stable ids and push them into Kafka."""

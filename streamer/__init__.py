@@ -1,0 +1,1 @@
+"""The runtime: reads documents (file or Kafka), runs the WebR engine, writes rolled Parquet."""

@@ -1,0 +1,1 @@
+"""Periodic fine-tuning on new snapshots of the generated data (`python -m trainer.run`)."""
