@@ -1,0 +1,233 @@
+"""Rolled Parquet files with deterministic keys: the Kafka Connect S3 sink's delivery design.
+
+Outcomes are `add()`ed per (stream, partition) in offset order. A file covers a contiguous offset range that
+starts where the previous durable file ended, and is named after that start offset, so a replay after a crash
+rewrites the same keys instead of adding new ones. Files roll on input-record count or record time, never on
+wall clock. Every flush writes the rows file and the rejections file of the range, or removes a stale one left
+by an uncommitted earlier attempt, so a replay with different boundaries can never leave a row twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from consumers.outcomes import Outcome, PairRow, Rejection
+from streamer.sinks.schema import pairs_table, rejected_table
+from streamer.storage import Location
+
+log = logging.getLogger(__name__)
+
+REJECTED_DIR = "_rejected"
+
+
+class SinkWriteError(OSError):
+    """The object store refused a write even after retries; nothing in the range may be committed."""
+
+
+@dataclass(frozen=True, slots=True)
+class RollPolicy:
+    """When a partition's open file is closed: after `max_records` input offsets, or once records span
+    `max_record_time_ms` of record time (Kafka timestamps), whichever comes first."""
+
+    max_records: int = 10_000
+    max_record_time_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenFile:
+    """A durable offset range: the caller may commit up to `end_offset` (exclusive) once this exists."""
+
+    stream: str
+    partition: int
+    start_offset: int
+    end_offset: int
+    rows: int
+    rejections: int
+    keys: tuple[str, ...]
+    bytes_written: int
+
+
+@dataclass(slots=True)
+class _OpenFile:
+    start_offset: int
+    next_offset: int
+    first_ts_ms: int | None
+    rows: list[PairRow] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+    @property
+    def records(self) -> int:
+        return self.next_offset - self.start_offset
+
+
+def file_name(stream: str, partition: int, start_offset: int) -> str:
+    """`<stream>+<partition>+<start offset, zero padded>.parquet`, as Kafka Connect names its objects."""
+    return f"{stream}+{partition}+{start_offset:020d}.parquet"
+
+
+def _date_dir(ts_ms: int | None) -> list[str]:
+    """Record-time date partition (`dt=YYYY-MM-DD`); absent for sources without record time (files)."""
+    if ts_ms is None:
+        return []
+    return [f"dt={datetime.fromtimestamp(ts_ms / 1000, tz=UTC):%Y-%m-%d}"]
+
+
+class ParquetSink:
+    """Buffers outcomes per partition and writes each closed range as one rows file and one rejections file."""
+
+    def __init__(
+        self,
+        location: Location,
+        policy: RollPolicy = RollPolicy(),
+        *,
+        compression: str = "zstd",
+        retry_deadline_s: float = 300.0,
+        on_written: Callable[[WrittenFile], None] | None = None,
+    ) -> None:
+        self.location = location
+        self.policy = policy
+        self.compression = compression
+        self.retry_deadline_s = retry_deadline_s
+        self.on_written = on_written
+        self._open: dict[tuple[str, int], _OpenFile] = {}
+
+    def setup(self) -> None:
+        """Check the output is reachable before any work is done (fail fast on a wrong bucket or path)."""
+        if self.location.is_local:
+            self.location.fs.create_dir(self.location.root, recursive=True)
+        else:
+            info = self.location.fs.get_file_info(self.location.root.split("/", 1)[0])
+            if info.type == pafs.FileType.NotFound:
+                raise SinkWriteError(f"bucket of {self.location.uri!r} does not exist")
+
+    def add(self, stream: str, partition: int, offset: int, outcome: Outcome) -> list[WrittenFile]:
+        """Add the outcome of input record `offset`; returns the files this closed (possibly none)."""
+        key = (stream, partition)
+        ts = outcome.ref.timestamp_ms
+        written: list[WrittenFile] = []
+        current = self._open.get(key)
+        if current is not None and self._time_to_roll(current, ts):
+            written.append(self._write(stream, partition, current))
+            current = None
+        if current is None:
+            current = self._open[key] = _OpenFile(start_offset=offset, next_offset=offset, first_ts_ms=ts)
+        if offset != current.next_offset:
+            raise ValueError(f"{stream}[{partition}]: offset {offset} added after {current.next_offset - 1}")
+        current.next_offset = offset + 1
+        (current.rows if isinstance(outcome, PairRow) else current.rejections).append(outcome)  # type: ignore[arg-type]
+        if current.records >= self.policy.max_records:
+            written.append(self._write(stream, partition, current))
+        return written
+
+    def skip(self, stream: str, partition: int, offset: int) -> None:
+        """Account for an offset that carries no document (a Kafka transaction marker, a compacted gap)."""
+        current = self._open.get((stream, partition))
+        if current is not None and offset >= current.next_offset:
+            current.next_offset = offset + 1
+
+    def _time_to_roll(self, current: _OpenFile, ts_ms: int | None) -> bool:
+        limit = self.policy.max_record_time_ms
+        if limit is None or ts_ms is None or current.first_ts_ms is None:
+            return False
+        return ts_ms - current.first_ts_ms >= limit
+
+    def flush(self, partitions: Sequence[tuple[str, int]] | None = None) -> list[WrittenFile]:
+        """Write the open files of `partitions` (all when None), making everything added so far durable."""
+        keys = list(self._open) if partitions is None else [k for k in partitions if k in self._open]
+        return [self._write(stream, partition, self._open[(stream, partition)]) for stream, partition in keys]
+
+    def discard(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Forget buffered outcomes (a revoked partition whose records the next owner will reprocess)."""
+        for key in partitions:
+            self._open.pop(key, None)
+
+    def buffered_records(self) -> int:
+        return sum(f.records for f in self._open.values())
+
+    def _write(self, stream: str, partition: int, current: _OpenFile) -> WrittenFile:
+        name = file_name(stream, partition, current.start_offset)
+        date = _date_dir(current.first_ts_ms)
+        rows_key = self.location.path(stream, *date, name)
+        rejected_key = self.location.path(REJECTED_DIR, stream, *date, name)
+        meta = {
+            "webr.stream": stream,
+            "webr.partition": str(partition),
+            "webr.start_offset": str(current.start_offset),
+            "webr.end_offset": str(current.next_offset),
+        }
+        keys: list[str] = []
+        size = 0
+        for key, table in (
+            (rows_key, pairs_table(current.rows) if current.rows else None),
+            (rejected_key, rejected_table(current.rejections) if current.rejections else None),
+        ):
+            if table is None:
+                self._delete_if_present(key)
+            else:
+                size += self._put(key, table.replace_schema_metadata({**(table.schema.metadata or {}), **meta}))
+                keys.append(key)
+        self._open.pop((stream, partition), None)
+        written = WrittenFile(
+            stream, partition, current.start_offset, current.next_offset,
+            len(current.rows), len(current.rejections), tuple(keys), size,
+        )
+        log.info(
+            "wrote offsets %d..%d of %s[%d]: %d rows, %d rejected",
+            current.start_offset, current.next_offset - 1, stream, partition, written.rows, written.rejections,
+        )
+        if self.on_written is not None:
+            self.on_written(written)
+        return written
+
+    def _put(self, key: str, table: pa.Table) -> int:
+        """Serialise in memory, then publish atomically: rename on a local disk, one object PUT on S3."""
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf, compression=self.compression)
+        data = buf.getvalue()
+        self._with_retry(self._publish, key, data)
+        return data.size
+
+    def _publish(self, key: str, data: pa.Buffer) -> None:
+        fs = self.location.fs
+        parent = key.rsplit("/", 1)[0]
+        if self.location.is_local:
+            fs.create_dir(parent, recursive=True)
+            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{key.rsplit('/', 1)[1]}"
+            with fs.open_output_stream(tmp) as out:
+                out.write(data)
+            fs.move(tmp, key)
+        else:
+            out = fs.open_output_stream(key)
+            out.write(data)
+            out.close()
+
+    def _delete_if_present(self, key: str) -> None:
+        def delete() -> None:
+            if self.location.fs.get_file_info(key).type != pafs.FileType.NotFound:
+                self.location.fs.delete_file(key)
+
+        self._with_retry(delete)
+
+    def _with_retry(self, fn: Callable[..., None], *args: object) -> None:
+        retrying = retry(
+            retry=retry_if_exception_type(OSError),
+            wait=wait_exponential_jitter(initial=0.5, max=30),
+            stop=stop_after_delay(self.retry_deadline_s),
+            before_sleep=lambda rs: log.warning(
+                "object store write failed (attempt %d), retrying: %s", rs.attempt_number, rs.outcome.exception()
+            ),
+            reraise=True,
+        )
+        try:
+            retrying(fn)(*args)
+        except OSError as exc:
+            raise SinkWriteError(f"could not write to {self.location.uri}: {exc}") from exc
