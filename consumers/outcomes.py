@@ -47,6 +47,7 @@ class PairRow:
     prompt_id: str
     instruction: str
     response: str
+    request: str
     branch: str
     category: str
     persona: str
@@ -69,9 +70,12 @@ class PairRow:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """A document that yields no row, with the stage where it stopped and why. `payload` allows a replay."""
+    """A document that yields no row, with the stage where it stopped and why. `payload` allows a replay.
 
-    doc_id: str
+    `doc_id` is None only for an input record too broken to carry one; `ref` still says where it was.
+    """
+
+    doc_id: str | None
     stage: str
     reason: str
     detail: str

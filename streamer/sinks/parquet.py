@@ -220,7 +220,7 @@ class ParquetSink:
     def _with_retry(self, fn: Callable[..., None], *args: object) -> None:
         retrying = retry(
             retry=retry_if_exception_type(OSError),
-            wait=wait_exponential_jitter(initial=0.5, max=30),
+            wait=wait_exponential_jitter(multiplier=0.5, max=30),
             stop=stop_after_delay(self.retry_deadline_s),
             before_sleep=lambda rs: log.warning(
                 "object store write failed (attempt %d), retrying: %s", rs.attempt_number, rs.outcome.exception()

@@ -1,0 +1,208 @@
+"""WebR for one document at a time: a chain of LLM calls driven by the state machine, ending as one outcome.
+
+`process()` may run for many documents concurrently; a document's own calls run back to back (each waits for
+the previous one) with the document's sequence number as priority, so its page stays warm in the server's
+prefix cache. `admit()` applies the order-dependent dedup and must be called in source order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from consumers.exceptions import InvalidRecord
+from consumers.llm.tokens import truncate_to_tokens
+from consumers.llm.types import ChatClient, LLMCallError, Message
+from consumers.outcomes import Outcome, PairRow, Rejection, SourceRef, Usage
+from consumers.webr import prompts
+from consumers.webr.dedup import DedupIndex, DedupSettings
+from consumers.webr.plan import Plan, document_rng, draw_plan
+from consumers.webr.state import DocState, DocumentStateMachine
+from consumers.webr.text import clean, is_refusal, section
+from producers.records import Document
+
+log = logging.getLogger(__name__)
+
+
+class WebRSettings(BaseModel):
+    """Knobs of the method itself."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seed: int = 0
+    max_page_tokens: int = Field(default=4096, gt=0, description="pages are cut to this many tokens")
+    keep_whole_probability: float = Field(default=0.5, ge=0.0, le=1.0)
+    dedup_threshold: float = Field(default=0.7, gt=0.0, le=1.0)
+    dedup_num_perm: int = Field(default=128, ge=16)
+
+    def dedup(self) -> DedupSettings:
+        return DedupSettings(threshold=self.dedup_threshold, num_perm=self.dedup_num_perm)
+
+
+class _Rejected(Exception):
+    """Internal control flow: a filter said no. Never escapes `process()`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class _Run:
+    """Mutable scratchpad of one document's chain."""
+
+    doc: Document
+    ref: SourceRef
+    seq: int
+    machine: DocumentStateMachine
+    usage: Usage = field(default_factory=Usage)
+
+
+def page_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class DocumentProcessor:
+    """Turns documents into outcomes with one LLM client; holds the dedup index of its stream."""
+
+    def __init__(self, llm: ChatClient, settings: WebRSettings, dedup: DedupIndex | None = None) -> None:
+        self.llm = llm
+        self.settings = settings
+        self.dedup = dedup if dedup is not None else DedupIndex(settings.dedup())
+
+    async def process(self, doc: Document, ref: SourceRef, *, seq: int) -> Outcome:
+        """Run the chain; every per-document failure becomes a `Rejection` (cancellation propagates)."""
+        run = _Run(doc, ref, seq, DocumentStateMachine(doc.doc_id))
+        try:
+            return await self._chain(run)
+        except _Rejected as rej:
+            return self._reject(run, rej.reason, rej.detail)
+        except LLMCallError as exc:
+            return self._reject(run, f"llm_{exc.kind}", f"{exc.reason} (status {exc.status}, {exc.attempts} attempts)")
+        except Exception as exc:  # a bug must not take the other documents down; it is logged and recorded
+            log.exception("internal error on document %s in state %s", doc.doc_id, run.machine.state)
+            return self._reject(run, "internal_error", f"{type(exc).__name__}: {exc}")
+
+    async def _call(self, run: _Run, messages: list[Message]) -> str:
+        result = await self.llm.chat(messages, priority=run.seq)
+        cost = self.llm.cost_usd(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
+        run.usage = run.usage + Usage(1, result.prompt_tokens, result.completion_tokens, result.cached_tokens, cost)
+        return result.text
+
+    async def _chain(self, run: _Run) -> PairRow:
+        m = run.machine
+        page, page_tokens, truncated = truncate_to_tokens(run.doc.text, self.settings.max_page_tokens)
+        rng = document_rng(self.settings.seed, run.doc.doc_id)
+
+        m.advance(DocState.PERSONA)
+        persona = clean(await self._call(run, prompts.persona_messages(page)))
+        if not persona:
+            raise _Rejected("empty_persona", "the model returned no author profile")
+
+        m.advance(DocState.SECTIONED)
+        part = section(page, rng, self.settings.keep_whole_probability)
+        plan = draw_plan(rng)
+
+        m.advance(DocState.REQUEST)
+        request = clean(
+            await self._call(
+                run,
+                prompts.request_messages(
+                    part.text, persona, wi=plan.category.is_wi, part=plan.category.is_part,
+                    noun=plan.noun, words=plan.words,
+                ),
+            )
+        )
+        self._require(request, "request")
+
+        if plan.category.is_wi:
+            m.advance(DocState.RESPONSE)
+            response = clean(await self._call(run, prompts.wi_response_messages(part.text, request)))
+            instruction = prompts.training_prompt(part.text, request, plan.page_first)
+        else:
+            m.advance(DocState.ROLLOUT)
+            rollout = clean(await self._call(run, prompts.rollout_messages(request)))
+            self._require(rollout, "rollout")
+            m.advance(DocState.REFINE)
+            response = clean(await self._call(run, prompts.refine_messages(part.text, request, rollout)), refined=True)
+            instruction = request
+
+        m.advance(DocState.FILTER)
+        self._require(response, "response")
+        return self._row(run, plan, persona, request, instruction, response, page, page_tokens, truncated)
+
+    @staticmethod
+    def _require(text: str, what: str) -> None:
+        if not text.strip():
+            raise _Rejected(f"empty_{what}", f"the model returned an empty {what}")
+        if is_refusal(text):
+            raise _Rejected(f"refused_{what}", text[:200])
+
+    def _row(
+        self, run: _Run, plan: Plan, persona: str, request: str, instruction: str, response: str,
+        page: str, page_tokens: int, truncated: bool,
+    ) -> PairRow:
+        return PairRow(
+            doc_id=run.doc.doc_id,
+            prompt_id=hashlib.sha256(instruction.encode("utf-8")).hexdigest(),
+            instruction=instruction,
+            response=response,
+            request=request,
+            branch=plan.category.branch,
+            category=plan.category.value,
+            persona=persona,
+            source_url=run.doc.url,
+            model=self.llm.model,
+            prompt_version=prompts.PROMPT_VERSION,
+            seed=self.settings.seed,
+            page_tokens=page_tokens,
+            page_truncated=truncated,
+            usage=run.usage,
+            ref=run.ref,
+            created_at=datetime.now(UTC),
+            metadata_json=orjson.dumps(run.doc.metadata, default=str).decode(),
+            page_hash=page_hash(page),
+        )
+
+    def _reject(self, run: _Run, reason: str, detail: str) -> Rejection:
+        stage = run.machine.state
+        run.machine.advance(DocState.REJECTED)
+        return Rejection(
+            doc_id=run.doc.doc_id, stage=str(stage), reason=reason, detail=detail, ref=run.ref,
+            created_at=datetime.now(UTC), source_url=run.doc.url, payload=run.doc.to_json(), usage=run.usage,
+        )
+
+    def admit(self, outcome: Outcome) -> Outcome:
+        """Dedup in source order: the first of a near-duplicate group is kept, the others rejected."""
+        if not isinstance(outcome, PairRow):
+            return outcome
+        why = self.dedup.check_and_add(outcome.branch, outcome.request, outcome.page_hash)
+        if why is None:
+            return outcome
+        return Rejection(
+            doc_id=outcome.doc_id, stage=str(DocState.DEDUP), reason=why, detail=outcome.request[:200], ref=outcome.ref,
+            created_at=datetime.now(UTC), source_url=outcome.source_url, usage=outcome.usage,
+        )
+
+    @staticmethod
+    def reject_invalid(error: InvalidRecord, ref: SourceRef, raw: bytes | None) -> Rejection:
+        """An input record that never became a document; its `id` is kept when it can still be read."""
+        return Rejection(
+            doc_id=_salvage_id(raw), stage="input", reason=error.reason, detail=error.detail, ref=ref,
+            created_at=datetime.now(UTC), payload=raw,
+        )
+
+
+def _salvage_id(raw: bytes | None) -> str | None:
+    try:
+        obj = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return None
+    value = obj.get("id") if isinstance(obj, dict) else None
+    return str(value) if isinstance(value, str | int) and not isinstance(value, bool) else None

@@ -1,0 +1,83 @@
+"""`python -m streamer.consume`: turn crawled documents into WebR instruction pairs.
+
+    python -m streamer.consume --source pages.jsonl --output out/ --model gpt-4o-mini --seed 1
+
+Exit codes: 0 every record has an outcome on disk; 1 the run failed (output unreachable, unreadable input);
+2 invalid settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from consumers.exceptions import PipelineError
+from streamer.batch import count_records, run_file
+from streamer.cli import add_model_flags
+from streamer.progress import Progress
+from streamer.settings import ConsumeSettings
+
+log = logging.getLogger("streamer.consume")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m streamer.consume",
+        description="Generate instruction-tuning pairs from web documents with the WebR method. "
+        "Flags override WEBR_* environment variables (OPENAI_API_KEY and OPENAI_BASE_URL are read too), "
+        "which override the TOML file given with --config.",
+    )
+    parser.add_argument("--config", type=Path, default=None, help="TOML file with any of the settings below")
+    add_model_flags(parser, ConsumeSettings)
+    return parser
+
+
+def _configure_logging(settings: ConsumeSettings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def _run_file(settings: ConsumeSettings) -> int:
+    assert settings.source is not None
+    show = settings.progress and sys.stderr.isatty()
+    progress = Progress(count_records(settings.source) if show else None, enabled=show)
+    from consumers.llm.client import OpenAIChatClient  # the HTTP stack is not needed for --help
+
+    try:
+        async with OpenAIChatClient(settings.llm()) as llm:
+            summary = await run_file(settings, llm, on_outcome=progress.update)
+    finally:
+        progress.close()
+    print(summary.render(), file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(make_parser().parse_args(argv))
+    config = args.pop("config")
+    try:
+        settings = ConsumeSettings.load(args, config)
+    except (ValidationError, FileNotFoundError) as exc:
+        print(f"invalid settings: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings)
+    try:
+        return asyncio.run(_run_file(settings))
+    except KeyboardInterrupt:
+        log.warning("interrupted: files written so far are complete; run again to finish the input")
+        return 130
+    except (PipelineError, OSError) as exc:
+        log.error("run failed: %s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

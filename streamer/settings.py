@@ -1,0 +1,125 @@
+"""Settings of `python -m streamer.consume`: flags over environment (`WEBR_*`, `OPENAI_*`) over a TOML file.
+
+This is the only place that reads the environment. It produces the frozen settings of each component
+(`llm()`, `webr()`, `roll_policy()`), so components never see flags or variables.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from consumers.llm.settings import OPENAI_BASE_URL, LLMSettings, Sampling
+from consumers.webr.processor import WebRSettings
+from streamer.sinks.parquet import RollPolicy
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("webr_config_file", default=None)
+
+
+class ConsumeSettings(BaseSettings):
+    """Every option of a consume run. Field descriptions are the `--help` text."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WEBR_", extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True
+    )
+
+    # input and output
+    source: str | None = Field(default=None, description="input file: a JSON array or JSONL of documents")
+    output: str = Field(description="output root: a local directory or s3://bucket/prefix")
+    s3_endpoint_url: str | None = Field(default=None, description="endpoint of an S3-compatible store (MinIO...)")
+    roll_records: int = Field(default=10_000, gt=0, description="input records per output file")
+    # LLM backend
+    base_url: str = Field(
+        default=OPENAI_BASE_URL,
+        validation_alias=AliasChoices("base_url", "WEBR_BASE_URL", "OPENAI_BASE_URL"),
+        description="OpenAI-compatible API root, e.g. http://vllm-host:8000/v1",
+    )
+    api_key: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("api_key", "WEBR_API_KEY", "OPENAI_API_KEY"),
+        description="API key (default: $OPENAI_API_KEY); never logged",
+    )
+    model: str = Field(default="gpt-4o-mini", description="model name as the server knows it")
+    max_concurrency: int = Field(default=64, gt=0, description="LLM requests in flight at once")
+    max_requests_per_minute: int | None = Field(default=None, gt=0, description="request budget per minute")
+    max_tokens_per_minute: int | None = Field(default=None, gt=0, description="token budget per minute")
+    request_timeout_s: float = Field(default=120.0, gt=0, description="timeout of one LLM request")
+    max_attempts: int = Field(default=6, ge=1, description="attempts per LLM call before the document is rejected")
+    temperature: float | None = Field(default=None, ge=0, le=2, description="default: 1.0 OpenAI, 0.6 vLLM")
+    top_p: float | None = Field(default=None, gt=0, le=1, description="default: API default OpenAI, 0.9 vLLM")
+    max_tokens: int | None = Field(default=None, gt=0, description="completion cap; default: none OpenAI, 4096 vLLM")
+    # the method
+    seed: int = Field(default=0, description="seed of every per-document random choice")
+    max_page_tokens: int = Field(default=4096, gt=0, description="pages are cut to this many tokens (recorded)")
+    max_in_flight_docs: int | None = Field(
+        default=None, gt=0, description="documents being processed at once (default: 2 x max-concurrency)"
+    )
+    # operation
+    progress: bool = Field(default=True, description="progress bar on file runs (off when stderr is not a TTY)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="log level")
+    log_format: Literal["text", "json"] = Field(default="text", description="log format")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ConsumeSettings:
+        if not self.source:
+            raise ValueError("give --source FILE (Kafka input arrives with the streaming runtime)")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = _CONFIG_FILE.get()
+        if config is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, flags: dict[str, object], config_file: Path | None = None) -> ConsumeSettings:
+        """Build from typed flags, the environment and an optional TOML file, in that order of precedence."""
+        if config_file is not None and not config_file.is_file():
+            raise FileNotFoundError(f"config file {config_file} does not exist")
+        token = _CONFIG_FILE.set(config_file)
+        try:
+            return cls(**flags)  # type: ignore[arg-type]
+        finally:
+            _CONFIG_FILE.reset(token)
+
+    def sampling(self) -> Sampling:
+        defaults = Sampling.reference_defaults(self.base_url)
+        given = {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p),
+                                   ("max_tokens", self.max_tokens)) if v is not None}
+        return defaults.model_copy(update=given)
+
+    def llm(self) -> LLMSettings:
+        return LLMSettings(
+            base_url=self.base_url,
+            api_key=self.api_key,
+            model=self.model,
+            max_concurrency=self.max_concurrency,
+            max_requests_per_minute=self.max_requests_per_minute,
+            max_tokens_per_minute=self.max_tokens_per_minute,
+            request_timeout_s=self.request_timeout_s,
+            max_attempts=self.max_attempts,
+            sampling=self.sampling(),
+        )
+
+    def webr(self) -> WebRSettings:
+        return WebRSettings(seed=self.seed, max_page_tokens=self.max_page_tokens)
+
+    def roll_policy(self) -> RollPolicy:
+        return RollPolicy(max_records=self.roll_records)
+
+    @property
+    def in_flight_docs(self) -> int:
+        return self.max_in_flight_docs or 2 * self.max_concurrency

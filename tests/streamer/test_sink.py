@@ -1,0 +1,90 @@
+"""The Parquet sink on a local disk: keys, roll, read-back, replay without doubles."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from consumers.outcomes import PairRow, Rejection, SourceRef, Usage
+from streamer.sinks.parquet import ParquetSink, RollPolicy, file_name
+from streamer.sinks.schema import PAIRS_SCHEMA, REJECTED_SCHEMA
+from streamer.storage import resolve
+
+NOW = datetime(2026, 11, 24, tzinfo=UTC)
+
+
+def row(offset: int, ts: int | None = None) -> PairRow:
+    ref = SourceRef("t", 0, offset, ts)
+    return PairRow(
+        f"d{offset}", "pid", "question?", "answer.", "question?", "WR", "WR_all", "persona", None, "m", "v1", 0,
+        10, False, Usage(4, 100, 50, 0, 0.01), ref, NOW,
+    )
+
+
+def rejection(offset: int, ts: int | None = None) -> Rejection:
+    return Rejection(f"d{offset}", "request", "refused_request", "I'm sorry", SourceRef("t", 0, offset, ts), NOW)
+
+
+def read_ids(root: Path, sub: str = "t") -> list[str]:
+    return sorted(
+        doc for f in sorted((root / sub).rglob("*.parquet")) for doc in pq.read_table(f).column("doc_id").to_pylist()
+    )
+
+
+def test_roll_on_record_count_and_read_back(tmp_path: Path) -> None:
+    sink = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=3))
+    sink.setup()
+    written = []
+    for i in range(7):
+        written += sink.add("t", 0, i, rejection(i) if i % 3 == 1 else row(i))
+    assert [(w.start_offset, w.end_offset) for w in written] == [(0, 3), (3, 6)]
+    written += sink.flush()
+    assert [(w.start_offset, w.end_offset) for w in written][-1] == (6, 7)
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [file_name("t", 0, o) for o in (0, 3, 6)]
+    assert read_ids(tmp_path) == ["d0", "d2", "d3", "d5", "d6"]
+    assert read_ids(tmp_path, "_rejected/t") == ["d1", "d4"]
+    table = pq.read_table(tmp_path / "t" / file_name("t", 0, 0))
+    assert table.schema.remove_metadata() == PAIRS_SCHEMA
+    assert table.schema.metadata[b"webr.end_offset"] == b"3"
+    assert table.column("messages").to_pylist()[0] == [
+        {"role": "user", "content": "question?"}, {"role": "assistant", "content": "answer."},
+    ]
+    rej = pq.read_table(tmp_path / "_rejected" / "t" / file_name("t", 0, 0))
+    assert rej.schema.remove_metadata() == REJECTED_SCHEMA
+    assert not list(tmp_path.rglob(".tmp-*")), "temporary files must not stay visible"
+
+
+def test_replay_with_other_boundaries_never_doubles(tmp_path: Path) -> None:
+    """An uncommitted range rewritten from the same start: stale files at that key go, nothing twice."""
+    first = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=10))
+    for i in range(4):
+        first.add("t", 0, i, rejection(i) if i == 3 else row(i))
+    first.flush()  # wrote [0, 4) but, say, crashed before committing
+    replay = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=2))
+    for i in range(4):
+        replay.add("t", 0, i, row(i))  # this time offset 3 succeeds
+    replay.flush()
+    assert read_ids(tmp_path) == ["d0", "d1", "d2", "d3"]
+    assert not (tmp_path / "_rejected" / "t" / file_name("t", 0, 0)).exists()
+
+
+def test_record_time_roll_and_date_partition(tmp_path: Path) -> None:
+    sink = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=100, max_record_time_ms=60_000))
+    day = 1_764_000_000_000  # 2025-11-24
+    out = []
+    for i, ts in enumerate([day, day + 30_000, day + 61_000, day + 62_000]):
+        out += sink.add("t", 0, i, row(i, ts))
+    assert [(w.start_offset, w.end_offset) for w in out] == [(0, 2)]
+    out += sink.flush()
+    assert all("/dt=2025-11-24/" in k for w in out for k in w.keys)
+
+
+def test_offsets_must_be_contiguous(tmp_path: Path) -> None:
+    sink = ParquetSink(resolve(str(tmp_path)))
+    sink.add("t", 0, 5, row(5))
+    with pytest.raises(ValueError, match="offset 7"):
+        sink.add("t", 0, 7, row(7))
+    sink.skip("t", 0, 6)
+    sink.add("t", 0, 7, row(7))
+    assert sink.buffered_records() == 3
