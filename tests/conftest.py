@@ -1,3 +1,3 @@
 """Shared fixtures live in tests/fixtures/ as plugins, one module per real service."""
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.fixtures.vllm_server"]

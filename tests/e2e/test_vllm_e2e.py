@@ -1,0 +1,210 @@
+"""End to end against a real vLLM OpenAI-compatible server on CPU (tests/fixtures/vllm_server.py).
+
+The fake OpenAI server proves the engine's logic; this proves the engine speaks to the server users run in
+production: vLLM's chat endpoint, its usage reporting, and its automatic prefix caching, which the prompt
+layout (page first, a document's calls back to back) exists to exploit. Runs in CI; never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from openai import AsyncOpenAI
+
+from tests.fixtures.vllm_server import REPO_ROOT, VLLMServer
+
+pytestmark = pytest.mark.vllm
+
+SUCCESS = "vllm:request_success_total"
+PREFIX_HITS = "vllm:prefix_cache_hits_total"
+PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
+CONSUME_TIMEOUT_S = 240
+
+_TOPICS = {
+    "garden": "tomatoes beans compost soil watering mulch seedlings frost harvest",
+    "battery": "lithium cells charge cycles voltage capacity thermal runaway recycling",
+    "river": "floods sediment delta fish bridges barges dams wetlands drought",
+    "bread": "flour yeast dough proofing oven crust starter hydration kneading",
+    "network": "routers packets latency bandwidth firewall switches cables outages",
+    "museum": "paintings curators exhibits sculpture archives visitors restoration lighting",
+}
+
+
+def _page(topic: str, words: str, rng: random.Random) -> str:
+    """A few paragraphs of plain English about one topic: distinct pages, long enough to cross cache blocks."""
+    vocab = words.split()
+    paragraphs = [f"# A short guide to the {topic}"]
+    for _ in range(3):
+        sentences = []
+        for _ in range(4):
+            picked = rng.sample(vocab, 3)
+            sentences.append(
+                f"The {topic} depends on {picked[0]} and {picked[1]}, and people who study {picked[2]} "
+                f"say it matters more than most readers expect."
+            )
+        paragraphs.append(" ".join(sentences))
+    return "\n\n".join(paragraphs)
+
+
+def _write_documents(path: Path) -> list[str]:
+    rng = random.Random(7)
+    ids = []
+    with path.open("w", encoding="utf-8") as handle:
+        for i, (topic, words) in enumerate(_TOPICS.items()):
+            doc_id = f"e2e-{i:02d}-{topic}"
+            ids.append(doc_id)
+            record = {"id": doc_id, "url": f"https://example.org/{topic}", "webpage": _page(topic, words, rng)}
+            handle.write(json.dumps(record) + "\n")
+    return ids
+
+
+def _read_parquet_tree(directory: Path, *, skip: str | None = None) -> list[dict]:
+    """Every row of every Parquet file under `directory` (files are nested per stream), minus `skip`."""
+    rows: list[dict] = []
+    for file in sorted(directory.rglob("*.parquet")):
+        parts = file.relative_to(directory).parts
+        if skip is not None and skip in parts:
+            continue
+        rows.extend(pq.read_table(file).to_pylist())
+    return rows
+
+
+async def test_chat_completion_with_openai_sdk(vllm_server: VLLMServer) -> None:
+    """The OpenAI SDK talks to vLLM as it would to OpenAI, and usage comes back for token accounting."""
+    before = vllm_server.metrics()
+    async with AsyncOpenAI(base_url=vllm_server.base_url, api_key="unused", max_retries=0) as client:
+        models = await client.models.list()
+        assert [m.id for m in models.data] == [vllm_server.model]
+        started = time.monotonic()
+        response = await client.chat.completions.create(
+            model=vllm_server.model,
+            messages=[
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "Tell me about the garden and the river."},
+            ],
+            max_tokens=8,
+            temperature=0.6,
+            top_p=0.9,
+            seed=1,
+        )
+        elapsed = time.monotonic() - started
+    assert response.model == vllm_server.model
+    assert response.choices[0].finish_reason in {"length", "stop"}
+    assert response.choices[0].message.role == "assistant"
+    assert isinstance(response.choices[0].message.content, str)
+    assert response.usage is not None
+    assert response.usage.prompt_tokens > 10
+    assert 1 <= response.usage.completion_tokens <= 8
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+    after = vllm_server.metrics()
+    assert after[SUCCESS] - before[SUCCESS] == 1
+    assert elapsed < 30, f"a short completion took {elapsed:.1f} s"
+
+
+async def test_prefix_cache_reuses_a_shared_leading_page(vllm_server: VLLMServer) -> None:
+    """Checks the premise of the prompt layout: the same page first, then the task, hits vLLM's prefix cache."""
+    page = _page("garden", _TOPICS["garden"], random.Random(1))
+    before = vllm_server.metrics()
+    async with AsyncOpenAI(base_url=vllm_server.base_url, api_key="unused", max_retries=0) as client:
+        cached = []
+        for task in ("Who wrote this?", "Write a request about it.", "Answer the request."):
+            response = await client.chat.completions.create(
+                model=vllm_server.model,
+                messages=[{"role": "user", "content": f"<document>\n{page}\n</document>\n\n{task}"}],
+                max_tokens=4,
+            )
+            assert response.usage is not None
+            details = response.usage.prompt_tokens_details
+            cached.append(details.cached_tokens if details else 0)
+    after = vllm_server.metrics()
+    assert after[PREFIX_HITS] - before[PREFIX_HITS] > 0
+    assert cached[1] > 0
+    assert cached[2] > 0
+
+
+def test_consume_file_end_to_end(vllm_server: VLLMServer, tmp_path: Path) -> None:
+    """`python -m streamer.consume` on a small file: one outcome per document, chat rows, 3-4 calls per pair.
+
+    Short generations (--max-tokens) and a capped page (--max-page-tokens) keep the random model fast; the
+    page stays long enough (> one 32-token KV block) for the prefix cache to show the shared layout.
+    """
+    source = tmp_path / "docs.jsonl"
+    output = tmp_path / "out"
+    ids = _write_documents(source)
+    before = vllm_server.metrics()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEBR_") and k != "OPENAI_API_KEY"}
+    command = [
+        sys.executable,
+        "-m",
+        "streamer.consume",
+        "--source",
+        str(source),
+        "--output",
+        str(output),
+        "--base-url",
+        vllm_server.base_url,
+        "--api-key",
+        "test-key-not-secret",
+        "--model",
+        vllm_server.model,
+        "--seed",
+        "3",
+        "--max-concurrency",
+        "4",
+        "--max-tokens",
+        "24",
+        "--max-page-tokens",
+        "200",
+    ]
+    started = time.monotonic()
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=CONSUME_TIMEOUT_S, check=False
+    )
+    elapsed = time.monotonic() - started
+    report = (
+        f"exit {result.returncode} after {elapsed:.1f} s\n--- stderr ---\n{result.stderr[-4000:]}\n"
+        f"--- stdout ---\n{result.stdout[-2000:]}\n--- vLLM log ---\n{vllm_server.log_tail(30)}"
+    )
+    assert result.returncode == 0, report
+    assert "test-key-not-secret" not in result.stderr + result.stdout, "the API key leaked into the output"
+
+    rows = _read_parquet_tree(output, skip="_rejected")
+    rejected = _read_parquet_tree(output / "_rejected") if (output / "_rejected").exists() else []
+    outcome_ids = [row["doc_id"] for row in rows] + [rec["doc_id"] for rec in rejected]
+    assert sorted(outcome_ids) == sorted(ids), report  # each document exactly once: nothing lost, nothing doubled
+    for record in rejected:
+        assert record["stage"], record
+        assert record["reason"], record
+    # A random model writes nonsense, but nonsense that is neither empty nor a refusal: most pairs survive.
+    assert len(rows) >= len(ids) - 1, f"rows {len(rows)}, rejected {rejected}\n{report}"
+
+    for row in rows:
+        messages = row["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant"], row
+        assert all(isinstance(m["content"], str) and m["content"].strip() for m in messages), row
+        assert row["branch"] in {"WI", "WR"}, row
+        assert row["category"] in {"WI_all", "WI_part", "WR_all", "WR_part"}, row
+        assert row["category"].startswith(row["branch"]), row
+        assert row["model"] == vllm_server.model, row
+
+    after = vllm_server.metrics()
+    calls = after[SUCCESS] - before[SUCCESS]
+    expected_for_rows = sum(3 if row["branch"] == "WI" else 4 for row in rows)
+    # WI pairs take 3 calls (persona, request, response), WR pairs 4 (rollout and refine): 3.33 on average.
+    assert 3 * len(rows) <= expected_for_rows <= 4 * len(rows)
+    assert expected_for_rows <= calls <= expected_for_rows + 4 * len(rejected), (
+        f"vLLM served {calls:.0f} requests for {len(rows)} rows and {len(rejected)} rejections"
+    )
+    # The page leads every call that carries it, so a document's later calls reuse its KV blocks.
+    hits = after[PREFIX_HITS] - before[PREFIX_HITS]
+    queries = after[PREFIX_QUERIES] - before[PREFIX_QUERIES]
+    assert hits > 0, f"no prefix-cache hits over {queries:.0f} queried tokens"
+    print(f"\nconsume: {len(ids)} docs in {elapsed:.1f} s, {calls:.0f} calls, prefix hits {hits:.0f}/{queries:.0f}")
