@@ -1,0 +1,183 @@
+"""The limiter and the priority gate on their own: budgets per second, settling, order, cooldown, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from consumers.llm.ratelimit import PriorityGate, RateLimiter
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _max_in_window(times: list[float], window: float) -> int:
+    """The most admissions in any sliding window of `window` seconds (a little under, for timer slack)."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window - 0.01:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+async def test_requests_budget_is_held_per_second() -> None:
+    limiter = RateLimiter(requests_per_minute=600)  # 10 per second
+    times: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire(1)
+        times.append(_now())
+
+    t0 = _now()
+    await asyncio.gather(*(one() for _ in range(30)))
+    assert _max_in_window(times, 1.0) <= 10
+    # 10 at once, 10 a second later, 10 a second after that: about two seconds, not thirty, not zero.
+    assert 1.9 <= max(times) - t0 < 4.0
+
+
+async def test_tokens_budget_is_held_per_second() -> None:
+    limiter = RateLimiter(tokens_per_minute=6000)  # 100 tokens per second
+    t0 = _now()
+    for _ in range(3):
+        await limiter.acquire(60)
+    # 60 fits at once; the next 60 waits for the first to leave the window, the third for the second.
+    assert 1.9 <= _now() - t0 < 3.5
+
+
+async def test_settle_refund_frees_budget_at_once() -> None:
+    limiter = RateLimiter(tokens_per_minute=6000)
+    reservation = await limiter.acquire(90)
+    waiter = asyncio.create_task(limiter.acquire(60))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    t0 = _now()
+    reservation.settle(20)  # the call really cost 20: 80 come back
+    await asyncio.wait_for(waiter, timeout=0.5)
+    assert _now() - t0 < 0.3
+
+
+async def test_settle_charge_delays_the_next_call() -> None:
+    limiter = RateLimiter(tokens_per_minute=6000)
+    reservation = await limiter.acquire(30)
+    reservation.settle(100)  # it cost a whole second's budget
+    t0 = _now()
+    await limiter.acquire(10)
+    assert _now() - t0 >= 0.8
+
+
+async def test_call_larger_than_a_slice_goes_alone() -> None:
+    limiter = RateLimiter(tokens_per_minute=6000)
+    t0 = _now()
+    await asyncio.wait_for(limiter.acquire(500), timeout=0.5)  # bigger than 100/s: admitted into an empty window
+    assert _now() - t0 < 0.3
+    await limiter.acquire(10)
+    assert _now() - t0 >= 0.8
+
+
+async def test_waiters_are_served_by_priority_then_arrival() -> None:
+    limiter = RateLimiter(requests_per_minute=600)
+    for _ in range(10):
+        await limiter.acquire(1)  # the slice is full: everything below queues
+    order: list[str] = []
+
+    async def one(name: str, priority: int) -> None:
+        await limiter.acquire(1, priority=priority)
+        order.append(name)
+
+    tasks = [asyncio.create_task(one(name, p)) for name, p in [("c", 7), ("a1", 2), ("b", 5), ("a2", 2)]]
+    await asyncio.gather(*tasks)
+    assert order == ["a1", "a2", "b", "c"]
+
+
+async def test_cooldown_holds_every_waiter() -> None:
+    limiter = RateLimiter(requests_per_minute=60_000)
+    await limiter.acquire(1)
+    limiter.cool_down(0.5)
+    t0 = _now()
+    times = await asyncio.gather(*(_timed(limiter) for _ in range(5)))
+    assert all(t - t0 >= 0.45 for t in times)
+    assert limiter.cooldown_left() == 0
+
+
+async def test_cooldown_applies_without_configured_limits() -> None:
+    limiter = RateLimiter()
+    limiter.cool_down(0.3)
+    t0 = _now()
+    await limiter.acquire(1)
+    assert _now() - t0 >= 0.25
+
+
+async def _timed(limiter: RateLimiter) -> float:
+    await limiter.acquire(1)
+    return _now()
+
+
+async def test_cancelled_waiter_takes_no_budget() -> None:
+    limiter = RateLimiter(tokens_per_minute=6000)
+    first = await limiter.acquire(100)
+    waiter = asyncio.create_task(limiter.acquire(100))
+    await asyncio.sleep(0.02)
+    first.settle(0)  # admits the waiter synchronously...
+    waiter.cancel()  # ...which is cancelled before it ever runs: its tokens must come back
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    t0 = _now()
+    await asyncio.wait_for(limiter.acquire(100), timeout=0.5)
+    assert _now() - t0 < 0.3
+    assert limiter.waiting == 0
+
+
+async def test_cancelled_head_does_not_block_the_queue() -> None:
+    limiter = RateLimiter(tokens_per_minute=6000)
+    await limiter.acquire(100)
+    big = asyncio.create_task(limiter.acquire(100, priority=0))
+    small = asyncio.create_task(limiter.acquire(1, priority=1))
+    await asyncio.sleep(0.02)
+    big.cancel()
+    await asyncio.wait_for(small, timeout=2.0)
+    assert limiter.waiting == 0
+
+
+async def test_gate_serves_priority_order_and_never_leaks() -> None:
+    gate = PriorityGate(1)
+    order: list[int] = []
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with gate.slot():
+            await release.wait()
+
+    async def one(priority: int) -> None:
+        async with gate.slot(priority):
+            order.append(priority)
+
+    hold = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    tasks = [asyncio.create_task(one(p)) for p in (3, 1, 2)]
+    doomed = asyncio.create_task(one(0))
+    await asyncio.sleep(0.01)
+    doomed.cancel()  # cancelled while waiting: must not keep or lose a slot
+    release.set()
+    await asyncio.gather(hold, *tasks)
+    assert order == [1, 2, 3]
+    assert gate.free == 1
+
+
+async def test_gate_slot_handed_to_a_cancelled_waiter_is_passed_on() -> None:
+    gate = PriorityGate(1)
+    async with gate.slot():
+        first = asyncio.create_task(_enter(gate, 0))
+        second = asyncio.create_task(_enter(gate, 1))
+        await asyncio.sleep(0.01)
+    first.cancel()  # the slot was handed to `first` on exit above; it is cancelled before running
+    await asyncio.wait_for(second, timeout=1.0)
+    assert gate.free == 1
+
+
+async def _enter(gate: PriorityGate, priority: int) -> None:
+    async with gate.slot(priority):
+        await asyncio.sleep(0)
