@@ -1,0 +1,209 @@
+"""One cron run: lock, snapshot, decide, train, publish. The main process decides; every rank trains.
+
+The decision (a frozen `Plan`, or "nothing to do") is taken by the main process alone, under the lock, and
+broadcast to the other ranks of a distributed launch, so they all train on the same frozen training set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from streamer.storage import resolve
+from trainer.config import PipelineArgs
+from trainer.data import build_training_set
+from trainer.exceptions import TrainerError, TrainingFailed
+from trainer.lock import RunLock
+from trainer.metadata import build_metadata
+from trainer.snapshot import Manifest, diff, take_snapshot
+from trainer.store import METADATA, ModelStore
+from trainer.workdir import Plan, WorkDir, fingerprint
+
+if TYPE_CHECKING:
+    from trainer.sft_config import WebrSFTConfig
+
+log = logging.getLogger(__name__)
+
+_RUN_PREFIX = "run:"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """How a run ended when it did not fail: `published` or `nothing_to_do`, with the facts for the summary."""
+
+    status: str
+    message: str
+    facts: dict[str, object] = field(default_factory=dict)
+
+
+class _FailedOnMain(TrainerError):
+    """The main process failed while deciding; the other ranks leave with its exit code."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def run_job(pipeline: PipelineArgs, cfg: WebrSFTConfig) -> Result:
+    """The whole job; raises a `TrainerError` (with its exit code) on failure, having published nothing."""
+    work = WorkDir(pipeline.resolved_work_dir())
+    store = ModelStore(resolve(pipeline.output_dir, s3_endpoint_url=pipeline.s3_endpoint_url))
+    is_main = cfg.process_index == 0
+    lock = RunLock(work.lock)
+    decision: Plan | Result | tuple[int, str]
+    try:
+        try:
+            if is_main:
+                lock.acquire()
+            decision = _decide(pipeline, cfg, work, store) if is_main else (0, "")
+        except Exception as exc:
+            _share((getattr(exc, "exit_code", 1), str(exc)), cfg)  # the other ranks must not wait forever
+            raise
+        decision = _share(decision, cfg)
+        if isinstance(decision, tuple):
+            raise _FailedOnMain(*decision)
+        if isinstance(decision, Result):
+            return decision
+        return _execute(decision, pipeline, cfg, work, store, is_main)
+    finally:
+        lock.release()
+
+
+def _decide(pipeline: PipelineArgs, cfg: WebrSFTConfig, work: WorkDir, store: ModelStore) -> Plan | Result:
+    fp = fingerprint(pipeline, cfg.training_fields())
+    latest = store.latest()
+    pending = work.load_plan()
+    if pending is not None:
+        why = _why_not_resume(pending, fp, latest[0] if latest else None, work)
+        if why is None:
+            log.info("resuming run %s (snapshot %s) left by an interrupted run", pending.run_id, pending.snapshot_id)
+            return pending
+        work.discard_pending(why)
+    previous = Manifest.from_dict(latest[1]["manifest"]) if latest else None  # type: ignore[arg-type]
+    data = resolve(pipeline.data, s3_endpoint_url=pipeline.s3_endpoint_url)
+    manifest, bad_files = take_snapshot(data, previous, skip_bad_files=pipeline.skip_bad_files)
+    changes = diff(manifest, previous)
+    since = f"run {latest[0]}" if latest else "the start (nothing published yet)"
+    log.info(
+        "snapshot %s: %d files, %d rows; %d rows in %d new files since %s",
+        manifest.snapshot_id[:12],
+        len(manifest.files),
+        manifest.rows,
+        changes.new_rows,
+        len(changes.new),
+        since,
+    )
+    if changes.new_rows < pipeline.min_new_rows:
+        return Result(
+            "nothing_to_do",
+            f"{changes.new_rows} new rows since {since} (< --min-new-rows {pipeline.min_new_rows}); nothing trained",
+            {"snapshot": manifest.snapshot_id[:12], "new_rows": changes.new_rows, "latest": latest and latest[0]},
+        )
+    work.fresh_pending()
+    incremental = pipeline.policy == "continue" and latest is not None
+    training_set = build_training_set(
+        data,
+        changes,
+        work.train_file,
+        replay_sample=incremental,
+        replay_ratio=pipeline.replay_ratio,
+        seed=manifest.snapshot_id,
+        skip_bad_files=pipeline.skip_bad_files,
+    )
+    tset = asdict(training_set)
+    tset["bad_files"] = [asdict(b) for b in bad_files] + tset["bad_files"]
+    now = datetime.now(UTC)
+    plan = Plan(
+        run_id=f"{now:%Y%m%dT%H%M%SZ}-{manifest.snapshot_id[:12]}",
+        fingerprint=fp,
+        created_at=now.isoformat(),
+        policy=pipeline.policy,
+        parent_run=latest[0] if latest else None,
+        start_model=f"{_RUN_PREFIX}{latest[0]}" if incremental and latest else pipeline.base_model,
+        manifest=manifest.to_dict(),
+        new_rows_in_manifest=changes.new_rows,
+        training_set=tset,
+    )
+    work.save_plan(plan)
+    log.info("planned run %s: %d rows to train on (%s)", plan.run_id, training_set.rows, work.train_file)
+    return plan
+
+
+def _why_not_resume(plan: Plan, fp: str, latest_run: str | None, work: WorkDir) -> str | None:
+    if latest_run == plan.run_id:
+        return "it was published already"
+    if plan.fingerprint != fp:
+        return "the settings changed since it was planned"
+    if plan.parent_run != latest_run:
+        return f"the latest model moved ({plan.parent_run} -> {latest_run}) since it was planned"
+    if not work.train_file.is_file():
+        return "its training set is missing"
+    return None
+
+
+def _execute(
+    plan: Plan, pipeline: PipelineArgs, cfg: WebrSFTConfig, work: WorkDir, store: ModelStore, is_main: bool
+) -> Result:
+    if work.final_complete():
+        log.info("run %s was trained already; publishing it", plan.run_id)
+    else:
+        from trainer.sft import train
+
+        start = plan.start_model
+        if start.startswith(_RUN_PREFIX):
+            start = str(store.fetch(start.removeprefix(_RUN_PREFIX), work.models)) if is_main else start
+            start = _share(start, cfg)
+        try:
+            outcome = train(
+                start_model=start,
+                train_file=work.train_file,
+                checkpoints=work.checkpoints,
+                final_dir=work.final,
+                pipeline=pipeline,
+                cfg=cfg,
+            )
+        except TrainerError:
+            raise
+        except Exception as exc:  # OOM, NaN, a library error: the checkpoints stay for the next run
+            log.exception("training run %s failed", plan.run_id)
+            raise TrainingFailed(f"training run {plan.run_id} failed: {type(exc).__name__}: {exc}") from exc
+        if is_main:
+            metadata = build_metadata(plan, pipeline, cfg, outcome, start)
+            (work.final / METADATA).write_text(json.dumps(metadata, indent=1, default=str))
+    tset = plan.training_set
+    facts = {
+        "run_id": plan.run_id,
+        "snapshot": plan.snapshot_id[:12],
+        "rows": tset["rows"],
+        "skipped_rows": sum(tset["skipped"].values()),
+        "bad_files": len(tset["bad_files"]),
+    }
+    if not is_main:
+        _barrier(cfg)
+        return Result("published", f"rank {cfg.process_index} done", facts)
+    uri = store.publish(work.final, plan.run_id)
+    work.clear_pending()
+    _barrier(cfg)
+    log.info("published %s", uri)
+    return Result("published", f"published run {plan.run_id} to {uri}", {**facts, "uri": uri})
+
+
+def _share(value: Any, cfg: WebrSFTConfig) -> Any:
+    """The main process's `value` on every rank (a no-op in a single process)."""
+    if cfg.world_size <= 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier(cfg: WebrSFTConfig) -> None:
+    if cfg.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()

@@ -1,0 +1,177 @@
+"""A snapshot of the dataset: the set of complete Parquet files at one moment, frozen as a manifest.
+
+Writers publish a file under its final name only once it is complete (temp name + rename, or one atomic PUT),
+so a listing that ignores names starting with `.` or `_` (temporary files, metadata, the `_rejected/` subtree)
+sees only complete files. Each file is identified by its content hash, so a file rewritten under the same key
+counts as new; the hash of an unchanged file (same path, size and mtime) is reused from the previous manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+from streamer.storage import Location
+from trainer.exceptions import DataFileError, EmptySnapshot
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One complete data file: path relative to the data root, size, rows and content hash."""
+
+    path: str
+    size: int
+    rows: int
+    sha256: str
+    mtime_ns: int | None = None
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        return (self.path, self.sha256)
+
+
+@dataclass(frozen=True, slots=True)
+class BadFile:
+    """A data file left out of the snapshot (only with --skip-bad-files), with pyarrow's reason."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """The frozen set of files a run trains on; `snapshot_id` hashes paths, sizes, rows and content hashes."""
+
+    root: str
+    files: tuple[FileEntry, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    @property
+    def snapshot_id(self) -> str:
+        canonical = [(f.path, f.size, f.rows, f.sha256) for f in sorted(self.files, key=lambda f: f.path)]
+        return hashlib.sha256(orjson.dumps(canonical)).hexdigest()
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "root": self.root,
+            "snapshot_id": self.snapshot_id,
+            "rows": self.rows,
+            "files": [asdict(f) for f in self.files],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Manifest:
+        files = tuple(FileEntry(**f) for f in data["files"])  # type: ignore[arg-type,union-attr]
+        return cls(root=str(data["root"]), files=files)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotDiff:
+    """How a snapshot relates to the last trained one: files new (or rewritten) since, and files already seen."""
+
+    new: tuple[FileEntry, ...]
+    old: tuple[FileEntry, ...]
+
+    @property
+    def new_rows(self) -> int:
+        return sum(f.rows for f in self.new)
+
+    @property
+    def old_rows(self) -> int:
+        return sum(f.rows for f in self.old)
+
+
+def is_data_file(relative: str) -> bool:
+    """A complete data file: `*.parquet`, no path part starting with `.` or `_` (temp files, `_rejected/`)."""
+    parts = relative.split("/")
+    return parts[-1].endswith(".parquet") and not any(p.startswith((".", "_")) for p in parts)
+
+
+def list_data_files(loc: Location) -> list[pafs.FileInfo]:
+    """Every complete data file under the root, sorted by path; a missing root is an empty listing."""
+    selector = pafs.FileSelector(loc.root, recursive=True, allow_not_found=True)
+    infos = [i for i in loc.fs.get_file_info(selector) if i.type == pafs.FileType.File]
+    return sorted((i for i in infos if is_data_file(_relative(loc, i.path))), key=lambda i: i.path)
+
+
+def take_snapshot(
+    loc: Location, previous: Manifest | None = None, *, skip_bad_files: bool = False
+) -> tuple[Manifest, list[BadFile]]:
+    """List, hash and count the complete files; a corrupt file fails the snapshot unless `skip_bad_files`."""
+    known = {f.path: f for f in previous.files} if previous else {}
+    entries: list[FileEntry] = []
+    bad: list[BadFile] = []
+    for info in list_data_files(loc):
+        rel = _relative(loc, info.path)
+        seen = known.get(rel)
+        if seen is not None and seen.size == info.size and seen.mtime_ns == info.mtime_ns:
+            entries.append(seen)
+            continue
+        try:
+            entries.append(_inspect(loc.fs, info, rel))
+        except DataFileError as exc:
+            if not skip_bad_files:
+                raise
+            log.warning("skipping %s", exc)
+            bad.append(BadFile(rel, exc.reason))
+    manifest = Manifest(root=loc.uri, files=tuple(entries))
+    if not manifest.files:
+        raise EmptySnapshot(f"empty snapshot: no complete Parquet file under {loc.uri} (ignoring _* and .* names)")
+    if manifest.rows == 0:
+        raise EmptySnapshot(f"empty snapshot: {len(manifest.files)} Parquet files under {loc.uri} hold no row")
+    return manifest, bad
+
+
+def diff(current: Manifest, previous: Manifest | None) -> SnapshotDiff:
+    """Split the current files into new (unseen content) and old (trained on before)."""
+    seen = {f.identity for f in previous.files} if previous else set()
+    return SnapshotDiff(
+        new=tuple(f for f in current.files if f.identity not in seen),
+        old=tuple(f for f in current.files if f.identity in seen),
+    )
+
+
+def check_messages_column(schema: pa.Schema, path: str) -> None:
+    """The file must carry `messages: list<struct<role: string, content: string>>` (PAIRS_SCHEMA's column)."""
+    index = schema.get_field_index("messages")
+    if index < 0:
+        raise DataFileError(path, "no `messages` column")
+    typ = schema.field(index).type
+    item = typ.value_type if pa.types.is_list(typ) or pa.types.is_large_list(typ) else None
+    names = {item.field(i).name for i in range(item.num_fields)} if pa.types.is_struct(item) else set()
+    if not {"role", "content"} <= names:
+        raise DataFileError(path, f"`messages` is {typ}, expected list<struct<role, content>>")
+
+
+def _inspect(fs: pafs.FileSystem, info: pafs.FileInfo, rel: str) -> FileEntry:
+    digest = hashlib.sha256()
+    try:
+        with fs.open_input_stream(info.path) as stream:
+            while chunk := stream.read(_CHUNK):
+                digest.update(chunk)
+        with fs.open_input_file(info.path) as handle:
+            meta = pq.ParquetFile(handle).metadata
+            schema = meta.schema.to_arrow_schema()
+            rows = meta.num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise DataFileError(rel, f"unreadable Parquet ({exc})") from exc
+    check_messages_column(schema, rel)
+    return FileEntry(rel, int(info.size or 0), int(rows), digest.hexdigest(), info.mtime_ns)
+
+
+def _relative(loc: Location, path: str) -> str:
+    root = loc.root.rstrip("/")
+    return path[len(root) + 1 :] if root and path.startswith(root + "/") else path.lstrip("/")

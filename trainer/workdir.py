@@ -1,0 +1,107 @@
+"""The local work dir: the lock, and at most one pending run (its frozen plan, training set and checkpoints).
+
+    <work dir>/lock                       flock of the running job (see trainer.lock)
+    <work dir>/pending/plan.json          written last: its presence means the plan below is complete
+    <work dir>/pending/train.parquet      the frozen training set
+    <work dir>/pending/checkpoints/       Trainer checkpoints, the newest resumed after a crash
+    <work dir>/pending/final/             the trained model, complete once training_metadata.json is in it
+    <work dir>/models/<run id>/           a published model downloaded from object storage (policy continue)
+
+A killed run leaves `pending/`; the next run resumes it (with the snapshot it froze, even if newer data has
+arrived since) when its settings still match, and starts over otherwise. A successful publish removes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.config import PipelineArgs
+from trainer.store import METADATA
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A run decided and frozen: which snapshot, which rows, from which model, with which settings."""
+
+    run_id: str
+    fingerprint: str
+    created_at: str
+    policy: str
+    parent_run: str | None
+    start_model: str
+    manifest: dict[str, Any]
+    new_rows_in_manifest: int
+    training_set: dict[str, Any]
+
+    @property
+    def snapshot_id(self) -> str:
+        return str(self.manifest["snapshot_id"])
+
+
+def fingerprint(pipeline: PipelineArgs, training: dict[str, object]) -> str:
+    """Hash of every setting that changes what a run trains; a resume needs the same one."""
+    decisive = {
+        "data": pipeline.data,
+        "base_model": pipeline.base_model,
+        "output_dir": pipeline.output_dir,
+        "policy": pipeline.policy,
+        "replay_ratio": pipeline.replay_ratio,
+        "model_dtype": pipeline.model_dtype,
+        "lora": pipeline.lora_settings(),
+        "training": training,
+    }
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class WorkDir:
+    """Paths and the pending run's life cycle inside the work dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.lock = root / "lock"
+        self.pending = root / "pending"
+        self.plan_file = self.pending / "plan.json"
+        self.train_file = self.pending / "train.parquet"
+        self.checkpoints = self.pending / "checkpoints"
+        self.final = self.pending / "final"
+        self.models = root / "models"
+
+    def load_plan(self) -> Plan | None:
+        if not self.plan_file.is_file():
+            return None
+        try:
+            return Plan(**json.loads(self.plan_file.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("unreadable pending plan %s (%s): starting over", self.plan_file, exc)
+            return None
+
+    def save_plan(self, plan: Plan) -> None:
+        tmp = self.plan_file.with_name(".plan.json.tmp")
+        tmp.write_text(json.dumps(asdict(plan), indent=1))
+        os.replace(tmp, self.plan_file)
+
+    def fresh_pending(self) -> None:
+        """An empty pending dir, for a new plan."""
+        shutil.rmtree(self.pending, ignore_errors=True)
+        self.pending.mkdir(parents=True)
+
+    def discard_pending(self, why: str) -> None:
+        if self.pending.exists():
+            log.warning("discarding the pending run in %s: %s", self.pending, why)
+            shutil.rmtree(self.pending, ignore_errors=True)
+
+    def final_complete(self) -> bool:
+        return (self.final / METADATA).is_file() and (self.final / "config.json").is_file()
+
+    def clear_pending(self) -> None:
+        shutil.rmtree(self.pending, ignore_errors=True)
+        shutil.rmtree(self.models, ignore_errors=True)
