@@ -1,0 +1,267 @@
+"""Chat completions against OpenAI or any OpenAI-compatible server (vLLM), with our own retries and limits.
+
+The SDK's own retries are off (`max_retries=0`): they would sleep while holding a concurrency slot, ignore our
+shared rate-limit cooldown and hide attempts from the stats. One attempt here is: a priority-ordered concurrency
+slot, a rate-limit reservation, one HTTP request; the backoff sleep between attempts holds neither.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import openai
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
+
+from consumers.llm.errors import AttemptFailed, Completion, Failure, classify_exception, parse_completion
+from consumers.llm.pricing import prices_for
+from consumers.llm.ratelimit import PriorityGate, RateLimiter
+from consumers.llm.settings import LLMSettings
+from consumers.llm.tokens import count_tokens, messages_tokens
+from consumers.llm.types import ChatResult, ErrorKind, LLMCallError, Message
+
+log = logging.getLogger("consumers.llm")
+
+# A bad output (truncated, empty, unparsable) is retried once: sampling may do better, twice rarely does.
+_BAD_OUTPUT_RETRIES = 1
+
+
+@dataclass
+class ClientStats:
+    """Plain counters, read by the progress bar and the metrics exporter; only the client writes them."""
+
+    calls_ok: int = 0
+    calls_failed: int = 0
+    attempts: int = 0
+    retries: int = 0
+    rate_limited_429: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s_sum: float = 0.0  # of successful requests (the HTTP round trip, not the queueing)
+    latency_count: int = 0
+    in_flight: int = 0
+    failures_by_kind: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _CallState:
+    attempts: int = 0
+    bad_outputs: int = 0
+
+
+def prompt_estimate(messages: list[Message]) -> int:
+    """Prompt tokens as a rate limiter counts them: the larger of the tokenizer's count and characters / 4.
+
+    OpenAI's limiter estimates from characters; prose runs slightly over four characters per token, so the
+    tokenizer alone would under-reserve and earn 429s at full load.
+    """
+    chars = sum(len(m.get("content") or "") for m in messages)
+    return max(messages_tokens(messages), math.ceil(chars / 4))
+
+
+class OpenAIChatClient:
+    """`ChatClient` for OpenAI-compatible endpoints. Use `async with client:` (or `start()` / `aclose()`).
+
+    `limiter` may be shared by several clients that draw on one organisation's limits.
+    """
+
+    def __init__(
+        self,
+        settings: LLMSettings,
+        *,
+        limiter: RateLimiter | None = None,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        initial_completion_estimate: int = 300,
+    ) -> None:
+        self.settings = settings
+        self.model: str = settings.model
+        self.stats = ClientStats()
+        self.limiter = limiter or RateLimiter(settings.max_requests_per_minute, settings.max_tokens_per_minute)
+        self._gate = PriorityGate(settings.max_concurrency)
+        self._prices = prices_for(settings)
+        self._sampling = settings.sampling.model_dump(exclude_none=True)
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._initial_completion_estimate = initial_completion_estimate
+        self._api: openai.AsyncOpenAI | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenAIChatClient(model={self.model!r}, base_url={self.settings.base_url!r})"
+
+    async def start(self) -> None:
+        if self._api is not None:
+            return
+        self._api = openai.AsyncOpenAI(
+            # vLLM accepts any key; the SDK refuses an empty one.
+            api_key=self.settings.api_key.get_secret_value() or "EMPTY",
+            base_url=self.settings.base_url,
+            max_retries=0,
+            timeout=self.settings.request_timeout_s,
+        )
+
+    async def aclose(self) -> None:
+        if self._api is not None:
+            api, self._api = self._api, None
+            await api.close()
+
+    async def __aenter__(self) -> OpenAIChatClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> float | None:
+        if self._prices is None:
+            return None
+        return self._prices.cost(prompt_tokens, completion_tokens, cached_tokens)
+
+    async def chat(self, messages: list[Message], *, priority: int = 0) -> ChatResult:
+        """One chat completion; raises LLMCallError when it fails for good."""
+        if self._api is None:
+            raise RuntimeError("the client is not started: use `async with client:` or `await client.start()`")
+        state = _CallState()
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.max_attempts) | stop_before_delay(self.settings.retry_deadline_s),
+            wait=self._wait,
+            retry=retry_if_exception(lambda exc: self._retryable(exc, state)),
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        estimate = prompt_estimate(messages)
+        try:
+            result: ChatResult = await retrying(self._attempt, messages, priority, estimate, state)
+        except AttemptFailed as exc:
+            self.stats.calls_failed += 1
+            kind = exc.kind.value
+            self.stats.failures_by_kind[kind] = self.stats.failures_by_kind.get(kind, 0) + 1
+            log.warning(
+                "llm call failed for good after %d attempt(s): %s",
+                state.attempts,
+                exc.reason,
+                extra={"kind": kind, "status": exc.status, "attempts": state.attempts, "model": self.model},
+            )
+            raise LLMCallError(exc.kind, exc.reason, status=exc.status, attempts=state.attempts) from exc
+        self._account(result)
+        return result
+
+    async def _attempt(self, messages: list[Message], priority: int, estimate: int, state: _CallState) -> ChatResult:
+        assert self._api is not None
+        state.attempts += 1
+        self.stats.attempts += 1
+        async with self._gate.slot(priority):
+            reservation = await self.limiter.acquire(estimate + self._completion_estimate(), priority=priority)
+            self.stats.in_flight += 1
+            started = time.monotonic()
+            try:
+                raw = await self._api.chat.completions.with_raw_response.create(
+                    model=self.model, messages=messages, **self._sampling
+                )
+            except (openai.APIError, TimeoutError, ConnectionError) as exc:
+                failure = classify_exception(exc)
+                if failure is None:
+                    raise
+                self._on_failure(failure)
+                raise AttemptFailed(failure) from exc
+            finally:
+                self.stats.in_flight -= 1
+            latency = time.monotonic() - started
+        try:
+            completion = parse_completion(raw.content, raw.status_code)
+        except AttemptFailed as exc:
+            state.bad_outputs += 1
+            self._on_failure(exc.failure)
+            raise
+        completion = self._with_usage(completion, messages)
+        max_tokens = self.settings.sampling.max_tokens
+        reservation.settle(estimate + (max_tokens or completion.completion_tokens or 0))
+        return ChatResult(
+            text=completion.text,
+            prompt_tokens=completion.prompt_tokens or 0,
+            completion_tokens=completion.completion_tokens or 0,
+            cached_tokens=completion.cached_tokens,
+            finish_reason=completion.finish_reason,
+            latency_s=latency,
+            attempts=state.attempts,
+        )
+
+    @staticmethod
+    def _with_usage(completion: Completion, messages: list[Message]) -> Completion:
+        """Servers that omit usage get our own count, so token totals and costs stay meaningful."""
+        if completion.prompt_tokens is not None and completion.completion_tokens is not None:
+            return completion
+        return Completion(
+            text=completion.text,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=completion.prompt_tokens or messages_tokens(messages),
+            completion_tokens=completion.completion_tokens or count_tokens(completion.text),
+            cached_tokens=completion.cached_tokens,
+        )
+
+    def _completion_estimate(self) -> int:
+        """Completion tokens to reserve: max_tokens when set, else the running mean of real completions."""
+        if self.settings.sampling.max_tokens:
+            return self.settings.sampling.max_tokens
+        if self.stats.calls_ok == 0:
+            return self._initial_completion_estimate
+        return math.ceil(self.stats.completion_tokens / self.stats.calls_ok)
+
+    def _on_failure(self, failure: Failure) -> None:
+        if failure.kind is ErrorKind.RATE_LIMITED:
+            self.stats.rate_limited_429 += 1
+            # Every waiting call backs off, not only this one: the server refuses them all until then.
+            self.limiter.cool_down(failure.retry_after_s or self._backoff_initial_s)
+
+    @staticmethod
+    def _retryable(exc: BaseException, state: _CallState) -> bool:
+        if not isinstance(exc, AttemptFailed):
+            return False
+        if exc.kind is ErrorKind.PERMANENT:
+            return False
+        if exc.kind is ErrorKind.BAD_OUTPUT:
+            return state.bad_outputs <= _BAD_OUTPUT_RETRIES
+        return True
+
+    def _wait(self, retry_state: RetryCallState) -> float:
+        """The server's hint when it gave one, else exponential backoff with jitter (half fixed, half random)."""
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        hint = exc.failure.retry_after_s if isinstance(exc, AttemptFailed) else None
+        if hint is not None:
+            return hint + random.uniform(0.0, min(0.25, 0.1 * hint))
+        ceiling = min(self._backoff_max_s, self._backoff_initial_s * 2 ** (retry_state.attempt_number - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _before_sleep(self, retry_state: RetryCallState) -> None:
+        self.stats.retries += 1
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, AttemptFailed):
+            wait = retry_state.upcoming_sleep
+            log.info(
+                "llm call attempt %d failed (%s), retrying in %.2fs",
+                retry_state.attempt_number,
+                exc.reason,
+                wait,
+                extra={"kind": exc.kind.value, "status": exc.status, "attempt": retry_state.attempt_number},
+            )
+
+    def _account(self, result: ChatResult) -> None:
+        stats = self.stats
+        stats.calls_ok += 1
+        stats.prompt_tokens += result.prompt_tokens
+        stats.completion_tokens += result.completion_tokens
+        stats.cached_tokens += result.cached_tokens
+        stats.latency_s_sum += result.latency_s
+        stats.latency_count += 1
+        cost = self.cost_usd(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
+        if cost is not None:
+            stats.cost_usd += cost

@@ -1,0 +1,251 @@
+"""The client against the fake OpenAI server over real HTTP: results, retries, error classes, limits, secrecy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from consumers.llm.client import OpenAIChatClient
+from consumers.llm.settings import LLMSettings, Sampling
+from consumers.llm.types import ErrorKind, LLMCallError
+from tests.fakeopenai import REFUSAL_TEXT, FakeOpenAI, Fault
+
+KEY = "sk-test-7f3a9c1d2e5b8a4f"
+MessagesFor = Callable[[str], list[dict[str, str]]]
+
+
+def _messages(text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": text}]
+
+
+def _settings(server: FakeOpenAI, **changes: Any) -> LLMSettings:
+    values: dict[str, Any] = {
+        "base_url": server.url,
+        "api_key": KEY,
+        "model": "gpt-4o-mini",
+        "max_attempts": 4,
+        "request_timeout_s": 5.0,
+        "sampling": Sampling(temperature=1.0),
+    }
+    values.update(changes)
+    return LLMSettings(**values)
+
+
+@pytest.fixture
+async def client(fake_llm: FakeOpenAI) -> AsyncIterator[OpenAIChatClient]:
+    async with OpenAIChatClient(_settings(fake_llm), backoff_initial_s=0.05, backoff_max_s=0.2) as c:
+        yield c
+
+
+async def test_result_matches_what_the_server_answered(client: OpenAIChatClient, fake_llm: FakeOpenAI) -> None:
+    result = await client.chat(_messages("Tell me about rivers."))
+    [record] = fake_llm.records
+    assert result.text == record.reply
+    assert (result.prompt_tokens, result.completion_tokens) == (record.prompt_tokens, record.completion_tokens)
+    assert result.attempts == 1
+    assert result.finish_reason == "stop"
+    assert record.messages == _messages("Tell me about rivers.")
+    # Only the sampling fields that are set are sent.
+    assert record.params == {"model": "gpt-4o-mini", "temperature": 1.0}
+    assert client.stats.calls_ok == 1
+    assert client.stats.completion_tokens == record.completion_tokens
+    assert client.stats.latency_count == 1
+    assert client.stats.in_flight == 0
+
+
+async def test_429_is_retried_after_retry_after(client: OpenAIChatClient, fake_llm: FakeOpenAI) -> None:
+    fake_llm.inject(Fault.rate_limit(retry_after_s=1.0))
+    started = time.monotonic()
+    result = await client.chat(_messages("hello"))
+    elapsed = time.monotonic() - started
+    assert result.attempts == 2
+    assert 0.95 <= elapsed < 4.0  # waited for the server's hint, not the 0.05 s backoff
+    first, second = fake_llm.records
+    assert first.status == 429 and second.status == 200
+    assert second.t - first.t >= 0.95
+    assert client.stats.rate_limited_429 == 1
+    assert client.stats.retries == 1
+    assert client.stats.attempts == 2
+
+
+async def test_429_cooldown_holds_the_other_calls(fake_llm: FakeOpenAI) -> None:
+    fake_llm.configure(latency_s=0.05)
+    fake_llm.inject(Fault.rate_limit(retry_after_s=1.0))
+    settings = _settings(fake_llm, max_concurrency=2)
+    async with OpenAIChatClient(settings, backoff_initial_s=0.05) as client:
+        await asyncio.gather(*(client.chat(_messages(f"call {i}")) for i in range(4)))
+    records = fake_llm.records
+    refused = next(r for r in records if r.status == 429)
+    later = [r for r in records if r.index > refused.index]
+    # The call that was already on its way is allowed through; nothing sent after the 429 arrived may beat the
+    # cooldown.
+    sent_after = [r for r in later if r.t > refused.t + 0.05]
+    assert len(later) == 4
+    assert len(sent_after) >= 2
+    assert all(r.t >= refused.t + 0.95 for r in sent_after)
+
+
+async def test_server_errors_then_success(client: OpenAIChatClient, fake_llm: FakeOpenAI) -> None:
+    fake_llm.inject(Fault.server_error(503))
+    fake_llm.inject(Fault.server_error(502))
+    result = await client.chat(_messages("hello"))
+    assert result.attempts == 3
+    assert [r.status for r in fake_llm.records] == [503, 502, 200]
+    assert client.stats.retries == 2
+
+
+async def test_timeout_is_transient(fake_llm: FakeOpenAI) -> None:
+    fake_llm.inject(Fault.timeout(hang_s=10.0))
+    settings = _settings(fake_llm, request_timeout_s=0.5)
+    async with OpenAIChatClient(settings, backoff_initial_s=0.05) as client:
+        started = time.monotonic()
+        result = await client.chat(_messages("hello"))
+    assert result.attempts == 2
+    assert 0.45 <= time.monotonic() - started < 5.0
+
+
+async def test_timeouts_exhaust_as_transient(fake_llm: FakeOpenAI) -> None:
+    fake_llm.inject(Fault.timeout(hang_s=10.0), times=2)
+    settings = _settings(fake_llm, request_timeout_s=0.3, max_attempts=2)
+    async with OpenAIChatClient(settings, backoff_initial_s=0.05) as client:
+        with pytest.raises(LLMCallError) as info:
+            await client.chat(_messages("hello"))
+    assert info.value.kind is ErrorKind.TRANSIENT
+    assert info.value.attempts == 2
+
+
+async def test_bad_request_is_permanent_and_not_retried(client: OpenAIChatClient, fake_llm: FakeOpenAI) -> None:
+    fake_llm.inject(Fault.bad_request())
+    with pytest.raises(LLMCallError) as info:
+        await client.chat(_messages("hello"))
+    assert (info.value.kind, info.value.status, info.value.attempts) == (ErrorKind.PERMANENT, 400, 1)
+    assert len(fake_llm.records) == 1
+    assert client.stats.calls_failed == 1
+    assert client.stats.failures_by_kind == {"permanent": 1}
+
+
+async def test_wrong_key_is_permanent(fake_llm_factory: Callable[..., FakeOpenAI]) -> None:
+    server = fake_llm_factory(api_key="sk-the-right-one")
+    async with OpenAIChatClient(_settings(server)) as client:
+        with pytest.raises(LLMCallError) as info:
+            await client.chat(_messages("hello"))
+    assert (info.value.kind, info.value.status, info.value.attempts) == (ErrorKind.PERMANENT, 401, 1)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.garbage(), Fault.length(), Fault.empty(), Fault.content_filter()],
+    ids=["garbage", "length", "empty", "content_filter"],
+)
+async def test_bad_output_is_retried_once_then_fails(
+    client: OpenAIChatClient, fake_llm: FakeOpenAI, fault: Fault
+) -> None:
+    fake_llm.inject(fault, times=3)
+    with pytest.raises(LLMCallError) as info:
+        await client.chat(_messages("hello"))
+    assert info.value.kind is ErrorKind.BAD_OUTPUT
+    assert info.value.attempts == 2
+    assert len(fake_llm.records) == 2
+
+
+async def test_one_garbage_body_then_success(client: OpenAIChatClient, fake_llm: FakeOpenAI) -> None:
+    fake_llm.inject(Fault.garbage())
+    result = await client.chat(_messages("hello"))
+    assert result.attempts == 2
+    assert result.text == fake_llm.records[-1].reply
+
+
+async def test_refusal_text_is_an_answer_not_an_error(client: OpenAIChatClient, fake_llm: FakeOpenAI) -> None:
+    # Refusals are the engine's filter's business (it records why a pair is dropped), not a call failure.
+    fake_llm.inject(Fault.refusal())
+    result = await client.chat(_messages("hello"))
+    assert result.text == REFUSAL_TEXT
+
+
+async def test_exhausted_attempts_raise_with_the_last_kind(fake_llm: FakeOpenAI) -> None:
+    fake_llm.inject(Fault.server_error(500), times=5)
+    async with OpenAIChatClient(_settings(fake_llm, max_attempts=3), backoff_initial_s=0.05) as client:
+        with pytest.raises(LLMCallError) as info:
+            await client.chat(_messages("hello"))
+    assert (info.value.kind, info.value.status, info.value.attempts) == (ErrorKind.TRANSIENT, 500, 3)
+    assert len(fake_llm.records) == 3
+
+
+async def test_deadline_stops_retrying_before_a_long_wait(fake_llm: FakeOpenAI) -> None:
+    fake_llm.inject(Fault.rate_limit(retry_after_s=5.0))
+    async with OpenAIChatClient(_settings(fake_llm, retry_deadline_s=1.0)) as client:
+        started = time.monotonic()
+        with pytest.raises(LLMCallError) as info:
+            await client.chat(_messages("hello"))
+    assert (info.value.kind, info.value.attempts) == (ErrorKind.RATE_LIMITED, 1)
+    assert time.monotonic() - started < 1.0
+
+
+async def test_connection_refused_is_transient(fake_llm_factory: Callable[..., FakeOpenAI]) -> None:
+    server = fake_llm_factory()
+    url = server.url
+    server.stop()  # nothing listens on that port any more
+    settings = LLMSettings(base_url=url, api_key=KEY, max_attempts=2, request_timeout_s=2.0)
+    async with OpenAIChatClient(settings, backoff_initial_s=0.05) as client:
+        with pytest.raises(LLMCallError) as info:
+            await client.chat(_messages("hello"))
+    assert (info.value.kind, info.value.status, info.value.attempts) == (ErrorKind.TRANSIENT, None, 2)
+
+
+async def test_waiting_calls_are_served_by_priority(fake_llm: FakeOpenAI) -> None:
+    fake_llm.configure(latency_s=0.2)
+    async with OpenAIChatClient(_settings(fake_llm, max_concurrency=1)) as client:
+        first = asyncio.create_task(client.chat(_messages("first"), priority=0))
+        await asyncio.sleep(0.05)  # `first` holds the only slot; the others queue behind it
+        rest = [asyncio.create_task(client.chat(_messages(f"p{p}"), priority=p)) for p in (9, 4, 6, 1)]
+        await asyncio.gather(first, *rest)
+    assert [r.messages[-1]["content"] for r in fake_llm.records] == ["first", "p1", "p4", "p6", "p9"]
+
+
+async def test_limits_hold_against_the_server(fake_llm: FakeOpenAI) -> None:
+    fake_llm.configure(rpm=600, latency_s=(0.02, 0.08))  # 10 requests per second, enforced per second
+    settings = _settings(fake_llm, max_requests_per_minute=600, max_concurrency=32)
+    async with OpenAIChatClient(settings) as client:
+        started = time.monotonic()
+        await asyncio.gather(*(client.chat(_messages(f"call {i}")) for i in range(25)))
+        elapsed = time.monotonic() - started
+    assert fake_llm.stats().rate_limited <= 2  # arrival jitter on a loaded machine may cost one
+    assert elapsed >= 1.9  # 25 calls at 10 per second cannot finish in under two seconds
+    assert client.stats.calls_ok == 25
+
+
+async def test_cost_uses_configured_prices(fake_llm: FakeOpenAI) -> None:
+    settings = _settings(fake_llm, price_input_per_mtok=1.0, price_output_per_mtok=2.0)
+    async with OpenAIChatClient(settings) as client:
+        result = await client.chat(_messages("hello"))
+        expected = (result.prompt_tokens * 1.0 + result.completion_tokens * 2.0) / 1e6
+        assert client.cost_usd(result.prompt_tokens, result.completion_tokens, 0) == pytest.approx(expected)
+        assert client.stats.cost_usd == pytest.approx(expected)
+
+
+async def test_unstarted_client_says_so(fake_llm: FakeOpenAI) -> None:
+    client = OpenAIChatClient(_settings(fake_llm))
+    with pytest.raises(RuntimeError, match="not started"):
+        await client.chat(_messages("hello"))
+
+
+async def test_key_never_in_logs_or_reprs(fake_llm: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, the SDK's and the HTTP library's included
+    fake_llm.inject(Fault.rate_limit(retry_after_s=0.1))
+    fake_llm.inject(Fault.server_error(500))
+    fake_llm.inject(Fault.bad_request(), times=1)
+    settings = _settings(fake_llm, max_attempts=3)
+    async with OpenAIChatClient(settings, backoff_initial_s=0.05) as client:
+        with pytest.raises(LLMCallError) as info:
+            await client.chat(_messages("hello"))
+        await client.chat(_messages("hello again"))
+        texts = [repr(client), str(client), repr(settings), str(settings), repr(info.value), str(info.value)]
+    assert any(r.name == "consumers.llm" for r in caplog.records)  # the client did log the retries
+    assert any("retrying" in r.getMessage() for r in caplog.records)
+    assert KEY not in caplog.text
+    assert all(KEY not in text for text in texts)
