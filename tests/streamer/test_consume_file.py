@@ -1,0 +1,202 @@
+"""`python -m streamer.consume` on files, end to end against the in-repo OpenAI-compatible server over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from consumers.webr.prompts import PROMPT_VERSION
+from tests.fakeopenai import FakeOpenAI, Fault
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "sk-test-NEVER-LOG-THIS-1234567890"
+
+
+def page(i: int) -> str:
+    """A page whose first paragraph carries a marker (sectioning always keeps the first paragraph)."""
+    first = f"PAGE-{i:03d} Harbour council meeting report number {i}."
+    body = "\n".join(
+        f"Paragraph {p} of page {i}: the council discussed budget line {p * i} and the ferry timetable."
+        for p in range(1, 6)
+    )
+    return f"{first}\n{body}"
+
+
+def write_jsonl(path: Path, records: list[object], extra_lines: list[str] = ()) -> Path:  # type: ignore[assignment]
+    with path.open("w") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+        for line in extra_lines:
+            fh.write(line + "\n")
+    return path
+
+
+def consume(source: Path, output: Path, server: FakeOpenAI, *extra: str, env: dict[str, str] | None = None):
+    cmd = [
+        sys.executable, "-m", "streamer.consume", "--source", str(source), "--output", str(output),
+        "--base-url", server.url, "--api-key", SECRET, "--model", "gpt-4o-mini", "--seed", "7",
+        "--max-concurrency", "8", "--roll-records", "10", "--log-level", "DEBUG", *extra,
+    ]
+    return subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}, check=False
+    )
+
+
+def read(output: Path, rejected: bool = False) -> list[dict]:
+    base = output / "_rejected" if rejected else output
+    files = [f for f in sorted(base.rglob("*.parquet")) if rejected or "_rejected" not in f.parts]
+    return [r for f in files for r in pq.read_table(f).to_pylist()]
+
+
+def call_with_reply(server: FakeOpenAI, text: str):
+    matches = [r for r in server.records if r.status == 200 and r.reply == text]
+    assert len(matches) == 1, f"no unique call produced {text[:60]!r}"
+    return matches[0]
+
+
+def user_text(record) -> str:
+    return "\n".join(m["content"] for m in record.messages if m["role"] == "user")
+
+
+def test_every_document_ends_once_with_the_right_call_chain(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    docs = [{"id": f"doc-{i}", "webpage": page(i), "url": f"https://news.test/{i}"} for i in range(30)]
+    source = write_jsonl(tmp_path / "pages.jsonl", docs, ["this is not json", json.dumps({"id": "no-text"})])
+    out = tmp_path / "out"
+    result = consume(source, out, fake_llm)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert SECRET not in result.stderr and SECRET not in result.stdout
+
+    rows, rejected = read(out), read(out, rejected=True)
+    row_ids = [r["doc_id"] for r in rows]
+    rej_ids = [r["doc_id"] for r in rejected]
+    assert len(row_ids) == len(set(row_ids))
+    assert set(row_ids) | {i for i in rej_ids if i} == {d["id"] for d in docs} | {"no-text"}
+    assert len(rows) + len(rejected) == len(docs) + 2
+    by_reason = {r["reason"] for r in rejected}
+    assert {"not_json", "missing_text"} <= by_reason
+    assert len(rows) >= 25, f"unexpected rejections: {[(r['doc_id'], r['reason']) for r in rejected]}"
+
+    ok_calls = [r for r in fake_llm.records if r.status == 200]
+    assert sum(r["llm_calls"] for r in rows) + sum(r["llm_calls"] or 0 for r in rejected) == len(ok_calls)
+    for row in rows:
+        i = int(row["doc_id"].split("-")[1])
+        marker = f"PAGE-{i:03d}"
+        user, assistant = row["messages"]
+        assert (user["role"], assistant["role"]) == ("user", "assistant")
+        assert row["prompt_version"] == PROMPT_VERSION
+        assert row["source_url"] == f"https://news.test/{i}"
+        assert row["category"].startswith(row["branch"])
+        persona_call = call_with_reply(fake_llm, row["persona"])
+        request_call = call_with_reply(fake_llm, row["request"])
+        answer_call = call_with_reply(fake_llm, assistant["content"])
+        assert marker in user_text(persona_call)
+        assert row["persona"] in user_text(request_call) and marker in user_text(request_call)
+        assert marker in user_text(answer_call) and row["request"] in user_text(answer_call)
+        # the page leads every call that carries it (shared prefix for prompt caching)
+        for call in (persona_call, request_call, answer_call):
+            assert user_text(call).startswith(f"<document>\n{marker}")
+        if row["branch"] == "WI":
+            assert row["llm_calls"] == 3
+            assert marker in user["content"] and row["request"] in user["content"]
+        else:
+            assert row["llm_calls"] == 4
+            assert user["content"] == row["request"]
+            rollout_calls = [
+                r for r in ok_calls if r.reply and r.reply != row["request"] and r.reply in user_text(answer_call)
+            ]
+            assert len(rollout_calls) == 1
+            assert user_text(rollout_calls[0]) == row["request"]  # the rollout carries no page
+    assert {"WI", "WR"} == {r["branch"] for r in rows}
+
+
+def test_llm_failures_and_refusals_become_rejections_with_reasons(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    def responder(messages: list[dict[str, str]]) -> str | Fault | None:
+        text = messages[-1]["content"]
+        if "PAGE-001" in text:
+            return Fault.bad_request()
+        if "PAGE-002" in text:
+            return Fault.server_error(503)
+        if "PAGE-003" in text and "Author profile" in text:
+            return Fault.refusal()
+        return None
+
+    fake_llm.responder = responder
+    docs = [{"id": f"doc-{i}", "webpage": page(i)} for i in range(6)]
+    out = tmp_path / "out"
+    result = consume(write_jsonl(tmp_path / "p.jsonl", docs), out, fake_llm, "--max-attempts", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rejected = {r["doc_id"]: r for r in read(out, rejected=True)}
+    assert rejected["doc-1"]["reason"] == "llm_permanent"
+    assert rejected["doc-1"]["stage"] == "persona"
+    assert rejected["doc-2"]["reason"] == "llm_transient"
+    assert rejected["doc-3"]["reason"] == "refused_request"
+    assert rejected["doc-3"]["stage"] == "request"
+    assert json.loads(rejected["doc-3"]["payload"])["id"] == "doc-3"  # replayable
+    assert {r["doc_id"] for r in read(out)} == {"doc-0", "doc-4", "doc-5"}
+    # a permanent error is not retried; a transient one is, up to --max-attempts
+    assert sum("PAGE-001" in r.messages[-1]["content"] for r in fake_llm.records) == 1
+    assert sum("PAGE-002" in r.messages[-1]["content"] for r in fake_llm.records) == 2
+
+
+def test_reruns_replace_their_own_files_and_other_inputs_add(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    out = tmp_path / "out"
+    a = write_jsonl(tmp_path / "a.jsonl", [{"id": f"a{i}", "webpage": page(i)} for i in range(12)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"id": f"b{i}", "webpage": page(100 + i)} for i in range(5)])
+    assert consume(a, out, fake_llm).returncode == 0
+    files_a = sorted(p.relative_to(out) for p in out.rglob("*.parquet"))
+    assert consume(a, out, fake_llm, "--roll-records", "5").returncode == 0  # same input, other boundaries
+    ids = [r["doc_id"] for r in read(out)] + [r["doc_id"] for r in read(out, rejected=True)]
+    assert sorted(ids) == sorted(f"a{i}" for i in range(12))
+    assert sorted(p.relative_to(out) for p in out.rglob("*.parquet")) != files_a
+    assert consume(b, out, fake_llm).returncode == 0
+    ids = [r["doc_id"] for r in read(out)] + [r["doc_id"] for r in read(out, rejected=True)]
+    assert sorted(ids) == sorted([f"a{i}" for i in range(12)] + [f"b{i}" for i in range(5)])
+    assert not [p for p in out.rglob("*") if p.name.startswith(".tmp")]
+
+
+def test_json_array_input_and_output_loads_with_datasets(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    from datasets import load_dataset
+
+    source = tmp_path / "pages.json"
+    source.write_text(json.dumps([{"webpage": page(i)} for i in range(4)]))
+    out = tmp_path / "out"
+    assert consume(source, out, fake_llm).returncode == 0
+    files = [str(f) for f in out.rglob("*.parquet") if "_rejected" not in f.parts]
+    ds = load_dataset("parquet", data_files=files)["train"]
+    assert ds.num_rows == 4
+    assert ds[0]["messages"][0]["role"] == "user"
+    assert len(ds[0]["doc_id"]) == 32  # a hash of the text when the input has no id
+
+
+def test_invalid_settings_are_refused_with_a_clear_message(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    source = write_jsonl(tmp_path / "p.jsonl", [{"webpage": "x"}])
+    result = consume(source, tmp_path / "out", fake_llm, "--max-concurrency", "0")
+    assert result.returncode == 2
+    assert "max_concurrency" in result.stderr
+    assert SECRET not in result.stderr
+    bad_config = tmp_path / "c.toml"
+    bad_config.write_text('modle = "typo"\n')
+    result = consume(source, tmp_path / "out", fake_llm, "--config", str(bad_config))
+    assert result.returncode == 2
+    assert "modle" in result.stderr
+
+
+def test_flags_override_environment_override_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamer.settings import ConsumeSettings
+
+    config = tmp_path / "c.toml"
+    config.write_text('model = "from-toml"\nseed = 3\nmax_concurrency = 5\noutput = "o"\nsource = "s"\n')
+    monkeypatch.setenv("WEBR_SEED", "4")
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
+    settings = ConsumeSettings.load({"max_concurrency": 9}, config)
+    assert (settings.model, settings.seed, settings.max_concurrency) == ("from-toml", 4, 9)
+    assert settings.api_key.get_secret_value() == SECRET
+    assert SECRET not in repr(settings) and SECRET not in str(settings.llm())
+    assert settings.llm().sampling.temperature == 0.6  # a non-OpenAI server gets the vLLM reference defaults
