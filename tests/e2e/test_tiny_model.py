@@ -84,6 +84,38 @@ def test_role_markers_are_single_special_tokens(model_dir: Path) -> None:
         assert marker in tokenizer.all_special_tokens
 
 
+def test_replies_end_their_turn_soon_but_not_at_once(model_dir: Path) -> None:
+    """The engine rejects truncated (finish_reason "length") and empty replies; the served model must avoid both.
+
+    Sampled as vLLM does with the reference settings of the vLLM path: temperature 0.6, top_p 0.9, no top_k.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    prompt = tokenizer.apply_chat_template(MESSAGES[:2], tokenize=False, add_generation_prompt=True)
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    torch.manual_seed(0)
+    out = model.generate(
+        **inputs,
+        max_new_tokens=48,
+        do_sample=True,
+        temperature=0.6,
+        top_p=0.9,
+        top_k=0,
+        num_return_sequences=100,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    stop_ids = {tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id}
+    lengths = []
+    for row in out[:, inputs["input_ids"].shape[1] :].tolist():
+        lengths.append(next((i for i, t in enumerate(row) if t in stop_ids), len(row)))
+    assert min(lengths) >= 1, "a reply ended before its first token: the engine would see empty content"
+    assert max(lengths) < 48, "a reply ran to max_tokens: the engine would see finish_reason 'length'"
+    assert 2 <= sum(lengths) / len(lengths) <= 12
+
+
 def test_build_is_deterministic_per_seed(model_dir: Path, tmp_path: Path) -> None:
     """Tests compare runs; the same seed must give the same bytes, another seed other weights."""
     again = build_tiny_chat_model(tmp_path / "again")

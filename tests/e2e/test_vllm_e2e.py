@@ -109,6 +109,27 @@ async def test_chat_completion_with_openai_sdk(vllm_server: VLLMServer) -> None:
     assert elapsed < 30, f"a short completion took {elapsed:.1f} s"
 
 
+async def test_tiny_model_ends_its_turn(vllm_server: VLLMServer) -> None:
+    """vLLM must stop on the chat template's end-of-turn token (generation_config's eos list), not run to the cap.
+
+    The engine treats finish_reason "length" as truncated output; without this the e2e run rejects everything.
+    """
+    async with AsyncOpenAI(base_url=vllm_server.base_url, api_key="unused", max_retries=0) as client:
+        for seed in range(5):
+            response = await client.chat.completions.create(
+                model=vllm_server.model,
+                messages=[{"role": "user", "content": "Describe the author of a page about bread."}],
+                max_tokens=48,
+                temperature=0.6,
+                top_p=0.9,
+                seed=seed,
+            )
+            choice = response.choices[0]
+            assert choice.finish_reason == "stop", choice
+            assert choice.message.content, choice
+            assert "<|end|>" not in choice.message.content  # special tokens are not shown
+
+
 async def test_prefix_cache_reuses_a_shared_leading_page(vllm_server: VLLMServer) -> None:
     """Checks the premise of the prompt layout: the same page first, then the task, hits vLLM's prefix cache."""
     page = _page("garden", _TOPICS["garden"], random.Random(1))
@@ -133,14 +154,16 @@ async def test_prefix_cache_reuses_a_shared_leading_page(vllm_server: VLLMServer
 def test_consume_file_end_to_end(vllm_server: VLLMServer, tmp_path: Path) -> None:
     """`python -m streamer.consume` on a small file: one outcome per document, chat rows, 3-4 calls per pair.
 
-    Short generations (--max-tokens) and a capped page (--max-page-tokens) keep the random model fast; the
-    page stays long enough (> one 32-token KV block) for the prefix cache to show the shared layout.
+    The tiny model ends its turns after ~5 tokens at the vLLM path's reference sampling, well inside
+    --max-tokens 48 (a truncated reply would be retried, then rejected); the page, capped at 200 tokens,
+    spans several 32-token KV blocks, so the prefix cache can show the page-first layout paying off.
     """
     source = tmp_path / "docs.jsonl"
     output = tmp_path / "out"
     ids = _write_documents(source)
     before = vllm_server.metrics()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WEBR_") and k != "OPENAI_API_KEY"}
+    before_stopped = vllm_server.metrics(finished_reason="stop")[SUCCESS]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBR_", "OPENAI_"))}
     command = [
         sys.executable,
         "-m",
@@ -160,7 +183,7 @@ def test_consume_file_end_to_end(vllm_server: VLLMServer, tmp_path: Path) -> Non
         "--max-concurrency",
         "4",
         "--max-tokens",
-        "24",
+        "48",
         "--max-page-tokens",
         "200",
     ]
@@ -194,17 +217,25 @@ def test_consume_file_end_to_end(vllm_server: VLLMServer, tmp_path: Path) -> Non
         assert row["category"] in {"WI_all", "WI_part", "WR_all", "WR_part"}, row
         assert row["category"].startswith(row["branch"]), row
         assert row["model"] == vllm_server.model, row
+        assert row["page_tokens"] <= 200, row  # --max-page-tokens held
+        # The engine's own accounting agrees with the method: 3 successful calls for WI, 4 for WR.
+        assert row["llm_calls"] == (3 if row["branch"] == "WI" else 4), row
 
     after = vllm_server.metrics()
     calls = after[SUCCESS] - before[SUCCESS]
+    stopped = vllm_server.metrics(finished_reason="stop")[SUCCESS] - before_stopped
+    truncated = calls - stopped  # answered, but cut at --max-tokens: the engine retries those
     expected_for_rows = sum(3 if row["branch"] == "WI" else 4 for row in rows)
     # WI pairs take 3 calls (persona, request, response), WR pairs 4 (rollout and refine): 3.33 on average.
     assert 3 * len(rows) <= expected_for_rows <= 4 * len(rows)
-    assert expected_for_rows <= calls <= expected_for_rows + 4 * len(rejected), (
-        f"vLLM served {calls:.0f} requests for {len(rows)} rows and {len(rejected)} rejections"
+    assert expected_for_rows <= stopped <= expected_for_rows + 4 * len(rejected), (
+        f"vLLM served {stopped:.0f} complete replies for {len(rows)} rows and {len(rejected)} rejections"
     )
+    assert truncated <= 2, f"{truncated:.0f} replies hit --max-tokens"
     # The page leads every call that carries it, so a document's later calls reuse its KV blocks.
     hits = after[PREFIX_HITS] - before[PREFIX_HITS]
     queries = after[PREFIX_QUERIES] - before[PREFIX_QUERIES]
     assert hits > 0, f"no prefix-cache hits over {queries:.0f} queried tokens"
+    # ...and the engine reads vLLM's usage.prompt_tokens_details, so the rows record what the cache saved.
+    assert sum(row["cached_tokens"] for row in rows) > 0
     print(f"\nconsume: {len(ids)} docs in {elapsed:.1f} s, {calls:.0f} calls, prefix hits {hits:.0f}/{queries:.0f}")

@@ -3,7 +3,9 @@
 `build_tiny_chat_model` writes a 2-layer Llama (hidden 128, 4 heads of 32: vLLM's CPU attention
 needs head_dim >= 32) and a byte-level BPE tokenizer trained locally on a built-in corpus. The
 same directory is served by vLLM on /v1/chat/completions and fine-tuned by TRL's SFTTrainer
-(its chat template carries `{% generation %}` markers for assistant-only loss).
+(its chat template carries `{% generation %}` markers for assistant-only loss). Its weights are
+random except for one habit: it ends its turn after a few tokens (see `_make_it_stop`), so
+replies come back with finish_reason "stop" instead of being truncated.
 """
 
 from __future__ import annotations
@@ -92,16 +94,61 @@ def _train_tokenizer(vocab_size: int, seed: int):  # -> PreTrainedTokenizerFast
     return fast
 
 
+# Logit of <|end|> over the (near-uniform, ~0) rest of the vocabulary. At the reference sampling of the vLLM
+# path (temperature 0.6, top_p 0.9, no top_k) a turn then ends with probability ~0.2 per token: ~5 tokens on
+# average, and a 48-token cap is reached about once in 10^5 replies. At temperature 1.0 it is ~2.6% per token.
+DEFAULT_STOP_LOGIT = 3.3
+_STOP_CHANNEL = 2.0  # value of the reserved residual dimension; dominates the RMS norm of the residual
+
+
+def _single_token(tokenizer, text: str) -> int:  # tokenizer: PreTrainedTokenizerFast
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"{text!r} is not a single token: {ids}")
+    return int(ids[0])
+
+
+def _make_it_stop(model, *, eot_id: int, newline_id: int, stop_logit: float) -> None:  # model: LlamaForCausalLM
+    """Give a random model the one habit tests need from a chat model: ending its turn, but never at once.
+
+    A purely random model almost never samples <|end|> (1 in ~1000 per token), so every reply would run to
+    max_tokens and come back with finish_reason "length", which the engine rightly treats as truncated
+    output. Residual dimension 0 is reserved as a constant channel: every token embedding carries
+    +_STOP_CHANNEL there, no attention or MLP block writes to it, and only <|end|>'s output row reads it, so
+    <|end|> gets a fixed logit bonus of `stop_logit` at every position. The newline token carries
+    -_STOP_CHANNEL instead: right after the "<|assistant|>\n" generation prompt <|end|> is all but
+    impossible, so replies are not empty. The rest of the weights stay random.
+    """
+    import torch
+
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight
+        embed[:, 0] = _STOP_CHANNEL
+        embed[newline_id, 0] = -_STOP_CHANNEL
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight[0, :] = 0.0
+            layer.mlp.down_proj.weight[0, :] = 0.0
+        head = model.lm_head.weight
+        head[:, 0] = 0.0
+        # After the final RMSNorm the channel reads a little under sqrt(hidden) (it dominates the norm):
+        # measure it on a probe sequence so that this row turns it into a logit of stop_logit.
+        probe = torch.arange(8, 8 + 32).unsqueeze(0) % model.config.vocab_size
+        channel = model.model(input_ids=probe).last_hidden_state[0, :, 0].mean().item()
+        head[eot_id, 0] = stop_logit / channel
+
+
 def build_tiny_chat_model(
     out_dir: Path,
     *,
     vocab_size: int = 1024,
     seed: int = 0,
     max_position_embeddings: int = 2048,
+    stop_logit: float = DEFAULT_STOP_LOGIT,
 ) -> Path:
     """Write a tiny random Llama chat model (safetensors + tokenizer + configs) to `out_dir`.
 
-    Deterministic for a given seed; a few MB; builds in about a second on a CPU.
+    Random weights, except that the model ends its turn like a chat model (see `_make_it_stop`):
+    `stop_logit` sets how soon. Deterministic for a given seed; a few MB; builds in a second or two.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -121,7 +168,7 @@ def build_tiny_chat_model(
         head_dim=32,
         max_position_embeddings=max_position_embeddings,
         rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,  # the stop channel needs its own output row (see _make_it_stop)
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id, eot_id],
         pad_token_id=tokenizer.pad_token_id,
@@ -129,6 +176,7 @@ def build_tiny_chat_model(
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    _make_it_stop(model, eot_id=eot_id, newline_id=_single_token(tokenizer, "\n"), stop_logit=stop_logit)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id, eot_id],
