@@ -10,13 +10,14 @@ or nothing to do, 1 unexpected error, 2 bad settings, 3 bad data, 4 training fai
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from trainer.exceptions import EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, TrainerConfigError, TrainerError
 
@@ -36,7 +37,16 @@ def make_parser() -> HfArgumentParser:
     from trainer.config import PipelineArgs
     from trainer.sft_config import WebrSFTConfig
 
-    parser = HfArgumentParser((PipelineArgs, WebrSFTConfig), prog="python -m trainer.run", description=__doc__)
+    class Parser(HfArgumentParser):
+        def error(self, message: str) -> NoReturn:  # argparse would sys.exit(2) with no summary line
+            raise TrainerConfigError(message)
+
+    parser = Parser(
+        (PipelineArgs, WebrSFTConfig),
+        prog="python -m trainer.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--config", default=None, help="YAML file of settings (field names as keys); the command line overrides it."
     )

@@ -85,6 +85,11 @@ class WebrSFTConfig(SFTConfig):
     save_steps: float = field(default=200, metadata={"help": "Optimizer steps between checkpoints."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept in the work dir."})
     disable_tqdm: bool | None = field(default=True, metadata={"help": "No progress bars: cron logs stay readable."})
+    # TRL turns checkpointing on through the name transformers 5 deprecated; the new name keeps logs warning-free.
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias."})
+    activation_checkpointing: bool | None = field(
+        default=True, metadata={"help": "Recompute activations in the backward pass: less memory, ~20%% slower."}
+    )
 
     def __post_init__(self) -> None:
         if self.bf16 is None:

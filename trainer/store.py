@@ -73,6 +73,7 @@ class ModelStore:
         if (dest / METADATA).exists():
             return dest
         tmp = cache / f".{run_id}.{uuid.uuid4().hex}"
+        tmp.mkdir(parents=True)
         pafs.copy_files(
             self.loc.path(run_id),
             str(tmp),
