@@ -109,3 +109,12 @@ def test_importing_the_script_stays_light() -> None:
     )
     assert out.stdout.strip() == "[]"
     assert time.monotonic() - started < 5
+
+
+def test_the_deployed_example_config_is_valid() -> None:
+    """deploy/cron/trainer.example.yaml is what operators copy: it must parse, keys and values."""
+    pipeline, cfg = parse_args(["--config", str(REPO / "deploy/cron/trainer.example.yaml")])
+    assert pipeline.data.startswith("s3://")
+    assert pipeline.min_new_rows == 5000
+    assert cfg.learning_rate == 2e-5
+    assert cfg.gradient_accumulation_steps == 32
