@@ -10,6 +10,7 @@ by an uncommitted earlier attempt, so a replay with different boundaries can nev
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,14 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    retry,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    stop_when_event_set,
+    wait_exponential_jitter,
+)
 
 from consumers.outcomes import Outcome, PairRow, Rejection
 from streamer.sinks.schema import pairs_table, rejected_table
@@ -74,6 +82,16 @@ def file_name(stream: str, partition: int, start_offset: int) -> str:
     return f"{stream}+{partition}+{start_offset:020d}.parquet"
 
 
+def parse_file_name(name: str) -> tuple[str, int, int] | None:
+    """(stream, partition, start offset) of a name made by `file_name`, or None for any other file."""
+    if not name.endswith(".parquet"):
+        return None
+    parts = name[: -len(".parquet")].rsplit("+", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    return parts[0], int(parts[1]), int(parts[2])
+
+
 def _date_dir(ts_ms: int | None) -> list[str]:
     """Record-time date partition (`dt=YYYY-MM-DD`); absent for sources without record time (files)."""
     if ts_ms is None:
@@ -90,7 +108,7 @@ class ParquetSink:
         policy: RollPolicy = RollPolicy(),
         *,
         compression: str = "zstd",
-        retry_deadline_s: float = 300.0,
+        retry_deadline_s: float | None = 300.0,
         on_written: Callable[[WrittenFile], None] | None = None,
     ) -> None:
         self.location = location
@@ -99,6 +117,7 @@ class ParquetSink:
         self.retry_deadline_s = retry_deadline_s
         self.on_written = on_written
         self._open: dict[tuple[str, int], _OpenFile] = {}
+        self._abort = threading.Event()
 
     def setup(self) -> None:
         """Check the output is reachable before any work is done (fail fast on a wrong bucket or path)."""
@@ -217,11 +236,21 @@ class ParquetSink:
 
         self._with_retry(delete)
 
+    def abort_retries(self) -> None:
+        """Make a write that is retrying an unavailable store give up now (thread-safe; for shutdown).
+
+        With `retry_deadline_s=None` writes retry until this is called: a streaming consumer waits out an
+        object-store outage, committing nothing meanwhile, and gives up only when it is told to stop.
+        """
+        self._abort.set()
+
     def _with_retry(self, fn: Callable[..., None], *args: object) -> None:
+        deadline = stop_never if self.retry_deadline_s is None else stop_after_delay(self.retry_deadline_s)
         retrying = retry(
             retry=retry_if_exception_type(OSError),
             wait=wait_exponential_jitter(multiplier=0.5, max=30),
-            stop=stop_after_delay(self.retry_deadline_s),
+            stop=deadline | stop_when_event_set(self._abort),
+            sleep=self._abort.wait,
             before_sleep=lambda rs: log.warning(
                 "object store write failed (attempt %d), retrying: %s", rs.attempt_number, rs.outcome.exception()
             ),
