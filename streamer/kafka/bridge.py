@@ -1,0 +1,223 @@
+"""The KafkaConsumer, the one thread that calls it, and its rebalance listener, bridged to asyncio.
+
+kafka-python's consumer is not thread-safe, and its blocking calls must not run on the asyncio loop: every call
+(poll, pause/resume, position, commit, close) goes through a single-thread executor, so calls are serialised
+and the loop only awaits futures. kafka-python 3 runs the group protocol (heartbeats, rebalances) on its own
+I/O thread, which is also where rebalance listeners run; a listener must not block that thread, so ours is an
+`AsyncConsumerRebalanceListener` that waits for the asyncio side through a kafka-python future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from kafka.errors import KafkaError
+from kafka.future import Future as KafkaFuture
+
+from streamer.kafka.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+FETCH_BYTES_PER_PARTITION = 10 << 20
+"""Large enough for a multi-megabyte page; memory is bounded by pausing, not by this."""
+
+
+def _unstick_parked_records(consumer: KafkaConsumer) -> None:
+    """Work around kafka-python 3.0.12 starving a partition that was paused with records still buffered.
+
+    Its fetcher parks such records and restores them on resume only when its in-line slot is `None`, but a
+    drained slot is left as an empty (falsy) object, so the parked records are never restored and the partition
+    is never fetched again. Emptying a drained slot (on the consumer thread, between polls) lets them through.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    current = getattr(fetcher, "_next_partition_records", None)
+    if current is not None and not current:
+        fetcher._next_partition_records = None  # type: ignore[union-attr]
+
+
+class RebalanceHandler(Protocol):
+    """What the runtime does when partitions move (called on the asyncio loop)."""
+
+    async def revoke(self, partitions: set[int]) -> dict[int, int]:
+        """Flush what is complete; return the offsets to commit before the partitions go."""
+
+    async def lose(self, partitions: set[int]) -> None:
+        """Membership was lost: drop the partitions' state without committing."""
+
+    def assign(self, partitions: set[int], epoch: int) -> None:
+        """New partitions (paused until the runtime has prepared them)."""
+
+    def revoke_committed(self, offsets: dict[int, int], ok: bool) -> None:
+        """Result of the commit made on revocation."""
+
+
+class _Listener(AsyncConsumerRebalanceListener):
+    def __init__(self, bridge: ConsumerBridge) -> None:
+        self._bridge = bridge
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        bridge = self._bridge
+        bridge.epoch += 1
+        offsets = await bridge.on_loop(bridge.handler.revoke(bridge.mine(revoked)))
+        if not offsets:
+            return
+        ok = True
+        try:
+            await bridge.consumer.commit_async(bridge.commit_map(offsets))
+        except KafkaError as exc:
+            ok = False
+            log.warning("commit on revocation failed (the next owner reprocesses from the last commit): %s", exc)
+        bridge.loop.call_soon_threadsafe(bridge.handler.revoke_committed, offsets, ok)
+
+    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        bridge = self._bridge
+        bridge.epoch += 1
+        await bridge.on_loop(bridge.handler.lose(bridge.mine(lost)))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        bridge = self._bridge
+        # Paused until the runtime has cleared stale output and rebuilt its dedup index for them.
+        bridge.consumer.pause(*assigned)
+        bridge.loop.call_soon_threadsafe(bridge.handler.assign, bridge.mine(assigned), bridge.epoch)
+
+
+class ConsumerBridge:
+    """A group member of `settings.topic`; all its consumer calls are awaitable from asyncio."""
+
+    def __init__(self, settings: KafkaSettings, handler: RebalanceHandler, *, max_poll_records: int) -> None:
+        assert settings.topic is not None and settings.bootstrap_servers is not None
+        self.settings = settings
+        self.topic = settings.topic
+        self.handler = handler
+        self.max_poll_records = max_poll_records
+        self.epoch = 0
+        """Bumped on every revocation: a commit prepared under an older epoch is not sent."""
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-consumer")
+        self._consumer: KafkaConsumer | None = None
+
+    @property
+    def consumer(self) -> KafkaConsumer:
+        assert self._consumer is not None, "start() first"
+        return self._consumer
+
+    def mine(self, partitions: set[TopicPartition]) -> set[int]:
+        return {tp.partition for tp in partitions if tp.topic == self.topic}
+
+    def commit_map(self, offsets: dict[int, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+        return {TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self.loop.run_in_executor(self._executor, fn, *args)
+
+    def on_loop(self, coro: Coroutine[Any, Any, Any]) -> KafkaFuture:
+        """Run `coro` on the asyncio loop; a kafka-python future its I/O thread can await without blocking.
+
+        The future is resolved on kafka-python's own loop (`_net.call_soon_threadsafe`), which also wakes it;
+        resolving it from the asyncio thread would leave the listener waiting for the next unrelated wake-up.
+        """
+        result = KafkaFuture()
+        net = getattr(self._consumer, "_net", None)
+
+        def resolve(done: concurrent.futures.Future[Any]) -> None:
+            def settle() -> None:
+                if done.cancelled():
+                    result.failure(KafkaError("rebalance handler cancelled"))
+                elif done.exception() is not None:
+                    result.failure(done.exception())
+                else:
+                    result.success(done.result())
+
+            if net is not None:
+                net.call_soon_threadsafe(settle)
+            else:
+                settle()
+
+        asyncio.run_coroutine_threadsafe(coro, self.loop).add_done_callback(resolve)
+        return result
+
+    async def start(self) -> None:
+        self._consumer = await self._call(self._make)
+
+    def _make(self) -> KafkaConsumer:
+        s = self.settings
+        consumer = KafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            group_id=s.group_id,
+            client_id=s.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=s.auto_offset_reset,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            max_poll_records=self.max_poll_records,
+            max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
+            # Eager protocols: every rebalance revokes everything first, which the dedup rebuild relies on.
+            partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
+        )
+        consumer.subscribe([self.topic], listener=_Listener(self))
+        return consumer
+
+    async def poll(
+        self, allowed: set[int], timeout_ms: int
+    ) -> tuple[dict[int, list[ConsumerRecord]], dict[int, int]]:
+        """Fetch from the partitions in `allowed` (all others paused); returns records and high watermarks."""
+        return await self._call(self._poll, set(allowed), timeout_ms)  # type: ignore[no-any-return]
+
+    def _poll(self, allowed: set[int], timeout_ms: int) -> tuple[dict[int, list[ConsumerRecord]], dict[int, int]]:
+        c = self.consumer
+        assigned = c.assignment()
+        paused = c.paused()
+        to_pause = [tp for tp in assigned if tp.partition not in allowed and tp not in paused]
+        to_resume = [tp for tp in assigned if tp.partition in allowed and tp in paused]
+        if to_pause:
+            c.pause(*to_pause)
+        if to_resume:
+            c.resume(*to_resume)
+        batches = c.poll(timeout_ms=timeout_ms, max_records=self.max_poll_records)
+        _unstick_parked_records(c)
+        records = {tp.partition: recs for tp, recs in batches.items() if tp.topic == self.topic}
+        highwaters = {}
+        for tp in c.assignment():
+            hw = c.highwater(tp)
+            if hw is not None:
+                highwaters[tp.partition] = hw
+        return records, highwaters
+
+    async def positions(self, partitions: set[int]) -> dict[int, int]:
+        """Next offset to fetch per partition (the committed offset, or the reset position without one)."""
+        return await self._call(self._positions, set(partitions))  # type: ignore[no-any-return]
+
+    def _positions(self, partitions: set[int]) -> dict[int, int]:
+        assigned = {tp.partition for tp in self.consumer.assignment()}
+        return {p: self.consumer.position(TopicPartition(self.topic, p)) for p in partitions if p in assigned}
+
+    async def commit(self, offsets: dict[int, int], epoch: int) -> dict[int, int]:
+        """Commit offsets of partitions still owned under `epoch`; returns what was committed (raises KafkaError)."""
+        return await self._call(self._commit, dict(offsets), epoch)  # type: ignore[no-any-return]
+
+    def _commit(self, offsets: dict[int, int], epoch: int) -> dict[int, int]:
+        if epoch != self.epoch:
+            return {}
+        assigned = {tp.partition for tp in self.consumer.assignment()}
+        owned = {p: o for p, o in offsets.items() if p in assigned}
+        if owned:
+            self.consumer.commit(self.commit_map(owned))
+        return owned
+
+    async def close(self) -> None:
+        """Leave the group (the listener's revocation makes the last commit), then stop the thread."""
+        if self._consumer is not None:
+            try:
+                await self._call(self._consumer.close, False)
+            except Exception as exc:  # leaving is best effort: the session timeout frees the partitions anyway
+                log.warning("consumer close failed: %s", exc)
+        self._executor.shutdown(wait=False)

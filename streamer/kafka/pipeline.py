@@ -1,0 +1,238 @@
+"""Per-partition flow of records: backlog -> ordered window (the engine) -> dedup -> sink -> commit offsets.
+
+Everything here runs on the asyncio loop; blocking sink I/O goes to one thread so writes stay in order. The
+`lock` serialises what touches the sink and the dedup index (emitting, checkpoints, rebalances): the runtime
+holds it around those calls and never around a call that needs the consumer thread.
+
+Commit order (Quix's checkpoint, Kafka Connect's S3 sink): flush the sink, await the dead letters of the written
+ranges, and only then report offsets as committable, never past the end of the last durable file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from kafka.consumer.fetcher import ConsumerRecord
+
+from consumers.exceptions import InvalidRecord
+from consumers.outcomes import Outcome, Rejection, SourceRef
+from producers.records import Document, parse_message
+from streamer.kafka.deadletters import DeadLetters, SourceMessage
+from streamer.metrics import ConsumerMetrics
+from streamer.sinks.parquet import ParquetSink, WrittenFile
+from streamer.window import OrderedWindow
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Processor(Protocol):
+    """The engine as the runtime uses it (`consumers.webr.processor.DocumentProcessor`)."""
+
+    async def process(self, doc: Document, ref: SourceRef, *, seq: int) -> Outcome: ...
+
+    def admit(self, outcome: Outcome) -> Outcome: ...
+
+    def reject_invalid(self, error: InvalidRecord, ref: SourceRef, raw: bytes | None) -> Rejection: ...
+
+
+@dataclass(slots=True)
+class PartitionState:
+    """One owned partition. Offsets: fetched < `next_fetch`; in files < `durable`; committed < `committed`."""
+
+    partition: int
+    window: OrderedWindow
+    next_fetch: int
+    durable: int
+    committed: int
+    backlog: deque[ConsumerRecord] = field(default_factory=deque)
+    sources: dict[int, SourceMessage] = field(default_factory=dict)
+
+
+class Pipeline:
+    """The owned partitions of one topic and the path of their records to durable output."""
+
+    def __init__(
+        self, topic: str, processor: Processor, sink: ParquetSink, dead_letters: DeadLetters,
+        metrics: ConsumerMetrics, *, max_in_flight: int,
+    ) -> None:
+        self.topic = topic
+        self.processor = processor
+        self.sink = sink
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self.parts: dict[int, PartitionState] = {}
+        self.indexed: dict[int, int] = {}
+        """Per partition, the offset below which every admitted row is in the processor's dedup index."""
+        self.lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+        self._seq = 0
+        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sink-io")
+
+    async def io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking object-store work on the sink thread (one at a time, in submission order)."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    def close(self) -> None:
+        self._io.shutdown(wait=False)
+
+    # -- ownership -------------------------------------------------------------------------------------------
+
+    def open(self, partition: int, position: int) -> None:
+        window = OrderedWindow(self.max_in_flight, 4 * self.max_in_flight)
+        self.parts[partition] = PartitionState(partition, window, position, position, position)
+        self.metrics.assigned.set(len(self.parts))
+        self.metrics.committed.labels(str(partition)).set(position)
+
+    async def close_partitions(self, partitions: Iterable[int]) -> list[int]:
+        """Drop partitions: cancel their running documents, forget buffered output; returns offsets dropped."""
+        dropped: list[int] = []
+        keys = []
+        for p in list(partitions):
+            state = self.parts.pop(p, None)
+            if state is None:
+                continue
+            dropped += await state.window.cancel()
+            dropped += [r.offset for r in state.backlog]
+            keys.append((self.topic, p))
+        self.sink.discard(keys)
+        self.dead_letters.discard({p for _, p in keys})
+        self.metrics.assigned.set(len(self.parts))
+        return dropped
+
+    # -- intake ----------------------------------------------------------------------------------------------
+
+    def accept(self, partition: int, records: list[ConsumerRecord]) -> int:
+        """Queue fetched records of an owned partition (refetched offsets are ignored)."""
+        state = self.parts.get(partition)
+        if state is None:
+            return 0
+        fresh = [r for r in records if r.offset >= state.next_fetch]
+        if fresh:
+            state.backlog.extend(fresh)
+            state.next_fetch = fresh[-1].offset + 1
+            self.metrics.docs_in.labels(str(partition)).inc(len(fresh))
+        return len(fresh)
+
+    def fetchable(self) -> set[int]:
+        """Partitions to fetch from: owned ones with nothing waiting for a slot (the rest stay paused)."""
+        return {p for p, s in self.parts.items() if not s.backlog}
+
+    @property
+    def running(self) -> int:
+        return sum(s.window.running for s in self.parts.values())
+
+    @property
+    def busy(self) -> bool:
+        """Anything fetched but not yet in the sink."""
+        return any(s.backlog or len(s.window) for s in self.parts.values())
+
+    def dispatch(self) -> int:
+        """Start documents from the backlogs, round robin over partitions, while the in-flight bound allows."""
+        started = 0
+        progress = True
+        while progress and self.running < self.max_in_flight:
+            progress = False
+            for state in self.parts.values():
+                if state.backlog and state.window.has_room and self.running < self.max_in_flight:
+                    self._start(state, state.backlog.popleft())
+                    started += 1
+                    progress = True
+        self.metrics.in_flight.set(self.running)
+        self.metrics.backlog.set(sum(len(s.backlog) for s in self.parts.values()))
+        return started
+
+    def _start(self, state: PartitionState, record: ConsumerRecord) -> None:
+        ref = SourceRef(self.topic, state.partition, record.offset, record.timestamp)
+        state.sources[record.offset] = SourceMessage(
+            self.topic, state.partition, record.offset, record.key, record.value, record.timestamp
+        )
+        try:
+            doc = parse_message(record.value)
+        except InvalidRecord as exc:
+            log.warning("rejected %s[%d]@%d: %s", self.topic, state.partition, record.offset, exc,
+                        extra={"partition": state.partition, "offset": record.offset, "reason": exc.reason})
+            state.window.push(record.offset, self.processor.reject_invalid(exc, ref, record.value))
+            self.wake.set()
+            return
+        self._seq += 1
+        state.window.push(record.offset, self._process(doc, ref, self._seq))
+
+    async def _process(self, doc: Document, ref: SourceRef, seq: int) -> Outcome:
+        started = time.monotonic()
+        try:
+            return await self.processor.process(doc, ref, seq=seq)
+        finally:
+            self.metrics.doc_latency.observe(time.monotonic() - started)
+            self.wake.set()
+
+    # -- output (hold `lock`) --------------------------------------------------------------------------------
+
+    async def emit(self, partitions: Iterable[int] | None = None) -> list[WrittenFile]:
+        """Move finished outcomes at the head of each window, in offset order, through dedup into the sink."""
+        batch: list[tuple[int, int, Outcome]] = []
+        for p in list(self.parts if partitions is None else partitions):
+            state = self.parts.get(p)
+            if state is None:
+                continue
+            for offset, outcome in state.window.pop_ready():
+                admitted = self.processor.admit(outcome)
+                self.indexed[p] = offset + 1
+                source = state.sources.pop(offset)
+                if isinstance(admitted, Rejection):
+                    self.dead_letters.hold(source, admitted)
+                self.metrics.outcome(admitted)
+                batch.append((p, offset, admitted))
+        if not batch:
+            return []
+        written = await self.io(self._add_all, batch)
+        self._note(written)
+        return written
+
+    def _add_all(self, batch: list[tuple[int, int, Outcome]]) -> list[WrittenFile]:
+        written: list[WrittenFile] = []
+        for partition, offset, outcome in batch:
+            # Offsets without a record (transaction markers, compaction) still belong to the open range.
+            self.sink.skip(self.topic, partition, offset - 1)
+            written += self.sink.add(self.topic, partition, offset, outcome)
+        return written
+
+    def _note(self, written: list[WrittenFile]) -> None:
+        for f in written:
+            state = self.parts.get(f.partition)
+            if state is not None:
+                state.durable = max(state.durable, f.end_offset)
+            self.dead_letters.release(f.partition, f.end_offset)
+            self.metrics.file_written(f.bytes_written)
+
+    async def checkpoint(self, partitions: Iterable[int] | None = None, *, flush: bool) -> dict[int, int]:
+        """Make output durable (all buffered output of `partitions` when `flush`), await the dead letters, and
+        return the offsets that may be committed now: per partition, the end of its last durable file."""
+        chosen = [p for p in (self.parts if partitions is None else partitions) if p in self.parts]
+        if flush and chosen:
+            self._note(await self.io(self.sink.flush, [(self.topic, p) for p in chosen]))
+        sent = await self.dead_letters.flush()
+        if sent:
+            self.metrics.dead_letters.inc(sent)
+        return {p: self.parts[p].durable for p in chosen if self.parts[p].durable > self.parts[p].committed}
+
+    def committed(self, offsets: dict[int, int]) -> None:
+        for p, offset in offsets.items():
+            state = self.parts.get(p)
+            if state is not None:
+                state.committed = max(state.committed, offset)
+            self.metrics.committed.labels(str(p)).set(offset)
+
+    @property
+    def uncommitted(self) -> dict[int, int]:
+        """Durable offsets not committed yet (a commit failed, or none was attempted since the last file)."""
+        return {p: s.durable for p, s in self.parts.items() if s.durable > s.committed}

@@ -1,0 +1,80 @@
+"""What a new owner of a partition does before it consumes: clear uncommitted output, recall dedup decisions.
+
+Offsets are committed only at the end of a durable file, so every output file of a partition that starts at or
+after the committed offset was written by an owner that died (or lost the partition) before it could commit. It
+is about to be rewritten from the same records, possibly with other file boundaries (a shutdown flush rolls
+early), so it is removed first: otherwise a replay rolling at a different offset would leave a row twice.
+
+The dedup index is in memory. Rebuilding it from the rows below the committed offset keeps the decisions made
+before a restart; rows above it are not loaded, or a replayed document would be a near-duplicate of itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+from streamer.sinks.parquet import REJECTED_DIR, parse_file_name
+from streamer.storage import Location
+
+log = logging.getLogger(__name__)
+
+DEDUP_COLUMNS = ["branch", "request", "page_hash", "source_partition", "source_offset"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    path: str
+    partition: int
+    start_offset: int
+    rejected: bool
+
+
+def list_outputs(location: Location, stream: str) -> list[OutputFile]:
+    """Every rows and rejections file of `stream`, across date directories."""
+    found: list[OutputFile] = []
+    for base, rejected in ((location.path(stream), False), (location.path(REJECTED_DIR, stream), True)):
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        for info in location.fs.get_file_info(selector):
+            parsed = parse_file_name(info.base_name) if info.type == pafs.FileType.File else None
+            if parsed is not None and parsed[0] == stream:
+                found.append(OutputFile(info.path, parsed[1], parsed[2], rejected))
+    return found
+
+
+def clear_uncommitted(location: Location, stream: str, positions: dict[int, int]) -> list[str]:
+    """Delete the files of each partition that start at or after its committed offset; returns their paths."""
+    stale = [f for f in list_outputs(location, stream) if f.partition in positions and
+             f.start_offset >= positions[f.partition]]
+    for f in stale:
+        log.info("removing uncommitted output %s (partition %d restarts at %d)",
+                 f.path, f.partition, positions[f.partition])
+        location.fs.delete_file(f.path)
+    return [f.path for f in stale]
+
+
+def committed_rows(
+    location: Location, stream: str, ranges: dict[int, tuple[int, int]]
+) -> Iterator[tuple[str, str, str]]:
+    """(branch, request, page_hash) of the rows of each partition whose offsets fall in its [start, end)."""
+    for f in list_outputs(location, stream):
+        if f.rejected or f.partition not in ranges:
+            continue
+        start, end = ranges[f.partition]
+        if f.start_offset >= end:
+            continue
+        table = pq.read_table(f.path, columns=DEDUP_COLUMNS, filesystem=location.fs)
+        offsets = table.column("source_offset")
+        keep = pc.and_(pc.greater_equal(offsets, start), pc.less(offsets, end))
+        table = table.filter(keep)
+        for branch, request, page_hash in zip(
+            table.column("branch").to_pylist(), table.column("request").to_pylist(),
+            table.column("page_hash").to_pylist(), strict=True,
+        ):
+            if request:
+                yield branch, request, page_hash or ""

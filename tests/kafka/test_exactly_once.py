@@ -1,0 +1,151 @@
+"""The Done-when of issue 3, end to end: real broker, real S3 API, real engine over HTTP, consumer processes.
+
+Every document put on the topic must end in the output exactly once, as a row or a rejection with a reason,
+across SIGKILLs at random moments, and malformed messages must become rejections while good documents flow on.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakeopenai import FakeOpenAI
+from tests.fixtures.kafka import KafkaTopic
+from tests.fixtures.s3 import S3Bucket
+from tests.kafka.helpers import Consumer, documents, read_output, sleep_until, wait_committed
+
+pytestmark = pytest.mark.timeout(300)
+
+HUGE = "The harbour ferry timetable changes with the tides. " * 60_000  # ~3 MB
+
+MALFORMED: dict[str, tuple[bytes, set[str]]] = {
+    "bad-not-json": (b"this is not json {", {"not_json"}),
+    "bad-binary": (bytes(range(256)) * 4, {"not_utf8"}),
+    "bad-binary-text": (json.dumps({"id": "bin", "text": "ab\x00\x01\x02cd"}).encode(), {"binary_text"}),
+    "bad-empty": (b"", {"empty_message"}),
+    "bad-no-text": (json.dumps({"id": "no-text", "url": "https://t.test/x"}).encode(), {"missing_text"}),
+    "bad-int-text": (json.dumps({"id": "int-text", "text": 42}).encode(), {"text_not_string"}),
+    "bad-array": (json.dumps([{"id": "in-array", "text": "hello"}]).encode(), {"not_an_object"}),
+}
+
+
+@pytest.fixture(params=["local", "s3"])
+def output(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str | None]]:
+    """(output URI, S3 endpoint) on a local directory or a fresh bucket of the moto server."""
+    if request.param == "local":
+        yield str(tmp_path / "out"), None
+    else:
+        bucket: S3Bucket = request.getfixturevalue("s3_bucket")
+        yield bucket.uri(), bucket.endpoint_url
+
+
+@pytest.fixture
+def consumers() -> Iterator[list[Consumer]]:
+    """Consumers started by a test; killed at teardown if still running."""
+    started: list[Consumer] = []
+    yield started
+    for c in started:
+        c.stop()
+
+
+def test_malformed_messages_become_rejections_and_good_documents_flow(
+    kafka_topic: KafkaTopic, fake_llm: FakeOpenAI, output: tuple[str, str | None], tmp_path: Path,
+    consumers: list[Consumer],
+) -> None:
+    uri, endpoint = output
+    good = documents(40)
+    huge = (b"doc-huge", json.dumps({"id": "doc-huge", "text": HUGE}).encode())
+    bad = [(key.encode(), value) for key, (value, _) in MALFORMED.items()]
+    mixed = good[:20] + bad[:4] + [huge] + good[20:] + bad[4:]
+    kafka_topic.produce(mixed)
+
+    consumer = Consumer(kafka_topic, uri, fake_llm.url, tmp_path, "--stop-after-idle", "3", s3_endpoint_url=endpoint)
+    consumers.append(consumer.start())
+    assert consumer.wait() == 0, consumer.log()[-3000:]
+
+    out = read_output(uri, kafka_topic.name, endpoint)
+    assert max(out.sources.values()) == 1, "an offset was written twice"
+    assert len(out.sources) == len(mixed)
+    good_ids = {k.decode() for k, _ in good} | {"doc-huge"}
+    by_id = out.doc_ids
+    assert all(by_id[i] == 1 for i in good_ids), {i: by_id[i] for i in good_ids if by_id[i] != 1}
+    rows = {r["doc_id"]: r for r in out.rows}
+    assert len(rows) >= 36, [(r["doc_id"], r["reason"]) for r in out.rejected]
+    assert rows["doc-huge"]["page_truncated"] is True, "a 3 MB page is cut to the token cap, not sent whole"
+
+    rejected_by_key = {}
+    values = {v: k.decode() for k, v in bad}
+    for r in out.rejected:
+        if r["payload"] in values:
+            rejected_by_key[values[r["payload"]]] = r
+    assert set(rejected_by_key) == set(MALFORMED)
+    for key, (_, reasons) in MALFORMED.items():
+        assert rejected_by_key[key]["reason"] in reasons, (key, rejected_by_key[key]["reason"])
+        assert rejected_by_key[key]["stage"] == "input"
+
+    # dead letters: the original message, where it came from and why, once per rejection
+    letters = kafka_topic.read(len(out.rejected), topic=f"{kafka_topic.name}.dlq", timeout=20)
+    assert len(letters) == len(out.rejected)
+    by_source = {(r["source_partition"], r["source_offset"]): r for r in out.rejected}
+    for letter in letters:
+        headers = {k: v.decode() for k, v in letter.headers}
+        src = (int(headers["webr.source.partition"]), int(headers["webr.source.offset"]))
+        assert headers["webr.source.topic"] == kafka_topic.name
+        assert headers["webr.reason"] == by_source[src]["reason"]
+        assert headers["webr.stage"] == by_source[src]["stage"]
+        assert letter.value == (by_source[src]["payload"] or letter.value)
+    assert {(int(dict(x.headers)["webr.source.partition"]), int(dict(x.headers)["webr.source.offset"]))
+            for x in letters} == set(by_source)
+
+    # everything committed, to the end of each partition
+    ends: dict[int, int] = {}
+    for p, o in out.sources:
+        ends[p] = max(ends.get(p, 0), o + 1)
+    assert kafka_topic.committed() == ends
+    # structured logs: every line of the consumer is a JSON object
+    assert any(e["msg"].startswith("committed") for e in consumer.events())
+
+
+def test_sigkill_three_times_at_random_moments_leaves_every_document_once(
+    kafka_topic: KafkaTopic, fake_llm_factory, output: tuple[str, str | None], tmp_path: Path,  # type: ignore[no-untyped-def]
+    consumers: list[Consumer],
+) -> None:
+    """150 documents, 3 partitions; kill -9 three times at random moments, restart; exactly once at the end."""
+    uri, endpoint = output
+    llm: FakeOpenAI = fake_llm_factory(latency_s=(0.02, 0.25))
+    docs = documents(150)
+    kafka_topic.produce(docs)
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    consumer = Consumer(kafka_topic, uri, llm.url, tmp_path, s3_endpoint_url=endpoint)
+    consumers.append(consumer)
+    kills = 0
+    while kills < 3:
+        consumer.start()
+        consumer.wait_ready()
+        sleep_until(time.monotonic() + rng.uniform(0.2, 2.5))
+        if consumer.exited:
+            break
+        consumer.kill()
+        kills += 1
+    assert kills == 3, f"consumer exited on its own before the third kill (seed {seed})"
+    assert sum(c or 0 for c in kafka_topic.committed().values()) < len(docs), "killed too late to test anything"
+
+    consumer.cmd += ["--stop-after-idle", "3"]
+    consumer.start()
+    assert consumer.wait() == 0, consumer.log()[-3000:]
+
+    out = read_output(uri, kafka_topic.name, endpoint)
+    assert max(out.sources.values()) == 1, f"an offset was written twice (seed {seed})"
+    assert set(out.doc_ids) == {k.decode() for k, _ in docs}
+    assert max(out.doc_ids.values()) == 1, f"a document was written twice (seed {seed})"
+    assert len(out.rows) + len(out.rejected) == len(docs)
+    assert len(out.rows) >= 140, [(r["doc_id"], r["reason"]) for r in out.rejected]
+    assert sum(kafka_topic.committed().values()) == len(docs)  # type: ignore[arg-type]
+    wait_committed(kafka_topic, len(docs), timeout=5)
