@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from consumers.llm.settings import OPENAI_BASE_URL, LLMSettings, Sampling
+from consumers.llm.settings import OPENAI_BASE_URL, Backend, LLMSettings, Sampling
 from consumers.webr.processor import WebRSettings
 from streamer.sinks.parquet import RollPolicy
 
@@ -42,6 +42,10 @@ class ConsumeSettings(BaseSettings):
         default=SecretStr(""),
         validation_alias=AliasChoices("api_key", "WEBR_API_KEY", "OPENAI_API_KEY"),
         description="API key (default: $OPENAI_API_KEY); never logged",
+    )
+    backend: Backend = Field(
+        default="auto",
+        description="whose reference defaults apply (sampling, prices): openai, vllm, or auto by the --base-url host",
     )
     model: str = Field(default="gpt-4o-mini", description="model name as the server knows it")
     max_concurrency: int = Field(default=64, gt=0, description="LLM requests in flight at once")
@@ -95,15 +99,10 @@ class ConsumeSettings(BaseSettings):
         finally:
             _CONFIG_FILE.reset(token)
 
-    def sampling(self) -> Sampling:
-        defaults = Sampling.reference_defaults(self.base_url)
-        given = {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p),
-                                   ("max_tokens", self.max_tokens)) if v is not None}
-        return defaults.model_copy(update=given)
-
     def llm(self) -> LLMSettings:
-        return LLMSettings(
+        base = LLMSettings(
             base_url=self.base_url,
+            backend=self.backend,
             api_key=self.api_key,
             model=self.model,
             max_concurrency=self.max_concurrency,
@@ -111,8 +110,11 @@ class ConsumeSettings(BaseSettings):
             max_tokens_per_minute=self.max_tokens_per_minute,
             request_timeout_s=self.request_timeout_s,
             max_attempts=self.max_attempts,
-            sampling=self.sampling(),
         )
+        given = {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p),
+                                   ("max_tokens", self.max_tokens)) if v is not None}
+        sampling = Sampling.reference_defaults(base.is_openai).model_copy(update=given)
+        return base.model_copy(update={"sampling": sampling})
 
     def webr(self) -> WebRSettings:
         return WebRSettings(seed=self.seed, max_page_tokens=self.max_page_tokens)

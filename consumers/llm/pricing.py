@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from consumers.llm.settings import LLMSettings, is_openai
+from consumers.llm.settings import LLMSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ def prices_for(settings: LLMSettings) -> Prices | None:
     Overrides replace single fields of the table's entry; without an entry (unknown model or a self-hosted
     server) input and output prices must both be given, and cached input defaults to the input price.
     """
-    base = table_prices(settings.model) if is_openai(settings.base_url) else None
+    base = table_prices(settings.model) if settings.is_openai else None
     input_price = settings.price_input_per_mtok
     output_price = settings.price_output_per_mtok
     cached_price = settings.price_cached_input_per_mtok

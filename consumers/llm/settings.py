@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+Backend = Literal["auto", "openai", "vllm"]
 
 
 def is_openai(base_url: str) -> bool:
@@ -24,9 +26,9 @@ class Sampling(BaseModel):
     max_tokens: int | None = Field(default=None, gt=0)
 
     @classmethod
-    def reference_defaults(cls, base_url: str) -> Sampling:
+    def reference_defaults(cls, openai: bool) -> Sampling:
         """The WebR reference: GPT-4o-mini at temperature 1.0 and API defaults; vLLM at 0.6 / 0.9 / 4096."""
-        if is_openai(base_url):
+        if openai:
             return cls(temperature=1.0)
         return cls(temperature=0.6, top_p=0.9, max_tokens=4096)
 
@@ -37,6 +39,7 @@ class LLMSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     base_url: str = OPENAI_BASE_URL
+    backend: Backend = Field(default="auto", description="OpenAI or vLLM semantics; auto: by the base URL's host")
     api_key: SecretStr = SecretStr("")
     model: str = "gpt-4o-mini"
     max_concurrency: int = Field(default=64, gt=0, description="requests in flight at once")
@@ -49,6 +52,11 @@ class LLMSettings(BaseModel):
     price_input_per_mtok: float | None = Field(default=None, ge=0)
     price_cached_input_per_mtok: float | None = Field(default=None, ge=0)
     price_output_per_mtok: float | None = Field(default=None, ge=0)
+
+    @property
+    def is_openai(self) -> bool:
+        """OpenAI semantics (reference sampling, prices): OpenAI itself, or a gateway declared as such."""
+        return self.backend == "openai" or (self.backend == "auto" and is_openai(self.base_url))
 
     @model_validator(mode="after")
     def _key_needed_for_openai(self) -> LLMSettings:

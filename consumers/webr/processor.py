@@ -23,7 +23,7 @@ from consumers.webr import prompts
 from consumers.webr.dedup import DedupIndex, DedupSettings
 from consumers.webr.plan import Plan, document_rng, draw_plan
 from consumers.webr.state import DocState, DocumentStateMachine
-from consumers.webr.text import clean, is_refusal, section
+from consumers.webr.text import clean, is_refusal, normalise, section
 from producers.records import Document
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ class DocumentProcessor:
 
     async def _chain(self, run: _Run) -> PairRow:
         m = run.machine
-        page, page_tokens, truncated = truncate_to_tokens(run.doc.text, self.settings.max_page_tokens)
+        capped, page_tokens, truncated = truncate_to_tokens(run.doc.text, self.settings.max_page_tokens)
+        page = normalise(capped)
         rng = document_rng(self.settings.seed, run.doc.doc_id)
 
         m.advance(DocState.PERSONA)

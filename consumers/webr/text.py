@@ -35,6 +35,13 @@ def paragraphs(page: str) -> tuple[list[str], str]:
     return [p for p in cleaned if p], sep
 
 
+def normalise(page: str) -> str:
+    """The page as sectioning sees it (paragraphs rejoined); every section is a text prefix of it, so a
+    document's calls share one cacheable prefix from the persona call on."""
+    paras, sep = paragraphs(page)
+    return sep.join(paras) if paras else page.strip()
+
+
 def section(page: str, rng: random.Random, keep_whole_probability: float = 0.5) -> Section:
     """Keep the whole page, or (with probability 1 - keep_whole_probability) a random-length paragraph prefix."""
     paras, sep = paragraphs(page)

@@ -67,3 +67,16 @@ def test_refusals_detected(text: str) -> None:
 
 def test_answers_mentioning_sorry_later_are_not_refusals() -> None:
     assert not is_refusal("The minister said she was sorry for the delays.")
+
+
+def test_every_section_is_a_text_prefix_of_the_normalised_page() -> None:
+    """The persona call sees the normalised page; later calls a section: they must share a prefix."""
+    from consumers.webr.text import normalise
+
+    page = "# Big headline\n\nFirst para.\n\n## Sub\n\nSecond para.\nline two"
+    norm = normalise(page)
+    assert norm.startswith("Big headline\n\nFirst para.")
+    rng = random.Random(1)
+    for _ in range(50):
+        assert norm.startswith(section(norm, rng).text)
+    assert normalise(norm) == norm
