@@ -68,6 +68,13 @@ class _SlidingBudget:
                 return entry.at + self.window_s
         return now  # unreachable while need <= capacity; kept total for safety
 
+    def fits_beside(self, amount: float, later: float, later_at: float) -> bool:
+        """Whether `amount` fits now and, still in the window at `later_at`, leaves room for `later` then."""
+        if self.used + amount > self.capacity + _EPS:
+            return False
+        leaving = sum(e.amount for e in self._entries if e.at + self.window_s <= later_at + _EXPIRY_SLACK_S)
+        return self.used - leaving + amount + self._need(later) <= self.capacity + _EPS
+
     def add(self, amount: float, now: float) -> _Entry:
         entry = _Entry(now, amount)
         self._entries.append(entry)
@@ -214,10 +221,27 @@ class RateLimiter:
             now = loop.time()
             at = self._ready_at(head.tokens, now)
             if at > now + _EXPIRY_SLACK_S:
+                self._backfill(head, at, now)
                 self._timer = loop.call_at(at, self._wake)
                 return
             heapq.heappop(self._waiters)
             head.future.set_result(self._admit(head.tokens, now))
+
+    def _backfill(self, head: _Waiter, head_at: float, now: float) -> None:
+        """Let later waiters use slack that the head cannot, when doing so does not delay the head.
+
+        A call admitted now is still in the window when the head's turn comes (windows are one slice long), so it
+        may go only if the head would fit beside it then. The head keeps its time; big calls are never starved.
+        """
+        if now < self._cooldown_until:
+            return
+        for waiter in sorted(self._waiters)[1:]:
+            if self._requests is not None and not self._requests.fits_beside(1, 1, head_at):
+                return  # every call needs a request slot: nobody else can go
+            if waiter.future.done():
+                continue
+            if self._tokens is None or self._tokens.fits_beside(waiter.tokens, head.tokens, head_at):
+                waiter.future.set_result(self._admit(waiter.tokens, now))
 
     def _adjust(self, entry: _Entry, tokens: int) -> None:
         if self._tokens is not None and self._tokens.adjust(entry, tokens) < 0 and self._waiters:

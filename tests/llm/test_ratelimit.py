@@ -181,3 +181,32 @@ async def test_gate_slot_handed_to_a_cancelled_waiter_is_passed_on() -> None:
 async def _enter(gate: PriorityGate, priority: int) -> None:
     async with gate.slot(priority):
         await asyncio.sleep(0)
+
+
+async def test_small_call_uses_slack_the_head_cannot_without_delaying_it() -> None:
+    limiter = RateLimiter(tokens_per_minute=6000)  # 100 tokens per second
+    await limiter.acquire(70)
+    t0 = _now()
+    head = asyncio.create_task(_timed_tokens(limiter, 60, priority=0))  # must wait for the 70 to leave
+    filler = asyncio.create_task(_timed_tokens(limiter, 20, priority=5))  # fits now, and beside 60 later
+    too_big = asyncio.create_task(_timed_tokens(limiter, 35, priority=6))  # does not fit now
+    head_at, filler_at, big_at = await asyncio.gather(head, filler, too_big)
+    assert filler_at - t0 < 0.3
+    assert 0.8 <= head_at - t0 < 1.5
+    assert big_at >= head_at
+
+
+async def test_no_backfill_that_would_delay_the_head() -> None:
+    limiter = RateLimiter(tokens_per_minute=6000)
+    await limiter.acquire(70)
+    t0 = _now()
+    head = asyncio.create_task(_timed_tokens(limiter, 90, priority=0))
+    filler = asyncio.create_task(_timed_tokens(limiter, 20, priority=5))  # fits now, but not beside 90 later
+    head_at, filler_at = await asyncio.gather(head, filler)
+    assert 0.8 <= head_at - t0 < 1.5
+    assert filler_at >= head_at
+
+
+async def _timed_tokens(limiter: RateLimiter, tokens: int, priority: int) -> float:
+    await limiter.acquire(tokens, priority=priority)
+    return _now()
