@@ -46,6 +46,7 @@ def build_metadata(
             "from_new_files": tset["rows_from_new_files"],
             "from_old_files": tset["rows_from_old_files"],
             "skipped": tset["skipped"],
+            "without_loss_tokens": outcome.rows_without_loss_tokens,
             "skipped_examples": tset["skipped_examples"],
         },
         "bad_files": tset["bad_files"],

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from streamer.storage import resolve
 from trainer.config import PipelineArgs
 from trainer.data import build_training_set
-from trainer.exceptions import TrainerError, TrainingFailed
+from trainer.exceptions import DataError, TrainerError, TrainingFailed
 from trainer.lock import RunLock
 from trainer.metadata import build_metadata
 from trainer.snapshot import Manifest, diff, take_snapshot
@@ -165,6 +165,10 @@ def _execute(
                 pipeline=pipeline,
                 cfg=cfg,
             )
+        except DataError:
+            if is_main:
+                work.discard_pending("its training set cannot be trained on")  # the next run plans afresh
+            raise
         except TrainerError:
             raise
         except Exception as exc:  # OOM, NaN, a library error: the checkpoints stay for the next run

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.config import PipelineArgs
-from trainer.exceptions import TrainerConfigError
+from trainer.exceptions import DataError, TrainerConfigError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -38,6 +38,7 @@ class TrainOutcome:
     world_size: int
     actual_batch_size: int
     precision: str
+    rows_without_loss_tokens: int
 
 
 def last_checkpoint(checkpoints: Path) -> Path | None:
@@ -87,25 +88,7 @@ def train(
     cfg: WebrSFTConfig,
 ) -> TrainOutcome:
     """Train on the frozen training set, resuming from the newest checkpoint, and save the model in `final_dir`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-    from trl import SFTTrainer
-
-    tokenizer = AutoTokenizer.from_pretrained(start_model)
-    model = AutoModelForCausalLM.from_pretrained(start_model, dtype=_dtype(pipeline, cfg))
-    model, tokenizer = _apply_chat_template_path(cfg, model, tokenizer)
-    scope = resolve_loss_scope(cfg.loss_scope, tokenizer)
-    cfg.output_dir = str(checkpoints)
-    cfg.assistant_only_loss = scope == "assistant"
-    cfg.completion_only_loss = scope == "completion"
-    trainer = SFTTrainer(
-        model=model,
-        args=cfg,
-        train_dataset=_dataset(train_file, scope, checkpoints.parent / "hf-cache"),
-        processing_class=tokenizer,
-        peft_config=_lora_config(pipeline),
-    )
-    trainer.remove_callback(PrinterCallback)  # it print()s every log to stdout; ours goes through logging
-    trainer.add_callback(_logging_callback())
+    trainer, scope, dropped = _build_trainer(start_model, train_file, checkpoints, pipeline, cfg)
     resume = last_checkpoint(checkpoints)
     if resume is not None:
         log.info("resuming from %s", resume)
@@ -121,7 +104,46 @@ def train(
         world_size=cfg.world_size,
         actual_batch_size=cfg.actual_batch_size,
         precision="bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32",
+        rows_without_loss_tokens=dropped,
     )
+
+
+def _build_trainer(
+    start_model: str, train_file: Path, checkpoints: Path, pipeline: PipelineArgs, cfg: WebrSFTConfig
+) -> tuple[Any, str, int]:
+    """The SFTTrainer, the loss scope it uses, and how many rows TRL dropped for having no loss token left."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from trl import SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(start_model)
+    model = AutoModelForCausalLM.from_pretrained(start_model, dtype=_dtype(pipeline, cfg))
+    model, tokenizer = _apply_chat_template_path(cfg, model, tokenizer)
+    scope = resolve_loss_scope(cfg.loss_scope, tokenizer)
+    cfg.output_dir = str(checkpoints)
+    cfg.assistant_only_loss = scope == "assistant"
+    cfg.completion_only_loss = scope == "completion"
+    dataset = _dataset(train_file, scope, checkpoints.parent / "hf-cache")
+    trainer = SFTTrainer(
+        model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer, peft_config=_lora_config(pipeline)
+    )
+    trainer.remove_callback(PrinterCallback)  # it print()s every log to stdout; ours goes through logging
+    trainer.add_callback(_logging_callback())
+    # TRL truncates to max_length and drops the rows left without a single loss token (a long prompt).
+    dropped = 0 if cfg.packing else len(dataset) - len(trainer.train_dataset)
+    if len(trainer.train_dataset) == 0:
+        raise DataError(
+            f"none of the {len(dataset)} rows has a {scope} token within max_length={cfg.max_length}: "
+            "the prompts are longer; raise --max-length"
+        )
+    if dropped:
+        log.warning(
+            "%d of %d rows have no %s token within max_length=%s: left out",
+            dropped,
+            len(dataset),
+            scope,
+            cfg.max_length,
+        )
+    return trainer, scope, dropped
 
 
 def _dtype(pipeline: PipelineArgs, cfg: WebrSFTConfig) -> Any:

@@ -150,6 +150,23 @@ def test_corrupt_file_fails_cleanly_or_is_skipped_when_asked(dirs: Dirs, run_inp
     assert meta["rows"]["trained"] == 4
 
 
+def test_prompts_longer_than_max_length_are_reported_or_refused(dirs: Dirs, run_inprocess: Run) -> None:
+    long_prompt = [{"role": "user", "content": "the garden " * 200}, {"role": "assistant", "content": "Yes."}]
+    (dirs.data / "webr/0").mkdir(parents=True)
+    pq.write_table(pairs_table([chat(0), long_prompt, chat(2)]), dirs.data / "webr/0/a.parquet")
+    code, line = run_inprocess(dirs.args())
+    assert code == EXIT_OK, line
+    meta = metadata(dirs.out / dirs.latest())
+    assert (meta["rows"]["trained"], meta["rows"]["without_loss_tokens"]) == (3, 1)
+
+    write_pairs(dirs.data, 10, 2)
+    code, line = run_inprocess(dirs.args("--max-length", "8"))  # no row keeps an assistant token
+    assert code == EXIT_DATA, line
+    assert "raise --max-length" in line
+    assert len(dirs.runs()) == 1
+    assert not (dirs.work / "pending").exists(), "a set that cannot train is not resumed forever"
+
+
 @pytest.mark.parametrize("content", ["none", "only_rejected"])
 def test_empty_snapshot_is_an_error_and_publishes_nothing(dirs: Dirs, run_inprocess: Run, content: str) -> None:
     if content == "only_rejected":
