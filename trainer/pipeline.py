@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from streamer.storage import resolve
+from streamer.storage import Location, resolve
 from trainer.config import PipelineArgs
 from trainer.data import build_training_set
 from trainer.exceptions import DataError, TrainerError, TrainingFailed
 from trainer.lock import RunLock
 from trainer.metadata import build_metadata
-from trainer.snapshot import Manifest, diff, take_snapshot
+from trainer.snapshot import BadFile, Manifest, SnapshotDiff, diff, take_snapshot
 from trainer.store import METADATA, ModelStore
 from trainer.workdir import Plan, WorkDir, fingerprint
 
@@ -102,6 +102,20 @@ def _decide(pipeline: PipelineArgs, cfg: WebrSFTConfig, work: WorkDir, store: Mo
             f"{changes.new_rows} new rows since {since} (< --min-new-rows {pipeline.min_new_rows}); nothing trained",
             {"snapshot": manifest.snapshot_id[:12], "new_rows": changes.new_rows, "latest": latest and latest[0]},
         )
+    return _freeze_plan(pipeline, work, fp, latest, data, manifest, changes, bad_files)
+
+
+def _freeze_plan(
+    pipeline: PipelineArgs,
+    work: WorkDir,
+    fp: str,
+    latest: tuple[str, dict[str, object]] | None,
+    data: Location,
+    manifest: Manifest,
+    changes: SnapshotDiff,
+    bad_files: list[BadFile],
+) -> Plan:
+    """Write the training set and the plan into a fresh pending dir: from here on the run is resumable."""
     work.fresh_pending()
     incremental = pipeline.policy == "continue" and latest is not None
     training_set = build_training_set(

@@ -201,3 +201,35 @@ def test_data_and_models_on_object_storage(dirs: Dirs, run_inprocess: Run, s3_bu
     assert code == EXIT_OK, line
     assert f"models/{first_id}/config.json" in s3_bucket.keys("models/")
     assert s3_bucket.keys("models/latest") == ["models/latest"]
+
+
+def test_template_without_generation_markers_falls_back_to_completion_loss(
+    dirs: Dirs, run_inprocess: Run, tmp_path: Path
+) -> None:
+    """A chat template TRL cannot mask per turn still trains on the answer only: a prompt/completion split."""
+    import shutil
+
+    model = tmp_path / "plain-template-model"
+    shutil.copytree(dirs.model, model)
+    template = model / "chat_template.jinja"
+    plain = template.read_text().replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    assert plain != template.read_text()
+    template.write_text(plain)
+    write_pairs(dirs.data, 0, 4)
+    code, line = run_inprocess(dirs.args("--base-model", str(model), "--loss-scope", "assistant"))
+    assert code == 2, line
+    assert "loss_scope=assistant is impossible" in line
+    code, line = run_inprocess(dirs.args("--base-model", str(model)))
+    assert code == EXIT_OK, line
+    meta = metadata(dirs.out / dirs.latest())
+    assert meta["training"]["loss_scope"] == "completion"
+    assert unchanged_tensors(model, dirs.out / dirs.latest()) == []
+
+
+def test_packing_trains_and_is_recorded(dirs: Dirs, run_inprocess: Run) -> None:
+    write_pairs(dirs.data, 0, 6)
+    code, line = run_inprocess(dirs.args("--packing"))
+    assert code == EXIT_OK, line
+    meta = metadata(dirs.out / dirs.latest())
+    assert meta["hyperparameters"]["training"]["packing"] is True
+    assert meta["training"]["global_step"] == 2
