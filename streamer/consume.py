@@ -43,6 +43,8 @@ def _configure_logging(settings: ConsumeSettings) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request drowns the run's own logs
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 async def _run_file(settings: ConsumeSettings) -> int:
