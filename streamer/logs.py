@@ -47,5 +47,6 @@ def setup_logging(level: str = "INFO", fmt: str = "json", stream: IO[str] | None
     root.addHandler(handler)
     root.setLevel(level)
     if root.level > logging.DEBUG:
-        # kafka-python narrates every connection and rebalance step at INFO.
-        logging.getLogger("kafka").setLevel(logging.WARNING)
+        # kafka-python narrates every connection and rebalance step, httpx every request, at INFO.
+        for chatty in ("kafka", "httpx", "openai"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -192,13 +192,29 @@ class ConsumerBridge:
                 highwaters[tp.partition] = hw
         return records, highwaters
 
-    async def positions(self, partitions: set[int]) -> dict[int, int]:
-        """Next offset to fetch per partition (the committed offset, or the reset position without one)."""
-        return await self._call(self._positions, set(partitions))  # type: ignore[no-any-return]
+    async def rewind(self, partitions: set[int]) -> dict[int, int]:
+        """Seek owned partitions to their committed offset (or the reset position without one); returns them.
 
-    def _positions(self, partitions: set[int]) -> dict[int, int]:
-        assigned = {tp.partition for tp in self.consumer.assignment()}
-        return {p: self.consumer.position(TopicPartition(self.topic, p)) for p in partitions if p in assigned}
+        kafka-python keeps the fetch position of a partition that stays assigned across a rebalance, but the
+        runtime dropped what it had fetched and not committed: fetching must restart at the commit.
+        """
+        return await self._call(self._rewind, set(partitions))  # type: ignore[no-any-return]
+
+    def _rewind(self, partitions: set[int]) -> dict[int, int]:
+        c = self.consumer
+        owned = {tp.partition for tp in c.assignment()}
+        positions: dict[int, int] = {}
+        for p in sorted(partitions & owned):
+            tp = TopicPartition(self.topic, p)
+            committed = c.committed(tp)
+            if committed is not None:
+                c.seek(tp, committed)
+            elif self.settings.auto_offset_reset == "earliest":
+                c.seek_to_beginning(tp)
+            else:
+                c.seek_to_end(tp)
+            positions[p] = c.position(tp)
+        return positions
 
     async def commit(self, offsets: dict[int, int], epoch: int) -> dict[int, int]:
         """Commit offsets of partitions still owned under `epoch`; returns what was committed (raises KafkaError)."""

@@ -238,6 +238,8 @@ class KafkaRuntime:
             raise
 
     async def revoke(self, partitions: set[int]) -> dict[int, int]:
+        if not partitions:
+            return {}
         self.metrics.rebalances.labels("revoked").inc()
         offsets: dict[int, int] = {}
         await self._locked()
@@ -260,6 +262,8 @@ class KafkaRuntime:
             self.pipeline.committed(offsets)
 
     async def lose(self, partitions: set[int]) -> None:
+        if not partitions:
+            return
         self.metrics.rebalances.labels("lost").inc()
         log.warning("lost partitions %s (membership expired): dropping their uncommitted work", sorted(partitions))
         await self._locked()
@@ -281,7 +285,7 @@ class KafkaRuntime:
         delay = 0.5
         while not self._stopping and self.bridge.epoch == epoch:
             try:
-                positions = await self.bridge.positions(partitions)
+                positions = await self.bridge.rewind(partitions)
                 await self.pipeline.io(clear_uncommitted, self.location, self.topic, positions)
                 async with self.pipeline.lock:
                     if self.bridge.epoch != epoch:

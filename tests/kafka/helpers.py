@@ -20,7 +20,7 @@ from streamer.storage import resolve
 from tests.fixtures.kafka import KafkaTopic, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-SESSION_TIMEOUT_MS = 6000
+SESSION_TIMEOUT_MS = 3000
 """Short, so a restarted consumer does not wait long for the group to drop the member that was killed."""
 
 

@@ -1,0 +1,170 @@
+"""Fast checks of the runtime's parts: settings, recovery of a partition's output, commit order, sink outage."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from kafka.consumer.fetcher import ConsumerRecord
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from consumers.exceptions import InvalidRecord
+from consumers.outcomes import Outcome, PairRow, Rejection, SourceRef, Usage
+from producers.records import Document
+from streamer.kafka.deadletters import DeadLetters
+from streamer.kafka.pipeline import Pipeline
+from streamer.kafka.recovery import clear_uncommitted, committed_rows, list_outputs
+from streamer.kafka.settings import KafkaRunConfig, KafkaSettings
+from streamer.metrics import ConsumerMetrics
+from streamer.sinks.parquet import ParquetSink, RollPolicy, SinkWriteError, parse_file_name
+from streamer.storage import resolve
+from tests.fixtures.kafka import KafkaTopic
+from tests.fixtures.s3 import S3Bucket
+
+NOW = datetime(2026, 11, 24, tzinfo=UTC)
+
+
+def row(partition: int, offset: int, request: str = "") -> PairRow:
+    ref = SourceRef("t", partition, offset, 1_790_000_000_000)
+    return PairRow(
+        f"d{partition}-{offset}", "pid", "instr", "answer", request or f"request {partition} {offset}", "WI",
+        "WI_all", "persona", None, "m", "v1", 0, 10, False, Usage(3, 10, 5, 0, None), ref, NOW, page_hash=f"h{offset}",
+    )
+
+
+def test_settings_defaults_and_refusals() -> None:
+    s = KafkaSettings(bootstrap_servers="b:9092", topic="pages")
+    assert s.dead_letter_topic == "pages.dlq"
+    assert s.heartbeat_interval_ms == 3000
+    with pytest.raises(ValidationError, match="needs --topic"):
+        KafkaSettings(bootstrap_servers="b:9092")
+    with pytest.raises(ValidationError, match="must differ"):
+        KafkaSettings(bootstrap_servers="b:9092", topic="pages", dlq_topic="pages")
+    with pytest.raises(ValidationError):
+        KafkaSettings(topic="pages", session_timeout_ms=10)
+    wide = SimpleNamespace(
+        bootstrap_servers="b:9092", topic="pages", group_id="g", roll_interval_ms=60_000, output="s3://b/p",
+        s3_endpoint_url="http://s3", roll_records=500, in_flight_docs=32, base_url="ignored",
+    )
+    config = KafkaRunConfig.from_settings(wide)
+    assert (config.kafka.group_id, config.output, config.max_in_flight_docs) == ("g", "s3://b/p", 32)
+    assert config.roll == RollPolicy(max_records=500, max_record_time_ms=60_000)
+
+
+def test_file_names_round_trip() -> None:
+    assert parse_file_name("my.topic-1+2+00000000000000000042.parquet") == ("my.topic-1", 2, 42)
+    assert parse_file_name(".tmp-abc-t+0+1.parquet") == (".tmp-abc-t", 0, 1)
+    assert parse_file_name("t+x+1.parquet") is None
+    assert parse_file_name("README.md") is None
+
+
+def test_new_owner_clears_uncommitted_files_and_recalls_committed_rows(tmp_path: Path) -> None:
+    location = resolve(str(tmp_path))
+    sink = ParquetSink(location, RollPolicy(max_records=5))
+    for p in (0, 1):
+        for o in range(12):
+            outcome: Outcome = row(p, o) if o != 3 else Rejection(
+                f"d{p}-{o}", "request", "refused", "", SourceRef("t", p, o, 1_790_000_000_000), NOW)
+            sink.add("t", p, o, outcome)
+    sink.flush()
+    assert len(list_outputs(location, "t")) == 8  # 3 ranges x 2 partitions, plus 2 rejection files
+
+    removed = clear_uncommitted(location, "t", {0: 5})
+    assert sorted(parse_file_name(Path(r).name)[1:] for r in removed) == [(0, 5), (0, 10)]  # type: ignore[index]
+    left = {(f.partition, f.start_offset, f.rejected) for f in list_outputs(location, "t")}
+    assert left == {(0, 0, False), (0, 0, True), (1, 0, False), (1, 0, True), (1, 5, False), (1, 10, False)}
+
+    recalled = list(committed_rows(location, "t", {0: (0, 5), 1: (2, 7)}))
+    assert sorted(r[1] for r in recalled) == sorted(
+        [f"request 0 {o}" for o in (0, 1, 2, 4)] + [f"request 1 {o}" for o in (2, 4, 5, 6)]
+    )
+
+
+class ReversedProcessor:
+    """Finishes documents in reverse arrival order, so the window must restore offset order."""
+
+    def __init__(self) -> None:
+        self.admitted: list[tuple[int, int]] = []
+
+    async def process(self, doc: Document, ref: SourceRef, *, seq: int) -> Outcome:
+        await asyncio.sleep(0.05 * (10 - ref.offset % 10))
+        return row(ref.partition, ref.offset)
+
+    def admit(self, outcome: Outcome) -> Outcome:
+        self.admitted.append((outcome.ref.partition, outcome.ref.offset))
+        return outcome
+
+    def reject_invalid(self, error: InvalidRecord, ref: SourceRef, raw: bytes | None) -> Rejection:
+        return Rejection(None, "input", error.reason, error.detail, ref, NOW, payload=raw)
+
+
+def record(partition: int, offset: int, value: bytes) -> ConsumerRecord:
+    return ConsumerRecord("t", partition, 0, offset, 1_790_000_000_000, 0, b"k", value, [], None, 1, len(value), -1)
+
+
+async def test_outcomes_leave_in_offset_order_and_only_durable_offsets_are_committable(
+    tmp_path: Path, kafka_topic: KafkaTopic
+) -> None:
+    processor = ReversedProcessor()
+    sink = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=4))
+    dead = DeadLetters(kafka_topic.bootstrap, kafka_topic.name + ".dlq")
+    pipe = Pipeline("t", processor, sink, dead, ConsumerMetrics(CollectorRegistry()), max_in_flight=8)
+    try:
+        pipe.open(0, 100)
+        good = b'{"id": "x", "text": "a page"}'
+        # offset 104 is missing (a transaction marker): the range still covers it
+        batch = [record(0, o, good if o != 102 else b"not json") for o in (100, 101, 102, 103, 105, 106, 107)]
+        assert pipe.accept(0, batch) == 7
+        assert pipe.accept(0, batch[:3]) == 0, "refetched offsets must be ignored"
+        assert pipe.dispatch() == 7
+        assert pipe.running == 6  # the invalid record needs no work
+        while pipe.running or len(pipe.parts[0].window):
+            await asyncio.wait_for(pipe.wake.wait(), 5)
+            pipe.wake.clear()
+            async with pipe.lock:
+                await pipe.emit()
+        assert processor.admitted == [(0, o) for o in (100, 101, 102, 103, 105, 106, 107)]
+        async with pipe.lock:
+            assert await pipe.checkpoint(flush=False) == {0: 104}, "the first file rolled at 4 records"
+            assert await pipe.checkpoint(flush=True) == {0: 108}
+        pipe.committed({0: 108})
+        assert pipe.uncommitted == {}
+        assert dead.delivered == 1, "the rejection reached the dead-letter topic before the commit"
+    finally:
+        dead.close()
+        pipe.close()
+
+
+def test_sink_write_during_an_outage_retries_until_aborted(s3_bucket: S3Bucket) -> None:
+    """`retry_deadline_s=None`: a write waits out a dead store, and gives up only when told to."""
+    sink = ParquetSink(resolve(s3_bucket.uri(), s3_endpoint_url=s3_bucket.endpoint_url),
+                       RollPolicy(max_records=10), retry_deadline_s=None)
+    sink.setup()
+    sink.add("t", 0, 0, row(0, 0))
+    s3_bucket.server.stop()
+    failure: list[BaseException] = []
+
+    def flush() -> None:
+        try:
+            sink.flush()
+        except BaseException as exc:
+            failure.append(exc)
+
+    writer = threading.Thread(target=flush)
+    writer.start()
+    writer.join(3)
+    assert writer.is_alive(), "gave up on the store while it was down"
+    aborted = time.monotonic()
+    sink.abort_retries()
+    writer.join(30)
+    assert not writer.is_alive()
+    assert time.monotonic() - aborted < 20
+    assert len(failure) == 1 and isinstance(failure[0], SinkWriteError)
+    s3_bucket.server.start()
+    assert s3_bucket.keys() == [], "nothing may be visible from a write that never completed"
