@@ -78,3 +78,17 @@ def committed_rows(
         ):
             if request:
                 yield branch, request, page_hash or ""
+
+
+def dedup_ranges(indexed: dict[int, int], positions: dict[int, int]) -> tuple[bool, dict[int, tuple[int, int]]]:
+    """Which committed rows the dedup index lacks for partitions starting at `positions`.
+
+    `indexed[p]` is the offset below which partition p's admitted rows are in the index. If it is beyond the
+    partition's committed position, the index holds decisions about records that will be processed again (a
+    commit failed or membership was lost): the index must be rebuilt from scratch (`True`), or those records
+    would be judged near-duplicates of themselves.
+    """
+    reset = any(indexed.get(p, 0) > position for p, position in positions.items())
+    known = {} if reset else indexed
+    return reset, {p: (known.get(p, 0), pos) for p, pos in positions.items() if known.get(p, 0) < pos}
+

@@ -26,7 +26,7 @@ from streamer.kafka.admin import ensure_topic, partition_count
 from streamer.kafka.bridge import ConsumerBridge
 from streamer.kafka.deadletters import DeadLetterError, DeadLetters
 from streamer.kafka.pipeline import Pipeline, Processor
-from streamer.kafka.recovery import clear_uncommitted, committed_rows
+from streamer.kafka.recovery import clear_uncommitted, committed_rows, dedup_ranges
 from streamer.kafka.settings import KafkaRunConfig
 from streamer.metrics import ConsumerMetrics, LLMStatsCollector, llm_stats_of, serve
 from streamer.sinks.parquet import ParquetSink
@@ -308,12 +308,12 @@ class KafkaRuntime:
         if dedup is None or not hasattr(dedup, "add_existing"):
             return
         indexed = self.pipeline.indexed
-        if any(indexed.get(p, 0) > pos for p, pos in positions.items()):
+        reset, ranges = dedup_ranges(indexed, positions)
+        if reset:
             log.warning("dedup index holds decisions that were never committed: rebuilding it from the output")
             dedup = type(dedup)(dedup.settings)
             self.processor.dedup = dedup  # type: ignore[attr-defined]
             indexed.clear()
-        ranges = {p: (indexed.get(p, 0), pos) for p, pos in positions.items() if indexed.get(p, 0) < pos}
         rows = await self.pipeline.io(lambda: list(committed_rows(self.location, self.topic, ranges))) if ranges else []
         for i, (branch, request, page_hash) in enumerate(rows):
             dedup.add_existing(branch, request, page_hash)

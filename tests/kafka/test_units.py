@@ -19,7 +19,7 @@ from consumers.outcomes import Outcome, PairRow, Rejection, SourceRef, Usage
 from producers.records import Document
 from streamer.kafka.deadletters import DeadLetters
 from streamer.kafka.pipeline import Pipeline
-from streamer.kafka.recovery import clear_uncommitted, committed_rows, list_outputs
+from streamer.kafka.recovery import clear_uncommitted, committed_rows, dedup_ranges, list_outputs
 from streamer.kafka.settings import KafkaRunConfig, KafkaSettings
 from streamer.metrics import ConsumerMetrics
 from streamer.sinks.parquet import ParquetSink, RollPolicy, SinkWriteError, parse_file_name
@@ -84,6 +84,13 @@ def test_new_owner_clears_uncommitted_files_and_recalls_committed_rows(tmp_path:
     assert sorted(r[1] for r in recalled) == sorted(
         [f"request 0 {o}" for o in (0, 1, 2, 4)] + [f"request 1 {o}" for o in (2, 4, 5, 6)]
     )
+
+
+def test_dedup_recall_loads_only_what_the_index_lacks_and_restarts_when_it_knows_too_much() -> None:
+    assert dedup_ranges({}, {0: 10, 1: 0}) == (False, {0: (0, 10)})
+    assert dedup_ranges({0: 10, 1: 4}, {0: 15, 1: 4}) == (False, {0: (10, 15)})
+    # partition 1 was admitted up to 9 but only 4 was committed: 4..8 will be processed again
+    assert dedup_ranges({0: 10, 1: 9}, {0: 15, 1: 4}) == (True, {0: (0, 15), 1: (0, 4)})
 
 
 class ReversedProcessor:
