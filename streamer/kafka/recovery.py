@@ -48,14 +48,33 @@ def list_outputs(location: Location, stream: str) -> list[OutputFile]:
 
 
 def clear_uncommitted(location: Location, stream: str, positions: dict[int, int]) -> list[str]:
-    """Delete the files of each partition that start at or after its committed offset; returns their paths."""
-    stale = [f for f in list_outputs(location, stream) if f.partition in positions and
+    """Delete the files of each partition that start at or after its committed offset; returns their paths.
+
+    On a local disk, temporary files of a write killed before its rename go too (S3 puts leave none).
+    """
+    stale = [f.path for f in list_outputs(location, stream) if f.partition in positions and
              f.start_offset >= positions[f.partition]]
-    for f in stale:
-        log.info("removing uncommitted output %s (partition %d restarts at %d)",
-                 f.path, f.partition, positions[f.partition])
-        location.fs.delete_file(f.path)
-    return [f.path for f in stale]
+    if location.is_local:
+        stale += _orphaned_temporaries(location, stream, set(positions))
+    for path in stale:
+        log.info("removing uncommitted output %s", path, extra={"path": path})
+        location.fs.delete_file(path)
+    return stale
+
+
+def _orphaned_temporaries(location: Location, stream: str, partitions: set[int]) -> list[str]:
+    """`.tmp-<hex>-<final name>` files of the sink's local publish, for the given partitions."""
+    found = []
+    for base in (location.path(stream), location.path(REJECTED_DIR, stream)):
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        for info in location.fs.get_file_info(selector):
+            name = info.base_name
+            if info.type != pafs.FileType.File or not name.startswith(".tmp-"):
+                continue
+            parsed = parse_file_name(name.split("-", 2)[-1])
+            if parsed is not None and parsed[0] == stream and parsed[1] in partitions:
+                found.append(info.path)
+    return found
 
 
 def committed_rows(

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
@@ -325,6 +325,20 @@ class KafkaRuntime:
 
 
 ProcessorFactory = Callable[[], AbstractAsyncContextManager[Any] | Any]
+
+
+def webr_processor(settings: Any) -> ProcessorFactory:
+    """The production processor for `run_kafka`: `settings.llm()`'s client driving `settings.webr()`'s engine."""
+
+    @contextlib.asynccontextmanager
+    async def open_processor() -> AsyncIterator[Any]:
+        from consumers.llm.client import OpenAIChatClient  # the HTTP stack only when consuming
+        from consumers.webr.processor import DocumentProcessor
+
+        async with OpenAIChatClient(settings.llm()) as llm:
+            yield DocumentProcessor(llm, settings.webr())
+
+    return open_processor
 
 
 async def _run(settings: Any, processor_factory: ProcessorFactory) -> int:

@@ -2,37 +2,33 @@
 
     python -m tests.kafka.app --bootstrap-servers H:P --topic T --group-id G --output URI --base-url URL ...
 
-Only the flag parsing differs from `python -m streamer.consume` (which embeds the same `KafkaSettings` fields):
-the tests start this module as a subprocess so they can SIGKILL it, restart it and run two of them at once.
+Settings are a `ConsumeSettings` (for the engine and the LLM client) plus the `KafkaSettings` fields, and the
+processor is `webr_processor`, as `python -m streamer.consume --bootstrap-servers ...` builds them; only the flag
+parsing is this module's. The tests start it as a subprocess so they can SIGKILL it, restart it and run two.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 from pydantic import SecretStr
 
-from consumers.llm.client import OpenAIChatClient
-from consumers.llm.settings import LLMSettings
-from consumers.webr.processor import DocumentProcessor, WebRSettings
-from streamer.kafka.runtime import run_kafka
+from streamer.kafka.runtime import run_kafka, webr_processor
 from streamer.kafka.settings import KafkaSettings
 from streamer.logs import setup_logging
+from streamer.settings import ConsumeSettings
+
+_FLOATS = {"stop_after_idle", "grace_period_s"}
+_INTS = {"metrics_port", "roll_interval_ms", "session_timeout_ms", "max_poll_interval_ms"}
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tests.kafka.app")
     for name, field in KafkaSettings.model_fields.items():
-        kind = field.annotation if field.annotation in (int, float, str) else None
-        if name in ("stop_after_idle", "grace_period_s"):
-            kind = float
-        elif name in ("metrics_port", "roll_interval_ms", "session_timeout_ms", "max_poll_interval_ms"):
-            kind = int
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind or str, default=field.default)
+        kind = float if name in _FLOATS else int if name in _INTS else str
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=field.default)
     parser.add_argument("--output", required=True)
     parser.add_argument("--s3-endpoint-url", default=None)
     parser.add_argument("--roll-records", type=int, default=10)
@@ -46,15 +42,14 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     setup_logging(args.log_level, "json")
-    settings = SimpleNamespace(**vars(args), in_flight_docs=args.max_in_flight_docs)
-    llm = LLMSettings(base_url=args.base_url, api_key=SecretStr("sk-test"), model="gpt-4o-mini", max_concurrency=16)
-
-    @asynccontextmanager
-    async def processor() -> AsyncIterator[DocumentProcessor]:
-        async with OpenAIChatClient(llm, backoff_initial_s=0.05, backoff_max_s=0.5) as client:
-            yield DocumentProcessor(client, WebRSettings(seed=args.seed))
-
-    return run_kafka(settings, processor)
+    consume = ConsumeSettings.model_construct(
+        output=args.output, s3_endpoint_url=args.s3_endpoint_url, roll_records=args.roll_records,
+        base_url=args.base_url, api_key=SecretStr("sk-test"), model="gpt-4o-mini", seed=args.seed,
+        max_concurrency=16, max_in_flight_docs=args.max_in_flight_docs,
+    )
+    settings = SimpleNamespace(**vars(args), in_flight_docs=consume.in_flight_docs, llm=consume.llm,
+                               webr=consume.webr)
+    return run_kafka(settings, webr_processor(settings))
 
 
 if __name__ == "__main__":

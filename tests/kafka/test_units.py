@@ -75,7 +75,11 @@ def test_new_owner_clears_uncommitted_files_and_recalls_committed_rows(tmp_path:
     sink.flush()
     assert len(list_outputs(location, "t")) == 8  # 3 ranges x 2 partitions, plus 2 rejection files
 
+    orphan = tmp_path / "t" / "dt=2026-09-21" / ".tmp-0123abcd-t+0+00000000000000000010.parquet"
+    orphan.write_bytes(b"half a file from a killed write")
     removed = clear_uncommitted(location, "t", {0: 5})
+    assert str(orphan) in removed and not orphan.exists()
+    removed.remove(str(orphan))
     assert sorted(parse_file_name(Path(r).name)[1:] for r in removed) == [(0, 5), (0, 10)]  # type: ignore[index]
     left = {(f.partition, f.start_offset, f.rejected) for f in list_outputs(location, "t")}
     assert left == {(0, 0, False), (0, 0, True), (1, 0, False), (1, 0, True), (1, 5, False), (1, 10, False)}
