@@ -1,9 +1,10 @@
 """`python -m streamer.consume`: turn crawled documents into WebR instruction pairs.
 
     python -m streamer.consume --source pages.jsonl --output out/ --model gpt-4o-mini --seed 1
+    python -m streamer.consume --bootstrap-servers kafka:9092 --topic pages --group-id webr --output s3://b/webr
 
-Exit codes: 0 every record has an outcome on disk; 1 the run failed (output unreachable, unreadable input);
-2 invalid settings.
+Exit codes: 0 every record has an outcome on disk (a file run), or a Kafka run stopped with everything
+committed; 1 the run failed or stopped with offsets left to reprocess; 2 invalid settings.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pydantic import ValidationError
 from consumers.exceptions import PipelineError
 from streamer.batch import count_records, run_file
 from streamer.cli import add_model_flags
+from streamer.kafka.runtime import run_kafka, webr_processor
+from streamer.logs import setup_logging
 from streamer.progress import Progress
 from streamer.settings import ConsumeSettings
 
@@ -36,15 +39,6 @@ def make_parser() -> argparse.ArgumentParser:
     add_model_flags(parser, ConsumeSettings)
     return parser
 
-
-def _configure_logging(settings: ConsumeSettings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request drowns the run's own logs
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 async def _run_file(settings: ConsumeSettings) -> int:
@@ -70,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, FileNotFoundError) as exc:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings)
+    setup_logging(settings.log_level, settings.log_format)
     try:
+        if settings.bootstrap_servers:
+            return run_kafka(settings, webr_processor(settings))
         return asyncio.run(_run_file(settings))
     except KeyboardInterrupt:
         log.warning("interrupted: files written so far are complete; run again to finish the input")

@@ -15,20 +15,23 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from consumers.llm.settings import OPENAI_BASE_URL, Backend, LLMSettings, Sampling
 from consumers.webr.processor import WebRSettings
+from streamer.kafka.settings import KafkaSettings
 from streamer.sinks.parquet import RollPolicy
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("webr_config_file", default=None)
 
 
-class ConsumeSettings(BaseSettings):
-    """Every option of a consume run. Field descriptions are the `--help` text."""
+class ConsumeSettings(BaseSettings, KafkaSettings):
+    """Every option of a consume run (the Kafka ones come from `KafkaSettings`). Descriptions are the `--help`."""
 
     model_config = SettingsConfigDict(
         env_prefix="WEBR_", extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True
     )
 
     # input and output
-    source: str | None = Field(default=None, description="input file: a JSON array or JSONL of documents")
+    source: str | None = Field(
+        default=None, description="input file, a JSON array or JSONL of documents (or use --bootstrap-servers)"
+    )
     output: str = Field(description="output root: a local directory or s3://bucket/prefix")
     s3_endpoint_url: str | None = Field(default=None, description="endpoint of an S3-compatible store (MinIO...)")
     roll_records: int = Field(default=10_000, gt=0, description="input records per output file")
@@ -69,8 +72,8 @@ class ConsumeSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _one_source(self) -> ConsumeSettings:
-        if not self.source:
-            raise ValueError("give --source FILE (Kafka input arrives with the streaming runtime)")
+        if bool(self.source) == bool(self.bootstrap_servers):
+            raise ValueError("give exactly one input: --source FILE, or --bootstrap-servers with --topic")
         return self
 
     @classmethod
