@@ -48,5 +48,5 @@ def setup_logging(level: str = "INFO", fmt: str = "json", stream: IO[str] | None
     root.setLevel(level)
     if root.level > logging.DEBUG:
         # kafka-python narrates every connection and rebalance step, httpx every request, at INFO.
-        for chatty in ("kafka", "httpx", "openai"):
+        for chatty in ("kafka", "httpx", "httpx2", "openai"):
             logging.getLogger(chatty).setLevel(logging.WARNING)

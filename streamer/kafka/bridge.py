@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 FETCH_BYTES_PER_PARTITION = 10 << 20
 """Large enough for a multi-megabyte page; memory is bounded by pausing, not by this."""
+COMMIT_TIMEOUT_MS = 10_000
+"""A commit that cannot reach the coordinator gives up this soon (and is retried): it holds the consumer thread,
+and polling must go on."""
+RECONNECT_BACKOFF_MAX_MS = 5_000
+"""kafka-python backs off up to 30 s between reconnects by default; a restarted broker should be found sooner."""
 
 
 def _unstick_parked_records(consumer: KafkaConsumer) -> None:
@@ -160,6 +165,7 @@ class ConsumerBridge:
             max_poll_interval_ms=s.max_poll_interval_ms,
             max_poll_records=self.max_poll_records,
             max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
             # Eager protocols: every rebalance revokes everything first, which the dedup rebuild relies on.
             partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
         )
@@ -226,7 +232,7 @@ class ConsumerBridge:
         assigned = {tp.partition for tp in self.consumer.assignment()}
         owned = {p: o for p, o in offsets.items() if p in assigned}
         if owned:
-            self.consumer.commit(self.commit_map(owned))
+            self.consumer.commit(self.commit_map(owned), timeout_ms=COMMIT_TIMEOUT_MS)
         return owned
 
     async def close(self) -> None:

@@ -34,7 +34,7 @@ from streamer.storage import resolve
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT_MS = 200
+POLL_TIMEOUT_MS = 100
 TICK_S = 0.5
 """How often the pump wakes without news: idle checks and retries of failed commits."""
 
@@ -62,6 +62,7 @@ class KafkaRuntime:
         self._fatal: BaseException | None = None
         self._last_activity = 0.0
         self._assigned_once = False
+        self._commit_wanted = asyncio.Event()
         self._preparing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -82,6 +83,7 @@ class KafkaRuntime:
             self._last_activity = loop.time()
             log.info("consuming %s as group %s into %s", self.topic, self.kafka.group_id, self.config.output)
             fetcher = asyncio.create_task(self._fetch_loop(), name="kafka-fetch")
+            committer = asyncio.create_task(self._commit_loop(), name="kafka-commit")
             try:
                 return await self._pump()
             except BaseException as exc:
@@ -90,7 +92,8 @@ class KafkaRuntime:
                 return 1
             finally:
                 self._stopping = True
-                await fetcher
+                committer.cancel()
+                await asyncio.gather(fetcher, committer, return_exceptions=True)
                 for task in list(self._preparing):
                     task.cancel()
                 if self._fatal is not None:
@@ -164,7 +167,7 @@ class KafkaRuntime:
             async with self.pipeline.lock:
                 written = await self.pipeline.emit()
             if written or self.pipeline.uncommitted:
-                await self._commit(flush=False)
+                self._commit_wanted.set()
             if self._idle_expired():
                 await self._commit(flush=True)
                 if not self.pipeline.uncommitted:
@@ -183,6 +186,15 @@ class KafkaRuntime:
         if limit is None or not self._assigned_once or self.pipeline.busy or self._preparing:
             return False
         return asyncio.get_running_loop().time() - self._last_activity >= limit
+
+    async def _commit_loop(self) -> None:
+        """Commit in the background: a commit waits for the consumer thread (behind a poll), and the pump must
+        keep starting documents meanwhile. A failed commit is retried after a pause."""
+        while not self._stopping and self._fatal is None:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            if not await self._commit(flush=False):
+                await asyncio.sleep(1.0)
 
     async def _commit(self, *, flush: bool) -> bool:
         """The commit order: sink, then dead letters (under the lock), then offsets. True if all committed."""
