@@ -120,6 +120,8 @@ class KafkaRuntime:
         else:
             log.info("%s: stop fetching, finish in-flight documents (grace %.0fs), flush, commit",
                      sig.name, self.kafka.grace_period_s)
+            # A store still failing after the grace period will not be waited for: exit 1, reprocess later.
+            asyncio.get_running_loop().call_later(self.kafka.grace_period_s, self.sink.abort_retries)
         self._stopping = True
         self.pipeline.wake.set()
 

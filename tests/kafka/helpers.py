@@ -75,15 +75,16 @@ def read_output(uri: str, topic: str, s3_endpoint_url: str | None = None) -> Out
 
 
 class Consumer:
-    """`python -m tests.kafka.app` as a subprocess, its JSON log in a file."""
+    """`python -m streamer.consume --bootstrap-servers ...` as a subprocess, its JSON log in a file."""
 
     def __init__(self, topic: KafkaTopic, output: str, llm_url: str, log_dir: Path, *extra: str,
                  s3_endpoint_url: str | None = None, name: str = "consumer") -> None:
         self.topic = topic
         self.cmd = [
-            sys.executable, "-m", "tests.kafka.app", "--bootstrap-servers", topic.bootstrap, "--topic", topic.name,
-            "--group-id", topic.group_id, "--output", output, "--base-url", llm_url,
-            "--session-timeout-ms", str(SESSION_TIMEOUT_MS), "--roll-records", "5", *extra,
+            sys.executable, "-m", "streamer.consume", "--bootstrap-servers", topic.bootstrap, "--topic", topic.name,
+            "--group-id", topic.group_id, "--output", output, "--base-url", llm_url, "--api-key", "sk-test",
+            "--model", "gpt-4o-mini", "--seed", "7", "--max-concurrency", "16", "--max-in-flight-docs", "16",
+            "--session-timeout-ms", str(SESSION_TIMEOUT_MS), "--roll-records", "5", "--log-format", "json", *extra,
         ]
         if s3_endpoint_url:
             self.cmd += ["--s3-endpoint-url", s3_endpoint_url]

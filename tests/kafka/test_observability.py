@@ -53,9 +53,10 @@ def test_metrics_count_what_the_consumer_did(
     consumer_procs.append(consumer.start())
 
     def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
-        samples = scrape(port)
-        done = total(samples, "webr_documents_out_total") == 21 and total(samples, "webr_commits_total", result="ok")
-        return samples if done and sum(c or 0 for c in kafka_topic.committed().values()) == 21 else None
+        if sum(c or 0 for c in kafka_topic.committed().values()) != 21:
+            return None
+        samples = scrape(port)  # after the broker has the commit; the gauge follows the commit's return
+        return samples if total(samples, "webr_committed_offset") == 21 else None
 
     samples = wait_for(settled, 60, "all 21 outcomes written and committed")
     assert isinstance(samples, dict)
@@ -71,7 +72,7 @@ def test_metrics_count_what_the_consumer_did(
     assert total(samples, "webr_documents_in_flight") == 0
     assert total(samples, "webr_partitions_assigned") == 3
     assert {dict(ls)["partition"] for (n, ls) in samples if n == "webr_consumer_lag"} == {"0", "1", "2"}
-    assert sum(v for (n, _), v in samples.items() if n == "webr_committed_offset") == 21
+    assert total(samples, "webr_commits_total", result="ok") >= 1
 
     assert consumer.wait() == 0
     events = consumer.events()  # raises if any line is not a JSON object
