@@ -4,8 +4,9 @@ Everything here runs on the asyncio loop; blocking sink I/O goes to one thread s
 `lock` serialises what touches the sink and the dedup index (emitting, checkpoints, rebalances): the runtime
 holds it around those calls and never around a call that needs the consumer thread.
 
-Commit order (Quix's checkpoint, Kafka Connect's S3 sink): flush the sink, await the dead letters of the written
-ranges, and only then report offsets as committable, never past the end of the last durable file.
+Commit order (Quix's checkpoint, Kafka Connect's S3 sink), driven by the runtime: `checkpoint()` flushes the sink
+and names the committable offsets (never past the end of a durable file), `deliver_dead_letters()` awaits the
+dead letters of the written ranges, and only then are the offsets committed.
 """
 
 from __future__ import annotations
@@ -215,15 +216,21 @@ class Pipeline:
             self.metrics.file_written(f.bytes_written)
 
     async def checkpoint(self, partitions: Iterable[int] | None = None, *, flush: bool) -> dict[int, int]:
-        """Make output durable (all buffered output of `partitions` when `flush`), await the dead letters, and
-        return the offsets that may be committed now: per partition, the end of its last durable file."""
+        """Make output durable (all buffered output of `partitions` when `flush`) and return the offsets that may
+        be committed once `deliver_dead_letters()` has succeeded: per partition, the end of its last durable file.
+
+        Holds the caller's `lock`; the dead letters are awaited after it is released, since a broker that is away
+        can take minutes to refuse them and output must keep flowing (or a rebalance be served) meanwhile."""
         chosen = [p for p in (self.parts if partitions is None else partitions) if p in self.parts]
         if flush and chosen:
             self._note(await self.io(self.sink.flush, [(self.topic, p) for p in chosen]))
+        return {p: self.parts[p].durable for p in chosen if self.parts[p].durable > self.parts[p].committed}
+
+    async def deliver_dead_letters(self) -> None:
+        """Await every dead letter sent so far (those of all durable ranges); raises `DeadLetterError`."""
         sent = await self.dead_letters.flush()
         if sent:
             self.metrics.dead_letters.inc(sent)
-        return {p: self.parts[p].durable for p in chosen if self.parts[p].durable > self.parts[p].committed}
 
     def committed(self, offsets: dict[int, int]) -> None:
         for p, offset in offsets.items():

@@ -199,16 +199,17 @@ class KafkaRuntime:
                 await asyncio.sleep(1.0)
 
     async def _commit(self, *, flush: bool) -> bool:
-        """The commit order: sink, then dead letters (under the lock), then offsets. True if all committed."""
+        """The commit order: sink, then dead letters, then offsets. True if all that is durable is committed."""
         async with self.pipeline.lock:
             epoch = self.bridge.epoch
-            try:
-                offsets = await self.pipeline.checkpoint(flush=flush)
-            except DeadLetterError as exc:
-                log.warning("not committing yet: %s", exc)
-                return False
+            offsets = await self.pipeline.checkpoint(flush=flush)
         if not offsets:
             return True
+        try:
+            await self.pipeline.deliver_dead_letters()
+        except DeadLetterError as exc:
+            log.warning("not committing yet: %s", exc)
+            return False
         try:
             done = await self.bridge.commit(offsets, epoch)
         except KafkaError as exc:
@@ -267,6 +268,12 @@ class KafkaRuntime:
         finally:
             await self.pipeline.close_partitions(partitions)
             self.pipeline.lock.release()
+        if offsets:
+            try:
+                await self.pipeline.deliver_dead_letters()
+            except DeadLetterError as exc:
+                log.warning("revoking %s without a commit: %s", sorted(partitions), exc)
+                offsets = {}
         log.info("revoked partitions %s, committing %s", sorted(partitions), offsets)
         return offsets
 
