@@ -57,6 +57,16 @@ def test_settings_defaults_and_refusals() -> None:
     assert config.roll == RollPolicy(max_records=500, max_record_time_ms=60_000)
 
 
+def test_consume_cli_refuses_kafka_settings_that_cannot_work(capsys: pytest.CaptureFixture[str]) -> None:
+    """The flags reach `KafkaSettings`' validators through `python -m streamer.consume` (exit 2, no traceback)."""
+    from streamer.consume import main
+
+    assert main(["--bootstrap-servers", "b:9092", "--output", "o"]) == 2
+    assert "needs --topic" in capsys.readouterr().err
+    assert main(["--bootstrap-servers", "b:9092", "--topic", "t", "--dlq-topic", "t", "--output", "o"]) == 2
+    assert "must differ" in capsys.readouterr().err
+
+
 def test_file_names_round_trip() -> None:
     assert parse_file_name("my.topic-1+2+00000000000000000042.parquet") == ("my.topic-1", 2, 42)
     assert parse_file_name(".tmp-abc-t+0+1.parquet") == (".tmp-abc-t", 0, 1)
