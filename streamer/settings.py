@@ -34,7 +34,9 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
     )
     output: str = Field(description="output root: a local directory or s3://bucket/prefix")
     s3_endpoint_url: str | None = Field(default=None, description="endpoint of an S3-compatible store (MinIO...)")
-    roll_records: int = Field(default=10_000, gt=0, description="input records per output file")
+    roll_records: int = Field(
+        default=1000, gt=0, description="input records per output file (a crash redoes at most this many per partition)"
+    )
     # LLM backend
     base_url: str = Field(
         default=OPENAI_BASE_URL,
@@ -62,6 +64,9 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
     # the method
     seed: int = Field(default=0, description="seed of every per-document random choice")
     max_page_tokens: int = Field(default=4096, gt=0, description="pages are cut to this many tokens (recorded)")
+    max_page_chars: int = Field(
+        default=1_000_000, gt=0, description="pages longer than this many characters are rejected (page_too_large)"
+    )
     max_in_flight_docs: int | None = Field(
         default=None, gt=0, description="documents being processed at once (default: 2 x max-concurrency)"
     )
@@ -120,7 +125,9 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
         return base.model_copy(update={"sampling": sampling})
 
     def webr(self) -> WebRSettings:
-        return WebRSettings(seed=self.seed, max_page_tokens=self.max_page_tokens)
+        return WebRSettings(
+            seed=self.seed, max_page_tokens=self.max_page_tokens, max_page_chars=self.max_page_chars
+        )
 
     def roll_policy(self) -> RollPolicy:
         return RollPolicy(max_records=self.roll_records)

@@ -36,6 +36,7 @@ class WebRSettings(BaseModel):
 
     seed: int = 0
     max_page_tokens: int = Field(default=4096, gt=0, description="pages are cut to this many tokens")
+    max_page_chars: int = Field(default=1_000_000, gt=0, description="longer pages are rejected, not cut")
     keep_whole_probability: float = Field(default=0.5, ge=0.0, le=1.0)
     dedup_threshold: float = Field(default=0.7, gt=0.0, le=1.0)
     dedup_num_perm: int = Field(default=128, ge=16)
@@ -97,6 +98,9 @@ class DocumentProcessor:
 
     async def _chain(self, run: _Run) -> PairRow:
         m = run.machine
+        if len(run.doc.text) > self.settings.max_page_chars:
+            # Megabytes of "page" are a dump or a crawl artefact: its first tokens would not represent it.
+            raise _Rejected("page_too_large", f"{len(run.doc.text)} characters > {self.settings.max_page_chars}")
         capped, page_tokens, truncated = truncate_to_tokens(run.doc.text, self.settings.max_page_tokens)
         page = normalise(capped)
         rng = document_rng(self.settings.seed, run.doc.doc_id)

@@ -76,7 +76,8 @@ def test_malformed_messages_become_rejections_and_good_documents_flow(
     assert all(by_id[i] == 1 for i in good_ids), {i: by_id[i] for i in good_ids if by_id[i] != 1}
     rows = {r["doc_id"]: r for r in out.rows}
     assert len(rows) >= 36, [(r["doc_id"], r["reason"]) for r in out.rejected]
-    assert rows["doc-huge"]["page_truncated"] is True, "a 3 MB page is cut to the token cap, not sent whole"
+    huge_rejection = [r for r in out.rejected if r["doc_id"] == "doc-huge"]
+    assert [r["reason"] for r in huge_rejection] == ["page_too_large"], "a 3 MB page is refused, not sent"
 
     rejected_by_key = {}
     values = {v: k.decode() for k, v in bad}

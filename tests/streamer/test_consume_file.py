@@ -200,3 +200,24 @@ def test_flags_override_environment_override_toml(tmp_path: Path, monkeypatch: p
     assert settings.api_key.get_secret_value() == SECRET
     assert SECRET not in repr(settings) and SECRET not in str(settings.llm())
     assert settings.llm().sampling.temperature == 0.6  # a non-OpenAI server gets the vLLM reference defaults
+
+
+def test_long_pages_are_cut_by_tokens_and_huge_ones_rejected(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    docs = [
+        {"id": "short", "webpage": page(1)},
+        {"id": "long", "webpage": "\n".join(page(i) for i in range(2, 12))},
+        {"id": "huge", "webpage": "word " * 3000},
+    ]
+    out = tmp_path / "out"
+    result = consume(
+        write_jsonl(tmp_path / "p.jsonl", docs), out, fake_llm, "--max-page-tokens", "300", "--max-page-chars", "10000"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["doc_id"]: r for r in read(out)}
+    assert rows["short"]["page_truncated"] is False
+    assert rows["long"]["page_truncated"] is True
+    assert rows["long"]["page_tokens"] == 300
+    persona_call = call_with_reply(fake_llm, rows["long"]["persona"])
+    assert "PAGE-011" not in user_text(persona_call)  # the cut text never reaches the model
+    rejected = read(out, rejected=True)
+    assert [(r["doc_id"], r["reason"], r["llm_calls"]) for r in rejected] == [("huge", "page_too_large", 0)]
