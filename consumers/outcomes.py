@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 
@@ -70,9 +70,11 @@ class PairRow:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """A document that yields no row, with the stage where it stopped and why. `payload` allows a replay.
+    """A document that yields no row, with the stage where it stopped and why.
 
     `doc_id` is None only for an input record too broken to carry one; `ref` still says where it was.
+    `payload` is the original input record, byte for byte, so it can be replayed; the runtime that read the
+    record attaches it (`with_payload`), since the engine only ever sees the parsed document.
     """
 
     doc_id: str | None
@@ -84,6 +86,9 @@ class Rejection:
     source_url: str | None = None
     payload: bytes | None = None
     usage: Usage = field(default_factory=Usage)
+
+    def with_payload(self, payload: bytes | None) -> Rejection:
+        return self if self.payload is not None else replace(self, payload=payload)
 
 
 Outcome = PairRow | Rejection

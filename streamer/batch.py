@@ -19,7 +19,7 @@ from pathlib import Path
 from pyarrow import fs as pafs
 
 from consumers.llm.types import ChatClient
-from consumers.outcomes import Outcome, PairRow, SourceRef
+from consumers.outcomes import Outcome, PairRow, Rejection, SourceRef
 from consumers.webr.processor import DocumentProcessor
 from producers.records import iter_file
 from streamer.settings import ConsumeSettings
@@ -97,9 +97,14 @@ async def run_file(
     summary = RunSummary()
     log.info("reading %s as stream %s into %s", settings.source, stream, settings.output)
 
+    raw: dict[int, bytes] = {}  # original records of the documents in the window, for rejections' payload
+
     def emit() -> None:
         for offset, outcome in window.pop_ready():
             admitted = processor.admit(outcome)
+            original = raw.pop(offset, None)
+            if isinstance(admitted, Rejection):
+                admitted = admitted.with_payload(original)
             summary.count(admitted)
             summary.files.extend(sink.add(stream, 0, offset, admitted))
             if on_outcome is not None:
@@ -116,6 +121,7 @@ async def run_file(
                 log.warning("rejected %s of %s: %s", rec.location, settings.source, rec.error)
                 window.push(rec.position, processor.reject_invalid(rec.error, ref, rec.raw))
             else:
+                raw[rec.position] = rec.raw
                 window.push(rec.position, processor.process(rec.document, ref, seq=rec.position))
             emit()
         while len(window):

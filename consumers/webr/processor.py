@@ -181,7 +181,7 @@ class DocumentProcessor:
         log.warning("document %s rejected at %s: %s (%s)", run.doc.doc_id, stage, reason, detail[:200])
         return Rejection(
             doc_id=run.doc.doc_id, stage=str(stage), reason=reason, detail=detail, ref=run.ref,
-            created_at=datetime.now(UTC), source_url=run.doc.url, payload=run.doc.to_json(), usage=run.usage,
+            created_at=datetime.now(UTC), source_url=run.doc.url, usage=run.usage,
         )
 
     def admit(self, outcome: Outcome) -> Outcome:

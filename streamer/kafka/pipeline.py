@@ -190,6 +190,7 @@ class Pipeline:
                 self.indexed[p] = offset + 1
                 source = state.sources.pop(offset)
                 if isinstance(admitted, Rejection):
+                    admitted = admitted.with_payload(source.value)
                     self.dead_letters.hold(source, admitted)
                 self.metrics.outcome(admitted)
                 batch.append((p, offset, admitted))

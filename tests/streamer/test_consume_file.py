@@ -137,7 +137,7 @@ def test_llm_failures_and_refusals_become_rejections_with_reasons(tmp_path: Path
     assert rejected["doc-2"]["reason"] == "llm_transient"
     assert rejected["doc-3"]["reason"] == "refused_request"
     assert rejected["doc-3"]["stage"] == "request"
-    assert json.loads(rejected["doc-3"]["payload"])["id"] == "doc-3"  # replayable
+    assert rejected["doc-3"]["payload"] == json.dumps(docs[3]).encode()  # the input line, byte for byte
     assert {r["doc_id"] for r in read(out)} == {"doc-0", "doc-4", "doc-5"}
     # a permanent error is not retried; a transient one is, up to --max-attempts
     assert sum("PAGE-001" in r.messages[-1]["content"] for r in fake_llm.records) == 1
