@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from consumers.llm.types import LATENCY_BUCKETS_S
 from consumers.outcomes import Outcome, PairRow
 
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
@@ -73,7 +74,7 @@ class LLMStatsCollector(Collector):
     def __init__(self, stats: Callable[[], Any]) -> None:
         self._stats = stats
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         stats = self._stats()
         if stats is None:
             return
@@ -90,10 +91,14 @@ class LLMStatsCollector(Collector):
         yield CounterMetricFamily("webr_llm_retries", "Retried attempts", value=stats.retries)
         yield CounterMetricFamily("webr_llm_rate_limited", "429 answers", value=stats.rate_limited_429)
         yield CounterMetricFamily("webr_llm_cost_usd", "Cost of LLM calls (USD)", value=stats.cost_usd)
-        yield CounterMetricFamily("webr_llm_latency_seconds_sum", "Latency of successful requests, summed",
-                                  value=stats.latency_s_sum)
-        yield CounterMetricFamily("webr_llm_latency_seconds_count", "Successful requests timed",
-                                  value=stats.latency_count)
+        cumulative, buckets = 0, []
+        for bound, count in zip((*LATENCY_BUCKETS_S, float("inf")), stats.latency_buckets, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+        yield HistogramMetricFamily(
+            "webr_llm_latency_seconds", "HTTP round trip of successful LLM requests",
+            buckets=buckets, sum_value=stats.latency_s_sum,
+        )
         yield GaugeMetricFamily("webr_llm_in_flight", "LLM requests in flight", value=stats.in_flight)
 
 

@@ -7,6 +7,7 @@ slot, a rate-limit reservation, one HTTP request; the backoff sleep between atte
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import random
@@ -22,7 +23,7 @@ from consumers.llm.pricing import prices_for
 from consumers.llm.ratelimit import PriorityGate, RateLimiter
 from consumers.llm.settings import LLMSettings
 from consumers.llm.tokens import count_tokens, messages_tokens
-from consumers.llm.types import ChatResult, ErrorKind, LLMCallError, Message
+from consumers.llm.types import LATENCY_BUCKETS_S, ChatResult, ErrorKind, LLMCallError, Message
 
 log = logging.getLogger("consumers.llm")
 
@@ -45,6 +46,7 @@ class ClientStats:
     cost_usd: float = 0.0
     latency_s_sum: float = 0.0  # of successful requests (the HTTP round trip, not the queueing)
     latency_count: int = 0
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     in_flight: int = 0
     failures_by_kind: dict[str, int] = field(default_factory=dict)
 
@@ -262,6 +264,7 @@ class OpenAIChatClient:
         stats.cached_tokens += result.cached_tokens
         stats.latency_s_sum += result.latency_s
         stats.latency_count += 1
+        stats.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_S, result.latency_s)] += 1
         cost = self.cost_usd(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
         if cost is not None:
             stats.cost_usd += cost

@@ -10,6 +10,9 @@ from consumers.exceptions import PipelineError
 
 Message = dict[str, str]
 
+LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+"""Upper bounds of the client's latency histogram (seconds); the last bucket, +Inf, is implied."""
+
 
 class ErrorKind(StrEnum):
     """Error classes decided from status codes and response fields, never from message strings."""

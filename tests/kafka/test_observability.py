@@ -47,6 +47,7 @@ def test_metrics_count_what_the_consumer_did(
     kafka_topic: KafkaTopic, fake_llm: FakeOpenAI, tmp_path: Path, consumer_procs: list[Consumer]
 ) -> None:
     kafka_topic.produce([*documents(20), (b"bad", b"not json")])
+    fake_llm.configure(latency_s=0.15)
     port = free_port()
     consumer = Consumer(kafka_topic, str(tmp_path / "out"), fake_llm.url, tmp_path,
                         "--metrics-port", str(port), "--stop-after-idle", "5")
@@ -66,6 +67,10 @@ def test_metrics_count_what_the_consumer_did(
         samples, "webr_documents_out_total", outcome="rejected") == 21
     assert total(samples, "webr_llm_calls_total", status="ok") == len([r for r in fake_llm.records if r.status == 200])
     assert total(samples, "webr_llm_tokens_total", kind="prompt") > 0
+    ok_calls = len([r for r in fake_llm.records if r.status == 200])
+    assert total(samples, "webr_llm_latency_seconds_bucket", le="+Inf") == ok_calls
+    assert total(samples, "webr_llm_latency_seconds_count") == ok_calls
+    assert total(samples, "webr_llm_latency_seconds_bucket", le="0.1") == 0  # every call took the server's 0.15 s
     assert total(samples, "webr_document_seconds_count") == 20
     assert total(samples, "webr_files_written_total") >= 3
     assert total(samples, "webr_bytes_written_total") > 0

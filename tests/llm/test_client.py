@@ -55,6 +55,7 @@ async def test_result_matches_what_the_server_answered(client: OpenAIChatClient,
     assert client.stats.calls_ok == 1
     assert client.stats.completion_tokens == record.completion_tokens
     assert client.stats.latency_count == 1
+    assert sum(client.stats.latency_buckets) == 1
     assert client.stats.in_flight == 0
 
 
