@@ -10,16 +10,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from openai import AsyncOpenAI
 
-from tests.fixtures.vllm_server import REPO_ROOT, VLLMServer
+from tests.fixtures.vllm_server import VLLMServer
+from tests.support.documents import read_outcomes, run_consume
 
 pytestmark = pytest.mark.vllm
 
@@ -64,17 +62,6 @@ def _write_documents(path: Path) -> list[str]:
             record = {"id": doc_id, "url": f"https://example.org/{topic}", "webpage": _page(topic, words, rng)}
             handle.write(json.dumps(record) + "\n")
     return ids
-
-
-def _read_parquet_tree(directory: Path, *, skip: str | None = None) -> list[dict]:
-    """Every row of every Parquet file under `directory` (files are nested per stream), minus `skip`."""
-    rows: list[dict] = []
-    for file in sorted(directory.rglob("*.parquet")):
-        parts = file.relative_to(directory).parts
-        if skip is not None and skip in parts:
-            continue
-        rows.extend(pq.read_table(file).to_pylist())
-    return rows
 
 
 async def test_chat_completion_with_openai_sdk(vllm_server: VLLMServer) -> None:
@@ -164,33 +151,13 @@ def test_consume_file_end_to_end(vllm_server: VLLMServer, tmp_path: Path) -> Non
     before = vllm_server.metrics()
     before_stopped = vllm_server.metrics(finished_reason="stop")[SUCCESS]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBR_", "OPENAI_"))}
-    command = [
-        sys.executable,
-        "-m",
-        "streamer.consume",
-        "--source",
-        str(source),
-        "--output",
-        str(output),
-        "--base-url",
-        vllm_server.base_url,
-        "--api-key",
-        "test-key-not-secret",
-        "--model",
-        vllm_server.model,
-        "--seed",
-        "3",
-        "--max-concurrency",
-        "4",
-        "--max-tokens",
-        "48",
-        "--max-page-tokens",
-        "200",
-    ]
-    started = time.monotonic()
-    result = subprocess.run(
-        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=CONSUME_TIMEOUT_S, check=False
+    args = (
+        "--source", str(source), "--output", str(output), "--base-url", vllm_server.base_url,
+        "--api-key", "test-key-not-secret", "--model", vllm_server.model, "--seed", "3",
+        "--max-concurrency", "4", "--max-tokens", "48", "--max-page-tokens", "200",
     )
+    started = time.monotonic()
+    result = run_consume(*args, env=env, timeout=CONSUME_TIMEOUT_S)
     elapsed = time.monotonic() - started
     report = (
         f"exit {result.returncode} after {elapsed:.1f} s\n--- stderr ---\n{result.stderr[-4000:]}\n"
@@ -199,8 +166,7 @@ def test_consume_file_end_to_end(vllm_server: VLLMServer, tmp_path: Path) -> Non
     assert result.returncode == 0, report
     assert "test-key-not-secret" not in result.stderr + result.stdout, "the API key leaked into the output"
 
-    rows = _read_parquet_tree(output, skip="_rejected")
-    rejected = _read_parquet_tree(output / "_rejected") if (output / "_rejected").exists() else []
+    rows, rejected = read_outcomes(output)
     outcome_ids = [row["doc_id"] for row in rows] + [rec["doc_id"] for rec in rejected]
     assert sorted(outcome_ids) == sorted(ids), report  # each document exactly once: nothing lost, nothing doubled
     for record in rejected:

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -18,20 +17,10 @@ from pyarrow import fs as pafs
 from streamer.sinks.parquet import REJECTED_DIR
 from streamer.storage import resolve
 from tests.fixtures.kafka import KafkaTopic, wait_for
+from tests.support.documents import CONSUME, REPO, page
 
-REPO = Path(__file__).resolve().parents[2]
 SESSION_TIMEOUT_MS = 3000
 """Short, so a restarted consumer does not wait long for the group to drop the member that was killed."""
-
-
-def page(i: int) -> str:
-    """A distinct multi-paragraph page (distinct enough that dedup keeps them all apart)."""
-    first = f"PAGE-{i:04d} Harbour council meeting report number {i}."
-    body = "\n".join(
-        f"Paragraph {p} of page {i}: the council discussed budget line {p * i + 17} and ferry route {i % 7}."
-        for p in range(1, 5)
-    )
-    return f"{first}\n{body}"
 
 
 def documents(n: int, start: int = 0) -> list[tuple[bytes, bytes]]:
@@ -81,7 +70,7 @@ class Consumer:
                  s3_endpoint_url: str | None = None, name: str = "consumer") -> None:
         self.topic = topic
         self.cmd = [
-            sys.executable, "-m", "streamer.consume", "--bootstrap-servers", topic.bootstrap, "--topic", topic.name,
+            *CONSUME, "--bootstrap-servers", topic.bootstrap, "--topic", topic.name,
             "--group-id", topic.group_id, "--output", output, "--base-url", llm_url, "--api-key", "sk-test",
             "--model", "gpt-4o-mini", "--seed", "7", "--max-concurrency", "16", "--max-in-flight-docs", "16",
             "--session-timeout-ms", str(SESSION_TIMEOUT_MS), "--roll-records", "5", "--log-format", "json", *extra,

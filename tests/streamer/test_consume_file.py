@@ -4,54 +4,27 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from consumers.webr.prompts import PROMPT_VERSION
 from tests.fakeopenai import FakeOpenAI, Fault
+from tests.support.documents import marker, page, read_outcomes, run_consume, write_jsonl
 
-REPO = Path(__file__).resolve().parents[2]
 SECRET = "sk-test-NEVER-LOG-THIS-1234567890"
 
 
-def page(i: int) -> str:
-    """A page whose first paragraph carries a marker (sectioning always keeps the first paragraph)."""
-    first = f"PAGE-{i:03d} Harbour council meeting report number {i}."
-    body = "\n".join(
-        f"Paragraph {p} of page {i}: the council discussed budget line {p * i} and the ferry timetable."
-        for p in range(1, 6)
-    )
-    return f"{first}\n{body}"
-
-
-def write_jsonl(path: Path, records: list[object], extra_lines: list[str] = ()) -> Path:  # type: ignore[assignment]
-    with path.open("w") as fh:
-        for r in records:
-            fh.write(json.dumps(r) + "\n")
-        for line in extra_lines:
-            fh.write(line + "\n")
-    return path
-
-
 def consume(source: Path, output: Path, server: FakeOpenAI, *extra: str, env: dict[str, str] | None = None):
-    cmd = [
-        sys.executable, "-m", "streamer.consume", "--source", str(source), "--output", str(output),
-        "--base-url", server.url, "--api-key", SECRET, "--model", "gpt-4o-mini", "--seed", "7",
-        "--max-concurrency", "8", "--roll-records", "10", "--log-level", "DEBUG", *extra,
-    ]
-    return subprocess.run(
-        cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}, check=False
+    return run_consume(
+        "--source", str(source), "--output", str(output), "--base-url", server.url, "--api-key", SECRET,
+        "--model", "gpt-4o-mini", "--seed", "7", "--max-concurrency", "8", "--roll-records", "10",
+        "--log-level", "DEBUG", *extra, env={**os.environ, **(env or {})},
     )
 
 
 def read(output: Path, rejected: bool = False) -> list[dict]:
-    base = output / "_rejected" if rejected else output
-    files = [f for f in sorted(base.rglob("*.parquet")) if rejected or "_rejected" not in f.parts]
-    return [r for f in files for r in pq.read_table(f).to_pylist()]
+    return read_outcomes(output)[1 if rejected else 0]
 
 
 def call_with_reply(server: FakeOpenAI, text: str):
@@ -86,7 +59,7 @@ def test_every_document_ends_once_with_the_right_call_chain(tmp_path: Path, fake
     assert sum(r["llm_calls"] for r in rows) + sum(r["llm_calls"] or 0 for r in rejected) == len(ok_calls)
     for row in rows:
         i = int(row["doc_id"].split("-")[1])
-        marker = f"PAGE-{i:03d}"
+        tag = marker(i)
         user, assistant = row["messages"]
         assert (user["role"], assistant["role"]) == ("user", "assistant")
         assert row["prompt_version"] == PROMPT_VERSION
@@ -95,15 +68,15 @@ def test_every_document_ends_once_with_the_right_call_chain(tmp_path: Path, fake
         persona_call = call_with_reply(fake_llm, row["persona"])
         request_call = call_with_reply(fake_llm, row["request"])
         answer_call = call_with_reply(fake_llm, assistant["content"])
-        assert marker in user_text(persona_call)
-        assert row["persona"] in user_text(request_call) and marker in user_text(request_call)
-        assert marker in user_text(answer_call) and row["request"] in user_text(answer_call)
+        assert tag in user_text(persona_call)
+        assert row["persona"] in user_text(request_call) and tag in user_text(request_call)
+        assert tag in user_text(answer_call) and row["request"] in user_text(answer_call)
         # the page leads every call that carries it (shared prefix for prompt caching)
         for call in (persona_call, request_call, answer_call):
-            assert user_text(call).startswith(f"<document>\n{marker}")
+            assert user_text(call).startswith(f"<document>\n{tag}")
         if row["branch"] == "WI":
             assert row["llm_calls"] == 3
-            assert marker in user["content"] and row["request"] in user["content"]
+            assert tag in user["content"] and row["request"] in user["content"]
         else:
             assert row["llm_calls"] == 4
             assert user["content"] == row["request"]
@@ -118,11 +91,11 @@ def test_every_document_ends_once_with_the_right_call_chain(tmp_path: Path, fake
 def test_llm_failures_and_refusals_become_rejections_with_reasons(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
     def responder(messages: list[dict[str, str]]) -> str | Fault | None:
         text = messages[-1]["content"]
-        if "PAGE-001" in text:
+        if marker(1) in text:
             return Fault.bad_request()
-        if "PAGE-002" in text:
+        if marker(2) in text:
             return Fault.server_error(503)
-        if "PAGE-003" in text and "Author profile" in text:
+        if marker(3) in text and "Author profile" in text:
             return Fault.refusal()
         return None
 
@@ -140,8 +113,8 @@ def test_llm_failures_and_refusals_become_rejections_with_reasons(tmp_path: Path
     assert rejected["doc-3"]["payload"] == json.dumps(docs[3]).encode()  # the input line, byte for byte
     assert {r["doc_id"] for r in read(out)} == {"doc-0", "doc-4", "doc-5"}
     # a permanent error is not retried; a transient one is, up to --max-attempts
-    assert sum("PAGE-001" in r.messages[-1]["content"] for r in fake_llm.records) == 1
-    assert sum("PAGE-002" in r.messages[-1]["content"] for r in fake_llm.records) == 2
+    assert sum(marker(1) in r.messages[-1]["content"] for r in fake_llm.records) == 1
+    assert sum(marker(2) in r.messages[-1]["content"] for r in fake_llm.records) == 2
 
 
 def test_reruns_replace_their_own_files_and_other_inputs_add(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
@@ -218,6 +191,6 @@ def test_long_pages_are_cut_by_tokens_and_huge_ones_rejected(tmp_path: Path, fak
     assert rows["long"]["page_truncated"] is True
     assert rows["long"]["page_tokens"] == 300
     persona_call = call_with_reply(fake_llm, rows["long"]["persona"])
-    assert "PAGE-011" not in user_text(persona_call)  # the cut text never reaches the model
+    assert marker(11) not in user_text(persona_call)  # the cut text never reaches the model
     rejected = read(out, rejected=True)
     assert [(r["doc_id"], r["reason"], r["llm_calls"]) for r in rejected] == [("huge", "page_too_large", 0)]

@@ -11,42 +11,21 @@ import sys
 from pathlib import Path
 
 from tests.fakeopenai import FakeOpenAI
+from tests.support.documents import page, run_consume, write_jsonl
 
 from .conftest import REPO, Dirs
 
 
 def consume(source: Path, output: Path, server: FakeOpenAI) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamer.consume",
-        "--source",
-        str(source),
-        "--output",
-        str(output),
-        "--base-url",
-        server.url,
-        "--api-key",
-        "sk-test",
-        "--model",
-        "gpt-4o-mini",
-        "--seed",
-        "7",
-        "--roll-records",
-        "4",
-    ]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    done = run_consume(
+        "--source", str(source), "--output", str(output), "--base-url", server.url, "--api-key", "sk-test",
+        "--model", "gpt-4o-mini", "--seed", "7", "--roll-records", "4",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
 def pages(path: Path, first: int, count: int) -> Path:
-    with path.open("w") as fh:
-        for i in range(first, first + count):
-            body = "\n".join(
-                f"Paragraph {p} of page {i}: the garden by the river is green in spring." for p in range(4)
-            )
-            fh.write(json.dumps({"id": f"doc-{i}", "webpage": f"Garden report {i}.\n{body}"}) + "\n")
-    return path
+    return write_jsonl(path, ({"id": f"doc-{i}", "webpage": page(i)} for i in range(first, first + count)))
 
 
 def train(dirs: Dirs) -> tuple[int, str]:
