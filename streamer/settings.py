@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from consumers.llm.settings import OPENAI_BASE_URL, Backend, LLMSettings, Sampling
 from consumers.webr.processor import WebRSettings
 from streamer.kafka.settings import KafkaSettings
-from streamer.sinks.parquet import RollPolicy
+from streamer.sinks.parquet import DEFAULT_ROLL_RECORDS, RollPolicy
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("webr_config_file", default=None)
 
@@ -35,7 +35,8 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
     output: str = Field(description="output root: a local directory or s3://bucket/prefix")
     s3_endpoint_url: str | None = Field(default=None, description="endpoint of an S3-compatible store (MinIO...)")
     roll_records: int = Field(
-        default=1000, gt=0, description="input records per output file (a crash redoes at most this many per partition)"
+        default=DEFAULT_ROLL_RECORDS, gt=0,
+        description="input records per output file (a crash redoes at most this many per partition)",
     )
     # LLM backend
     base_url: str = Field(

@@ -35,6 +35,8 @@ from streamer.storage import Location
 log = logging.getLogger(__name__)
 
 REJECTED_DIR = "_rejected"
+DEFAULT_ROLL_RECORDS = 1000
+"""Input records per file: small enough that a crash redoes little LLM work, large enough for Parquet."""
 
 
 class SinkWriteError(OSError):
@@ -46,7 +48,7 @@ class RollPolicy:
     """When a partition's open file is closed: after `max_records` input offsets, or once records span
     `max_record_time_ms` of record time (Kafka timestamps), whichever comes first."""
 
-    max_records: int = 10_000
+    max_records: int = DEFAULT_ROLL_RECORDS
     max_record_time_ms: int | None = None
 
 
