@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,16 +29,8 @@ def same_branch_ids() -> tuple[str, str]:
     return first, second
 
 
-@pytest.fixture
-def consumer_procs() -> Iterator[list[Consumer]]:
-    started: list[Consumer] = []
-    yield started
-    for c in started:
-        c.stop()
-
-
 def test_near_duplicate_of_a_committed_row_is_rejected_after_a_restart(
-    kafka_topic: KafkaTopic, fake_llm: FakeOpenAI, tmp_path: Path, consumer_procs: list[Consumer]
+    kafka_topic: KafkaTopic, fake_llm: FakeOpenAI, tmp_path: Path, consumers: list[Consumer]
 ) -> None:
     fake_llm.responder = lambda messages: SAME_REQUEST if "DUPMARK" in messages[-1]["content"] else None
     first, second = same_branch_ids()
@@ -50,7 +41,7 @@ def test_near_duplicate_of_a_committed_row_is_rejected_after_a_restart(
 
     kafka_topic.produce([*documents(5), doc(first, 900)])
     consumer = Consumer(kafka_topic, out_uri, fake_llm.url, tmp_path, "--stop-after-idle", "3", "--seed", str(SEED))
-    consumer_procs.append(consumer.start())
+    consumers.append(consumer.start())
     assert consumer.wait() == 0, consumer.log()[-3000:]
     rows = {r["doc_id"]: r for r in read_output(out_uri, kafka_topic.name).rows}
     assert rows[first]["request"] == SAME_REQUEST

@@ -44,15 +44,6 @@ def output(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
         yield bucket.uri(), bucket.endpoint_url
 
 
-@pytest.fixture
-def consumers() -> Iterator[list[Consumer]]:
-    """Consumers started by a test; killed at teardown if still running."""
-    started: list[Consumer] = []
-    yield started
-    for c in started:
-        c.stop()
-
-
 def test_malformed_messages_become_rejections_and_good_documents_flow(
     kafka_topic: KafkaTopic, fake_llm: FakeOpenAI, output: tuple[str, str | None], tmp_path: Path,
     consumers: list[Consumer],

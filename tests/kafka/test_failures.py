@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,14 +14,6 @@ from tests.fixtures.s3 import S3Bucket
 from tests.kafka.helpers import Consumer, Output, documents, read_output, wait_committed
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def consumers() -> Iterator[list[Consumer]]:
-    started: list[Consumer] = []
-    yield started
-    for c in started:
-        c.stop()
 
 
 def assert_exactly_once(out: Output, docs: list[tuple[bytes, bytes]]) -> None:

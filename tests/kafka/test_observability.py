@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ from tests.fixtures.s3 import free_port
 from tests.kafka.helpers import Consumer, documents
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def consumer_procs() -> Iterator[list[Consumer]]:
-    started: list[Consumer] = []
-    yield started
-    for c in started:
-        c.stop()
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -44,14 +35,14 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 
 
 def test_metrics_count_what_the_consumer_did(
-    kafka_topic: KafkaTopic, fake_llm: FakeOpenAI, tmp_path: Path, consumer_procs: list[Consumer]
+    kafka_topic: KafkaTopic, fake_llm: FakeOpenAI, tmp_path: Path, consumers: list[Consumer]
 ) -> None:
     kafka_topic.produce([*documents(20), (b"bad", b"not json")])
     fake_llm.configure(latency_s=0.15)
     port = free_port()
     consumer = Consumer(kafka_topic, str(tmp_path / "out"), fake_llm.url, tmp_path,
                         "--metrics-port", str(port), "--stop-after-idle", "5")
-    consumer_procs.append(consumer.start())
+    consumers.append(consumer.start())
 
     def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
         if sum(c or 0 for c in kafka_topic.committed().values()) != 21:
