@@ -16,14 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyarrow import fs as pafs
-
 from consumers.llm.types import ChatClient
 from consumers.outcomes import Outcome, PairRow, Rejection, SourceRef
 from consumers.webr.processor import DocumentProcessor
 from producers.records import iter_file
 from streamer.settings import ConsumeSettings
-from streamer.sinks.parquet import REJECTED_DIR, ParquetSink, WrittenFile
+from streamer.sinks.parquet import ParquetSink, WrittenFile, list_outputs
 from streamer.storage import Location, resolve
 from streamer.window import OrderedWindow
 
@@ -138,9 +136,7 @@ async def run_file(
 def _prune_stale(location: Location, stream: str, written: list[WrittenFile]) -> None:
     """Remove files of an earlier run of the same input that this complete run did not rewrite."""
     keep = {key for f in written for key in f.keys}
-    for base in (location.path(stream), location.path(REJECTED_DIR, stream)):
-        info = location.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-        for entry in info:
-            if entry.type == pafs.FileType.File and entry.path.endswith(".parquet") and entry.path not in keep:
-                log.info("removing %s, left by an earlier run of the same input", entry.path)
-                location.fs.delete_file(entry.path)
+    for f in list_outputs(location, stream, temporaries=location.is_local):
+        if f.path not in keep:
+            log.info("removing %s, left by an earlier run of the same input", f.path)
+            location.fs.delete_file(f.path)

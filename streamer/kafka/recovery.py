@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyarrow import fs as pafs
 
-from streamer.sinks.parquet import REJECTED_DIR, parse_file_name
+from streamer.sinks.parquet import list_outputs
 from streamer.storage import Location
 
 log = logging.getLogger(__name__)
@@ -27,54 +25,19 @@ log = logging.getLogger(__name__)
 DEDUP_COLUMNS = ["branch", "request", "page_hash", "source_partition", "source_offset"]
 
 
-@dataclass(frozen=True, slots=True)
-class OutputFile:
-    path: str
-    partition: int
-    start_offset: int
-    rejected: bool
-
-
-def list_outputs(location: Location, stream: str) -> list[OutputFile]:
-    """Every rows and rejections file of `stream`, across date directories."""
-    found: list[OutputFile] = []
-    for base, rejected in ((location.path(stream), False), (location.path(REJECTED_DIR, stream), True)):
-        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-        for info in location.fs.get_file_info(selector):
-            parsed = parse_file_name(info.base_name) if info.type == pafs.FileType.File else None
-            if parsed is not None and parsed[0] == stream:
-                found.append(OutputFile(info.path, parsed[1], parsed[2], rejected))
-    return found
-
-
 def clear_uncommitted(location: Location, stream: str, positions: dict[int, int]) -> list[str]:
     """Delete the files of each partition that start at or after its committed offset; returns their paths.
 
     On a local disk, temporary files of a write killed before its rename go too (S3 puts leave none).
     """
-    stale = [f.path for f in list_outputs(location, stream) if f.partition in positions and
-             f.start_offset >= positions[f.partition]]
-    if location.is_local:
-        stale += _orphaned_temporaries(location, stream, set(positions))
+    stale = [
+        f.path for f in list_outputs(location, stream, temporaries=location.is_local)
+        if f.partition in positions and (f.temporary or f.start_offset >= positions[f.partition])
+    ]
     for path in stale:
         log.info("removing uncommitted output %s", path, extra={"path": path})
         location.fs.delete_file(path)
     return stale
-
-
-def _orphaned_temporaries(location: Location, stream: str, partitions: set[int]) -> list[str]:
-    """`.tmp-<hex>-<final name>` files of the sink's local publish, for the given partitions."""
-    found = []
-    for base in (location.path(stream), location.path(REJECTED_DIR, stream)):
-        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-        for info in location.fs.get_file_info(selector):
-            name = info.base_name
-            if info.type != pafs.FileType.File or not name.startswith(".tmp-"):
-                continue
-            parsed = parse_file_name(name.split("-", 2)[-1])
-            if parsed is not None and parsed[0] == stream and parsed[1] in partitions:
-                found.append(info.path)
-    return found
 
 
 def committed_rows(

@@ -35,6 +35,7 @@ from streamer.storage import Location
 log = logging.getLogger(__name__)
 
 REJECTED_DIR = "_rejected"
+_TMP_PREFIX = ".tmp-"
 DEFAULT_ROLL_RECORDS = 1000
 """Input records per file: small enough that a crash redoes little LLM work, large enough for Parquet."""
 
@@ -92,6 +93,34 @@ def parse_file_name(name: str) -> tuple[str, int, int] | None:
     if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
         return None
     return parts[0], int(parts[1]), int(parts[2])
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    """A file of a stream's output as found in storage."""
+
+    path: str
+    partition: int
+    start_offset: int
+    rejected: bool
+    temporary: bool = False  # a `.tmp-` file of a local publish killed before its rename
+
+
+def list_outputs(location: Location, stream: str, *, temporaries: bool = False) -> list[OutputFile]:
+    """Every rows and rejections file of `stream`, across date directories (and its temporaries if asked)."""
+    found: list[OutputFile] = []
+    for base, rejected in ((location.path(stream), False), (location.path(REJECTED_DIR, stream), True)):
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        for info in location.fs.get_file_info(selector):
+            if info.type != pafs.FileType.File:
+                continue
+            temporary = info.base_name.startswith(_TMP_PREFIX)
+            if temporary and not temporaries:
+                continue
+            parsed = parse_file_name(info.base_name.split("-", 2)[-1] if temporary else info.base_name)
+            if parsed is not None and parsed[0] == stream:
+                found.append(OutputFile(info.path, parsed[1], parsed[2], rejected, temporary))
+    return found
 
 
 def _date_dir(ts_ms: int | None) -> list[str]:
@@ -222,7 +251,7 @@ class ParquetSink:
         parent = key.rsplit("/", 1)[0]
         if self.location.is_local:
             fs.create_dir(parent, recursive=True)
-            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{key.rsplit('/', 1)[1]}"
+            tmp = f"{parent}/{_TMP_PREFIX}{uuid.uuid4().hex}-{key.rsplit('/', 1)[1]}"
             with fs.open_output_stream(tmp) as out:
                 out.write(data)
             fs.move(tmp, key)

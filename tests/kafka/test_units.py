@@ -19,10 +19,10 @@ from consumers.outcomes import Outcome, PairRow, Rejection, SourceRef, Usage
 from producers.records import Document
 from streamer.kafka.deadletters import DeadLetters
 from streamer.kafka.pipeline import Pipeline
-from streamer.kafka.recovery import clear_uncommitted, committed_rows, dedup_ranges, list_outputs
+from streamer.kafka.recovery import clear_uncommitted, committed_rows, dedup_ranges
 from streamer.kafka.settings import KafkaRunConfig, KafkaSettings
 from streamer.metrics import ConsumerMetrics
-from streamer.sinks.parquet import ParquetSink, RollPolicy, SinkWriteError, parse_file_name
+from streamer.sinks.parquet import ParquetSink, RollPolicy, SinkWriteError, list_outputs, parse_file_name
 from streamer.storage import resolve
 from tests.fixtures.kafka import KafkaTopic
 from tests.fixtures.s3 import S3Bucket
