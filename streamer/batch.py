@@ -82,7 +82,7 @@ def count_records(path: str) -> int:
 async def run_file(
     settings: ConsumeSettings,
     llm: ChatClient,
-    on_outcome: Callable[[Outcome], None] | None = None,
+    on_progress: Callable[[RunSummary], None] | None = None,
 ) -> RunSummary:
     """Process `settings.source` into `settings.output`; returns once every record has an outcome on disk."""
     assert settings.source is not None
@@ -105,8 +105,8 @@ async def run_file(
                 admitted = admitted.with_payload(original)
             summary.count(admitted)
             summary.files.extend(sink.add(stream, 0, offset, admitted))
-            if on_outcome is not None:
-                on_outcome(admitted)
+            if on_progress is not None:
+                on_progress(summary)
 
     try:
         for rec in iter_file(settings.source):

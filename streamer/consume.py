@@ -49,7 +49,7 @@ async def _run_file(settings: ConsumeSettings) -> int:
 
     try:
         async with OpenAIChatClient(settings.llm()) as llm:
-            summary = await run_file(settings, llm, on_outcome=progress.update)
+            summary = await run_file(settings, llm, on_progress=progress.update)
     finally:
         progress.close()
     print(summary.render(), file=sys.stderr)

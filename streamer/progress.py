@@ -4,35 +4,31 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from consumers.outcomes import Outcome, PairRow
+if TYPE_CHECKING:
+    from streamer.batch import RunSummary
 
 
 class Progress:
-    """Fed one outcome at a time; a no-op when disabled (not a terminal, or --no-progress)."""
+    """Shows a run's `RunSummary` as it grows; a no-op when disabled (not a terminal, or --no-progress)."""
 
     def __init__(self, total: int | None, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self.rows = self.rejected = self.calls = self.tokens = 0
         self._started = time.monotonic()
         self._bar = tqdm(total=total, unit="doc", dynamic_ncols=True, file=sys.stderr) if enabled else None
 
-    def update(self, outcome: Outcome) -> None:
-        if isinstance(outcome, PairRow):
-            self.rows += 1
-        else:
-            self.rejected += 1
-        self.calls += outcome.usage.calls
-        self.tokens += outcome.usage.prompt_tokens + outcome.usage.completion_tokens
-        if self._bar is not None:
-            elapsed = max(time.monotonic() - self._started, 1e-6)
-            self._bar.set_postfix(
-                rows=self.rows, rejected=self.rejected, calls=self.calls, tokens=self.tokens,
-                tok_per_s=f"{self.tokens / elapsed:.0f}", refresh=False,
-            )
-            self._bar.update(1)
+    def update(self, summary: RunSummary) -> None:
+        if self._bar is None:
+            return
+        tokens = summary.prompt_tokens + summary.completion_tokens
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        self._bar.set_postfix(
+            rows=summary.rows, rejected=sum(summary.rejected.values()), calls=summary.calls, tokens=tokens,
+            tok_per_s=f"{tokens / elapsed:.0f}", refresh=False,
+        )
+        self._bar.update(summary.records - self._bar.n)
 
     def close(self) -> None:
         if self._bar is not None:
