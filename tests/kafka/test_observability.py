@@ -10,8 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakeopenai import FakeOpenAI
 from tests.fixtures.kafka import KafkaTopic, wait_for
-from tests.fixtures.s3 import free_port
 from tests.kafka.helpers import Consumer, documents
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
