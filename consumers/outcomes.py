@@ -18,13 +18,15 @@ class SourceRef:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token usage and cost summed over a document's successful LLM calls."""
+    """Token usage and cost summed over a document's successful LLM calls; `attempts` counts every HTTP
+    attempt, retries of bad output and timeouts included (a server may have answered, and billed, those)."""
 
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     cost_usd: float | None = None
+    attempts: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         cost = None if self.cost_usd is None and other.cost_usd is None else (
@@ -36,6 +38,7 @@ class Usage:
             self.completion_tokens + other.completion_tokens,
             self.cached_tokens + other.cached_tokens,
             cost,
+            self.attempts + other.attempts,
         )
 
 

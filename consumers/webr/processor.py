@@ -85,6 +85,7 @@ class DocumentProcessor:
         except _Rejected as rej:
             return self._reject(run, rej.reason, rej.detail)
         except LLMCallError as exc:
+            run.usage = run.usage + Usage(attempts=exc.attempts)
             return self._reject(run, f"llm_{exc.kind}", f"{exc.reason} (status {exc.status}, {exc.attempts} attempts)")
         except Exception as exc:  # a bug must not take the other documents down; it is logged and recorded
             log.exception("internal error on document %s in state %s", doc.doc_id, run.machine.state)
@@ -93,7 +94,9 @@ class DocumentProcessor:
     async def _call(self, run: _Run, messages: list[Message]) -> str:
         result = await self.llm.chat(messages, priority=run.seq)
         cost = self.llm.cost_usd(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
-        run.usage = run.usage + Usage(1, result.prompt_tokens, result.completion_tokens, result.cached_tokens, cost)
+        run.usage = run.usage + Usage(
+            1, result.prompt_tokens, result.completion_tokens, result.cached_tokens, cost, result.attempts
+        )
         return result.text
 
     async def _chain(self, run: _Run) -> PairRow:

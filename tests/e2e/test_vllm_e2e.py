@@ -194,8 +194,12 @@ def test_consume_file_end_to_end(vllm_server: VLLMServer, tmp_path: Path) -> Non
     expected_for_rows = sum(3 if row["branch"] == "WI" else 4 for row in rows)
     # WI pairs take 3 calls (persona, request, response), WR pairs 4 (rollout and refine): 3.33 on average.
     assert 3 * len(rows) <= expected_for_rows <= 4 * len(rows)
-    assert expected_for_rows <= stopped <= expected_for_rows + 4 * len(rejected), (
-        f"vLLM served {stopped:.0f} complete replies for {len(rows)} rows and {len(rejected)} rejections"
+    # Every reply vLLM completed was asked for by an attempt the engine recorded; attempts beyond the successful
+    # calls are the client's retries (an empty reply from the random model is retried once as bad output).
+    attempts = sum(r["llm_attempts"] for r in rows) + sum(r["llm_attempts"] for r in rejected)
+    assert expected_for_rows <= stopped <= attempts, (
+        f"vLLM served {stopped:.0f} complete replies for {len(rows)} rows and {len(rejected)} rejections, "
+        f"which made {attempts} attempts"
     )
     assert truncated <= 2, f"{truncated:.0f} replies hit --max-tokens"
     # The page leads every call that carries it, so a document's later calls reuse its KV blocks.

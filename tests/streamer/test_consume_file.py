@@ -115,6 +115,10 @@ def test_llm_failures_and_refusals_become_rejections_with_reasons(tmp_path: Path
     # a permanent error is not retried; a transient one is, up to --max-attempts
     assert sum(marker(1) in r.messages[-1]["content"] for r in fake_llm.records) == 1
     assert sum(marker(2) in r.messages[-1]["content"] for r in fake_llm.records) == 2
+    # every HTTP attempt the server saw is accounted to a document, failed ones included
+    outcomes = read(out) + read(out, rejected=True)
+    assert sum(o["llm_attempts"] for o in outcomes) == len(fake_llm.records)
+    assert rejected["doc-2"]["llm_attempts"] == 2
 
 
 def test_reruns_replace_their_own_files_and_other_inputs_add(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
