@@ -100,6 +100,22 @@ class LLMStatsCollector(Collector):
             buckets=buckets, sum_value=stats.latency_s_sum,
         )
         yield GaugeMetricFamily("webr_llm_in_flight", "LLM requests in flight", value=stats.in_flight)
+        breaker = stats.breaker
+        yield GaugeMetricFamily(
+            "webr_llm_endpoint_down", "1 while the endpoint's circuit breaker holds calls", value=int(breaker.open)
+        )
+        yield CounterMetricFamily("webr_llm_endpoint_outages", "Times the circuit breaker opened", value=breaker.opened)
+        yield CounterMetricFamily(
+            "webr_llm_endpoint_outage_seconds", "Length of ended outages (breaker open to closed)",
+            value=breaker.outage_s,
+        )
+        yield CounterMetricFamily(
+            "webr_llm_held_seconds", "Attempt time spent waiting for a failing endpoint", value=stats.held_s
+        )
+        yield GaugeMetricFamily(
+            "webr_llm_rate_limit_scale", "Share of the configured rate limits in use, adapted from the server",
+            value=stats.rate_scale,
+        )
 
 
 def llm_stats_of(processor: object) -> Callable[[], Any]:

@@ -58,7 +58,14 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
     max_requests_per_minute: int | None = Field(default=None, gt=0, description="request budget per minute")
     max_tokens_per_minute: int | None = Field(default=None, gt=0, description="token budget per minute")
     request_timeout_s: float = Field(default=120.0, gt=0, description="timeout of one LLM request")
-    max_attempts: int = Field(default=6, ge=1, description="attempts per LLM call before the document is rejected")
+    give_up_after: float | None = Field(
+        default=None, gt=0,
+        description="reject a document whose LLM call still fails transiently after SECONDS (default: it waits)",
+    )
+    rate_limit_share: float = Field(
+        default=1.0, gt=0, le=1,
+        description="fixed share of the limits for this process, e.g. 0.25 for 4 (default: adapt to the server)",
+    )
     temperature: float | None = Field(default=None, ge=0, le=2, description="default: 1.0 OpenAI, 0.6 vLLM")
     top_p: float | None = Field(default=None, gt=0, le=1, description="default: API default OpenAI, 0.9 vLLM")
     max_tokens: int | None = Field(default=None, gt=0, description="completion cap; default: none OpenAI, 4096 vLLM")
@@ -118,7 +125,8 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
             max_requests_per_minute=self.max_requests_per_minute,
             max_tokens_per_minute=self.max_tokens_per_minute,
             request_timeout_s=self.request_timeout_s,
-            max_attempts=self.max_attempts,
+            give_up_after_s=self.give_up_after,
+            rate_limit_share=self.rate_limit_share,
         )
         given = {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p),
                                    ("max_tokens", self.max_tokens)) if v is not None}

@@ -1,24 +1,34 @@
 """Chat completions against OpenAI or any OpenAI-compatible server (vLLM), with our own retries and limits.
 
 The SDK's own retries are off (`max_retries=0`): they would sleep while holding a concurrency slot, ignore our
-shared rate-limit cooldown and hide attempts from the stats. One attempt here is: a priority-ordered concurrency
-slot, a rate-limit reservation, one HTTP request; the backoff sleep between attempts holds neither.
+shared rate-limit cooldown and hide attempts from the stats. One attempt here is: the endpoint's circuit breaker,
+a priority-ordered concurrency slot, a rate-limit reservation, one HTTP request; the backoff sleep between
+attempts holds none of them.
+
+Transient is never final: a 429, a 5xx, a timeout or a refused connection is retried for as long as it takes
+(or until `give_up_after_s`, when the user asked for a deadline), so a document keeps the calls it has completed
+and resumes at the one that failed. Only a permanent cause (another 4xx, output still bad after a retry) fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
 import math
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import openai
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_before_delay, stop_never
 
+from consumers.llm.breaker import BreakerStats, CircuitBreaker
+from consumers.llm.budgets import StepBudgets
 from consumers.llm.errors import AttemptFailed, Completion, Failure, classify_exception, parse_completion
+from consumers.llm.feedback import LimitFeedback
 from consumers.llm.pricing import prices_for
 from consumers.llm.ratelimit import PriorityGate, RateLimiter
 from consumers.llm.settings import LLMSettings
@@ -29,6 +39,8 @@ log = logging.getLogger("consumers.llm")
 
 # A bad output (truncated, empty, unparsable) is retried once: sampling may do better, twice rarely does.
 _BAD_OUTPUT_RETRIES = 1
+# Backoff between attempts of one call never exceeds this; while the endpoint is down the breaker holds calls.
+_MAX_BACKOFF_EXPONENT = 16
 
 
 @dataclass
@@ -49,6 +61,9 @@ class ClientStats:
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     in_flight: int = 0
     failures_by_kind: dict[str, int] = field(default_factory=dict)
+    held_s: float = 0.0  # attempt time spent held by the open circuit breaker
+    rate_scale: float = 1.0  # the share of the rate limits in use (adapted from the server's answers)
+    breaker: BreakerStats = field(default_factory=BreakerStats)  # the endpoint's circuit breaker (its own)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +71,8 @@ class ClientStats:
 
 @dataclass
 class _CallState:
+    step: str
+    max_tokens: int | None  # sent with the request when set
     attempts: int = 0
     bad_outputs: int = 0
 
@@ -81,17 +98,27 @@ class OpenAIChatClient:
         settings: LLMSettings,
         *,
         limiter: RateLimiter | None = None,
+        breaker: CircuitBreaker | None = None,
         backoff_initial_s: float = 1.0,
-        backoff_max_s: float = 30.0,
+        backoff_max_s: float = 10.0,
         initial_completion_estimate: int = 300,
     ) -> None:
         self.settings = settings
         self.model: str = settings.model
         self.stats = ClientStats()
-        self.limiter = limiter or RateLimiter(settings.max_requests_per_minute, settings.max_tokens_per_minute)
+        self.limiter = limiter or RateLimiter(
+            settings.max_requests_per_minute, settings.max_tokens_per_minute, headroom=settings.rate_limit_share
+        )
+        self.breaker = breaker or CircuitBreaker(settings.base_url)
+        self.stats.breaker = self.breaker.stats
+        self._feedback: LimitFeedback | None = None
         self._gate = PriorityGate(settings.max_concurrency)
         self._prices = prices_for(settings)
-        self._sampling = settings.sampling.model_dump(exclude_none=True)
+        self._sampling = settings.sampling.model_dump(exclude_none=True, exclude={"max_tokens"})
+        # OpenAI's reference sends no max_tokens; elsewhere each step sends its own within the configured cap.
+        ceiling = settings.sampling.max_tokens
+        self._budgets = StepBudgets(ceiling) if ceiling else None
+        self._expected = StepBudgets(1 << 30)  # completion sizes per step, for reservations without max_tokens
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._initial_completion_estimate = initial_completion_estimate
@@ -103,6 +130,7 @@ class OpenAIChatClient:
     async def start(self) -> None:
         if self._api is not None:
             return
+        self._feedback = LimitFeedback(self.limiter)
         self._api = openai.AsyncOpenAI(
             # vLLM accepts any key; the SDK refuses an empty one.
             api_key=self.settings.api_key.get_secret_value() or "EMPTY",
@@ -128,13 +156,14 @@ class OpenAIChatClient:
             return None
         return self._prices.cost(prompt_tokens, completion_tokens, cached_tokens)
 
-    async def chat(self, messages: list[Message], *, priority: int = 0) -> ChatResult:
-        """One chat completion; raises LLMCallError when it fails for good."""
+    async def chat(self, messages: list[Message], *, priority: int = 0, step: str = "default") -> ChatResult:
+        """One chat completion for `step` of a chain; raises LLMCallError when it fails for good."""
         if self._api is None:
             raise RuntimeError("the client is not started: use `async with client:` or `await client.start()`")
-        state = _CallState()
+        state = _CallState(step, self._budgets.max_tokens(step) if self._budgets else None)
+        give_up = self.settings.give_up_after_s
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.settings.max_attempts) | stop_before_delay(self.settings.retry_deadline_s),
+            stop=stop_never if give_up is None else stop_before_delay(give_up),
             wait=self._wait,
             retry=retry_if_exception(lambda exc: self._retryable(exc, state)),
             before_sleep=self._before_sleep,
@@ -155,38 +184,50 @@ class OpenAIChatClient:
             )
             raise LLMCallError(exc.kind, exc.reason, status=exc.status, attempts=state.attempts) from exc
         self._account(result)
+        (self._budgets or self._expected).observe(step, result.completion_tokens)
         return result
 
     async def _attempt(self, messages: list[Message], priority: int, estimate: int, state: _CallState) -> ChatResult:
-        assert self._api is not None
+        assert self._api is not None and self._feedback is not None
         state.attempts += 1
         self.stats.attempts += 1
-        async with self._gate.slot(priority):
-            reservation = await self.limiter.acquire(estimate + self._completion_estimate(), priority=priority)
-            self.stats.in_flight += 1
-            started = time.monotonic()
-            try:
-                raw = await self._api.chat.completions.with_raw_response.create(
-                    model=self.model, messages=messages, **self._sampling
-                )
-            except (openai.APIError, TimeoutError, ConnectionError) as exc:
-                failure = classify_exception(exc)
-                if failure is None:
-                    raise
-                self._on_failure(failure)
-                raise AttemptFailed(failure) from exc
-            finally:
-                self.stats.in_flight -= 1
-            latency = time.monotonic() - started
+        held = time.monotonic()
+        probe = await self.breaker.admit()
+        self.stats.held_s += time.monotonic() - held
+        down: bool | None = None
+        try:
+            async with self._gate.slot(priority):
+                reservation = await self.limiter.acquire(estimate + self._completion_estimate(state), priority=priority)
+                self.stats.in_flight += 1
+                sent_at = asyncio.get_running_loop().time()
+                started = time.monotonic()
+                extra = {"max_tokens": state.max_tokens} if state.max_tokens else {}
+                try:
+                    raw = await self._api.chat.completions.with_raw_response.create(
+                        model=self.model, messages=messages, **self._sampling, **extra
+                    )
+                except (openai.APIError, TimeoutError, ConnectionError) as exc:
+                    failure = classify_exception(exc)
+                    if failure is None:
+                        raise
+                    down = failure.kind is ErrorKind.TRANSIENT
+                    headers = exc.response.headers if isinstance(exc, openai.APIStatusError) else None
+                    self._on_failure(failure, headers, sent_at)
+                    raise AttemptFailed(failure) from exc
+                finally:
+                    self.stats.in_flight -= 1
+                down = False
+                latency = time.monotonic() - started
+                self._feedback.on_answer(raw.headers, sent_at)
+        finally:
+            self.breaker.record(probe=probe, down=down)
         try:
             completion = parse_completion(raw.content, raw.status_code)
         except AttemptFailed as exc:
-            state.bad_outputs += 1
-            self._on_failure(exc.failure)
+            self._on_bad_output(exc.failure, state)
             raise
         completion = self._with_usage(completion, messages)
-        max_tokens = self.settings.sampling.max_tokens
-        reservation.settle(estimate + (max_tokens or completion.completion_tokens or 0))
+        reservation.settle(estimate + (state.max_tokens or completion.completion_tokens or 0))
         return ChatResult(
             text=completion.text,
             prompt_tokens=completion.prompt_tokens or 0,
@@ -210,19 +251,36 @@ class OpenAIChatClient:
             cached_tokens=completion.cached_tokens,
         )
 
-    def _completion_estimate(self) -> int:
-        """Completion tokens to reserve: max_tokens when set, else the running mean of real completions."""
-        if self.settings.sampling.max_tokens:
-            return self.settings.sampling.max_tokens
-        if self.stats.calls_ok == 0:
-            return self._initial_completion_estimate
-        return math.ceil(self.stats.completion_tokens / self.stats.calls_ok)
+    def _completion_estimate(self, state: _CallState) -> int:
+        """Completion tokens to reserve: the max_tokens sent (servers charge it on arrival, as OpenAI does),
+        else the mean of the step's recent replies."""
+        if state.max_tokens:
+            return state.max_tokens
+        expected = self._expected.expected(state.step)
+        return expected if expected is not None else self._initial_completion_estimate
 
-    def _on_failure(self, failure: Failure) -> None:
+    def _on_failure(self, failure: Failure, headers: Mapping[str, str] | None, sent_at: float) -> None:
+        assert self._feedback is not None
+        if headers is not None:
+            self._feedback.on_answer(headers, sent_at, rate_limited=failure.kind is ErrorKind.RATE_LIMITED)
+        self.stats.rate_scale = self.limiter.scale
         if failure.kind is ErrorKind.RATE_LIMITED:
             self.stats.rate_limited_429 += 1
             # Every waiting call backs off, not only this one: the server refuses them all until then.
             self.limiter.cool_down(failure.retry_after_s or self._backoff_initial_s)
+
+    def _on_bad_output(self, failure: Failure, state: _CallState) -> None:
+        """A reply cut at a learnt budget is asked again at the ceiling; anything else counts as bad output."""
+        if failure.truncated and self._budgets is not None and (state.max_tokens or 0) < self._budgets.ceiling:
+            log.info(
+                "reply of step %s cut at %s tokens: asking again with %d",
+                state.step,
+                state.max_tokens,
+                self._budgets.ceiling,
+            )
+            state.max_tokens = self._budgets.ceiling
+            return
+        state.bad_outputs += 1
 
     @staticmethod
     def _retryable(exc: BaseException, state: _CallState) -> bool:
@@ -235,18 +293,22 @@ class OpenAIChatClient:
         return True
 
     def _wait(self, retry_state: RetryCallState) -> float:
-        """The server's hint when it gave one, else exponential backoff with jitter (half fixed, half random)."""
+        """The server's hint when it gave one; nothing when the breaker holds calls anyway or a reply was cut;
+        else exponential backoff with jitter (half fixed, half random)."""
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        hint = exc.failure.retry_after_s if isinstance(exc, AttemptFailed) else None
-        if hint is not None:
-            return hint + random.uniform(0.0, min(0.25, 0.1 * hint))
-        ceiling = min(self._backoff_max_s, self._backoff_initial_s * 2 ** (retry_state.attempt_number - 1))
+        failure = exc.failure if isinstance(exc, AttemptFailed) else None
+        if failure is not None and failure.retry_after_s is not None:
+            return failure.retry_after_s + random.uniform(0.0, min(0.25, 0.1 * failure.retry_after_s))
+        if self.breaker.is_open or (failure is not None and failure.kind is ErrorKind.BAD_OUTPUT):
+            return 0.0
+        exponent = min(retry_state.attempt_number - 1, _MAX_BACKOFF_EXPONENT)
+        ceiling = min(self._backoff_max_s, self._backoff_initial_s * 2**exponent)
         return random.uniform(ceiling / 2, ceiling)
 
     def _before_sleep(self, retry_state: RetryCallState) -> None:
         self.stats.retries += 1
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, AttemptFailed):
+        if isinstance(exc, AttemptFailed) and not self.breaker.is_open:
             wait = retry_state.upcoming_sleep
             log.info(
                 "llm call attempt %d failed (%s), retrying in %.2fs",
@@ -265,6 +327,7 @@ class OpenAIChatClient:
         stats.latency_s_sum += result.latency_s
         stats.latency_count += 1
         stats.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_S, result.latency_s)] += 1
+        stats.rate_scale = self.limiter.scale
         cost = self.cost_usd(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
         if cost is not None:
             stats.cost_usd += cost

@@ -34,6 +34,7 @@ class Failure:
     reason: str
     status: int | None = None
     retry_after_s: float | None = None
+    truncated: bool = False  # finish_reason "length": a larger max_tokens may fix it
 
 
 class AttemptFailed(LLMCallError):
@@ -134,8 +135,8 @@ def classify_exception(exc: BaseException) -> Failure | None:
     return None
 
 
-def _bad(reason: str, status: int | None = None) -> AttemptFailed:
-    return AttemptFailed(Failure(ErrorKind.BAD_OUTPUT, reason, status))
+def _bad(reason: str, status: int | None = None, *, truncated: bool = False) -> AttemptFailed:
+    return AttemptFailed(Failure(ErrorKind.BAD_OUTPUT, reason, status, truncated=truncated))
 
 
 def _int_or_none(value: object) -> int | None:
@@ -159,7 +160,7 @@ def parse_completion(body: bytes, status: int | None = None) -> Completion:
     content = message.get("content") if isinstance(message, dict) else None
     finish_reason = choices[0].get("finish_reason")
     if finish_reason in _BAD_FINISH:
-        raise _bad(f"finish_reason {finish_reason}", status)
+        raise _bad(f"finish_reason {finish_reason}", status, truncated=finish_reason == "length")
     if content is not None and not isinstance(content, str):
         raise _bad("content is not text", status)
     if not content or not content.strip():

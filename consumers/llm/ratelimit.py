@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 _EPS = 1e-9
 # Timers fire up to the loop's clock resolution early; count an entry as expired that close to its end.
 _EXPIRY_SLACK_S = 1e-3
+_HISTORY_S = 10.0
 
 
 @dataclass(eq=False, slots=True)
@@ -36,10 +37,13 @@ class _Entry:
 
 
 class _SlidingBudget:
-    """What was admitted during the last `window_s` seconds, against a capacity for that window."""
+    """What was admitted during the last `window_s` seconds, against a capacity for that window.
 
-    def __init__(self, capacity: float, window_s: float) -> None:
-        self.capacity = capacity
+    `capacity` is `full` (the configured limit's slice) times the limiter's current scale."""
+
+    def __init__(self, full: float, window_s: float) -> None:
+        self.full = full
+        self.capacity = full
         self.window_s = window_s
         self.used = 0.0
         self._entries: deque[_Entry] = deque()
@@ -122,7 +126,9 @@ class _Waiter:
 class RateLimiter:
     """Requests-per-minute and tokens-per-minute budgets enforced per `slice_s` (default one second).
 
-    `headroom` (0 < h <= 1) scales both budgets, leaving room for estimate errors and for other clients.
+    `headroom` (0 < h <= 1) scales both budgets for good: a static share of limits that several processes draw
+    on. `scale` (0 < s <= 1, set by `consumers.llm.feedback`) scales them for now: the share of the limit that
+    the server's answers say is free. Admissions of the last few seconds are kept for that feedback.
     """
 
     def __init__(
@@ -136,8 +142,14 @@ class RateLimiter:
     ) -> None:
         if not 0.0 < headroom <= 1.0:
             raise ValueError("headroom must be in (0, 1]")
+        self._slice_s = slice_s
+        self._headroom = headroom
         self._requests = self._budget(requests_per_minute, slice_s, headroom)
         self._tokens = self._budget(tokens_per_minute, slice_s, headroom)
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self.scale = 1.0
+        self._admitted: deque[tuple[float, int]] = deque()
         self._max_cooldown_s = max_cooldown_s
         self._cooldown_until = 0.0
         self._waiters: list[_Waiter] = []
@@ -151,6 +163,36 @@ class RateLimiter:
         # Below one request per slice, widen the window so that one whole request fits.
         window = max(slice_s, 60.0 / (per_minute * headroom))
         return _SlidingBudget(per_minute * headroom * window / 60.0, window)
+
+    def set_limits(self, requests_per_minute: int | None, tokens_per_minute: int | None) -> None:
+        """Replace the per-minute limits (the server told different ones); what is in the window still counts."""
+        for name, per_minute in (("_requests", requests_per_minute), ("_tokens", tokens_per_minute)):
+            old: _SlidingBudget | None = getattr(self, name)
+            new = self._budget(per_minute, self._slice_s, self._headroom)
+            if old is not None and new is not None:
+                new._entries, new.used = old._entries, old.used
+            setattr(self, name, new)
+        self.requests_per_minute, self.tokens_per_minute = requests_per_minute, tokens_per_minute
+        self.set_scale(self.scale)
+
+    def set_scale(self, scale: float) -> None:
+        """Use `scale` of the limits from now on; a larger scale admits waiters at once."""
+        self.scale = min(1.0, max(0.01, scale))
+        for budget in (self._requests, self._tokens):
+            if budget is not None:
+                budget.capacity = budget.full * self.scale
+        if self._waiters:
+            self._wake()
+
+    def admitted_since(self, since: float) -> tuple[int, int]:
+        """Requests and reserved tokens admitted at or after `since` (loop time, at most ~10 s back)."""
+        requests = tokens = 0
+        for at, amount in reversed(self._admitted):
+            if at < since:
+                break
+            requests += 1
+            tokens += amount
+        return requests, tokens
 
     @property
     def enabled(self) -> bool:
@@ -202,6 +244,9 @@ class RateLimiter:
         return at
 
     def _admit(self, tokens: int, now: float) -> Reservation:
+        self._admitted.append((now, tokens))
+        while self._admitted and self._admitted[0][0] < now - _HISTORY_S:
+            self._admitted.popleft()
         if self._requests is not None:
             self._requests.add(1, now)
         entry = self._tokens.add(tokens, now) if self._tokens is not None else None

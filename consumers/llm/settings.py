@@ -46,8 +46,12 @@ class LLMSettings(BaseModel):
     max_requests_per_minute: int | None = Field(default=None, gt=0)
     max_tokens_per_minute: int | None = Field(default=None, gt=0)
     request_timeout_s: float = Field(default=120.0, gt=0)
-    max_attempts: int = Field(default=6, ge=1, description="attempts per call, the first included")
-    retry_deadline_s: float = Field(default=600.0, gt=0, description="give up retrying a call after this")
+    give_up_after_s: float | None = Field(
+        default=None, gt=0, description="reject a call still failing transiently after this; default: wait"
+    )
+    rate_limit_share: float = Field(
+        default=1.0, gt=0, le=1, description="this process's fixed share of the limits (1/N for N processes)"
+    )
     sampling: Sampling = Sampling()
     price_input_per_mtok: float | None = Field(default=None, ge=0)
     price_cached_input_per_mtok: float | None = Field(default=None, ge=0)

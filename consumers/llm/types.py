@@ -18,7 +18,7 @@ class ErrorKind(StrEnum):
     """Error classes decided from status codes and response fields, never from message strings."""
 
     RATE_LIMITED = "rate_limited"  # 429
-    TRANSIENT = "transient"  # 5xx, timeouts, connection resets
+    TRANSIENT = "transient"  # 408, 409, 5xx, timeouts, refused or reset connections
     PERMANENT = "permanent"  # other 4xx (bad request, auth, context too long)
     BAD_OUTPUT = "bad_output"  # finish_reason length/content_filter, empty or unparsable body
 
@@ -52,11 +52,12 @@ class ChatClient(Protocol):
 
     `priority`: lower runs first when calls queue for capacity; the engine passes the document's sequence
     number so a started document's next call (same page prefix, warm in the server's cache) overtakes the
-    first call of a newer document.
+    first call of a newer document. `step` names the step of the chain (persona, request...), whose replies
+    have their own typical length: the client sizes `max_tokens` and its rate-limit reservation per step.
     """
 
     model: str
 
-    async def chat(self, messages: list[Message], *, priority: int = 0) -> ChatResult: ...
+    async def chat(self, messages: list[Message], *, priority: int = 0, step: str = "default") -> ChatResult: ...
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> float | None: ...

@@ -92,7 +92,7 @@ class DocumentProcessor:
             return self._reject(run, "internal_error", f"{type(exc).__name__}: {exc}")
 
     async def _call(self, run: _Run, messages: list[Message]) -> str:
-        result = await self.llm.chat(messages, priority=run.seq)
+        result = await self.llm.chat(messages, priority=run.seq, step=str(run.machine.state))
         cost = self.llm.cost_usd(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
         run.usage = run.usage + Usage(
             1, result.prompt_tokens, result.completion_tokens, result.cached_tokens, cost, result.attempts

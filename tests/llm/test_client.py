@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from consumers.llm.breaker import CircuitBreaker
 from consumers.llm.client import OpenAIChatClient
 from consumers.llm.settings import LLMSettings, Sampling
 from consumers.llm.types import ErrorKind, LLMCallError
@@ -28,7 +29,6 @@ def _settings(server: FakeOpenAI, **changes: Any) -> LLMSettings:
         "base_url": server.url,
         "api_key": KEY,
         "model": "gpt-4o-mini",
-        "max_attempts": 4,
         "request_timeout_s": 5.0,
         "sampling": Sampling(temperature=1.0),
     }
@@ -106,9 +106,9 @@ async def test_timeout_is_transient(fake_llm: FakeOpenAI) -> None:
     assert 0.45 <= time.monotonic() - started < 5.0
 
 
-async def test_timeouts_exhaust_as_transient(fake_llm: FakeOpenAI) -> None:
-    fake_llm.inject(Fault.timeout(hang_s=10.0), times=2)
-    settings = _settings(fake_llm, request_timeout_s=0.3, max_attempts=2)
+async def test_give_up_after_rejects_a_call_still_timing_out(fake_llm: FakeOpenAI) -> None:
+    fake_llm.inject(Fault.timeout(hang_s=10.0), times=10)
+    settings = _settings(fake_llm, request_timeout_s=0.3, give_up_after_s=0.5)
     async with OpenAIChatClient(settings, backoff_initial_s=0.05) as client:
         with pytest.raises(LLMCallError) as info:
             await client.chat(_messages("hello"))
@@ -164,18 +164,20 @@ async def test_refusal_text_is_an_answer_not_an_error(client: OpenAIChatClient, 
     assert result.text == REFUSAL_TEXT
 
 
-async def test_exhausted_attempts_raise_with_the_last_kind(fake_llm: FakeOpenAI) -> None:
-    fake_llm.inject(Fault.server_error(500), times=5)
-    async with OpenAIChatClient(_settings(fake_llm, max_attempts=3), backoff_initial_s=0.05) as client:
-        with pytest.raises(LLMCallError) as info:
-            await client.chat(_messages("hello"))
-    assert (info.value.kind, info.value.status, info.value.attempts) == (ErrorKind.TRANSIENT, 500, 3)
-    assert len(fake_llm.records) == 3
+async def test_server_errors_never_end_a_call_by_default(fake_llm: FakeOpenAI) -> None:
+    fake_llm.inject(Fault.server_error(500), times=9)
+    breaker = CircuitBreaker(fake_llm.url, threshold=3, probe_initial_s=0.02, probe_max_s=0.1)
+    async with OpenAIChatClient(_settings(fake_llm), breaker=breaker, backoff_initial_s=0.02) as client:
+        result = await client.chat(_messages("hello"))
+    assert result.attempts == 10
+    assert [r.status for r in fake_llm.records] == [500] * 9 + [200]
+    # three failures in a row opened the breaker; from then on only probes went out, and the answer closed it
+    assert (breaker.stats.opened, breaker.stats.open, breaker.stats.probes) == (1, False, 7)
 
 
 async def test_deadline_stops_retrying_before_a_long_wait(fake_llm: FakeOpenAI) -> None:
     fake_llm.inject(Fault.rate_limit(retry_after_s=5.0))
-    async with OpenAIChatClient(_settings(fake_llm, retry_deadline_s=1.0)) as client:
+    async with OpenAIChatClient(_settings(fake_llm, give_up_after_s=1.0)) as client:
         started = time.monotonic()
         with pytest.raises(LLMCallError) as info:
             await client.chat(_messages("hello"))
@@ -187,11 +189,12 @@ async def test_connection_refused_is_transient(fake_llm_factory: Callable[..., F
     server = fake_llm_factory()
     url = server.url
     server.stop()  # nothing listens on that port any more
-    settings = LLMSettings(base_url=url, api_key=KEY, max_attempts=2, request_timeout_s=2.0)
+    settings = LLMSettings(base_url=url, api_key=KEY, give_up_after_s=0.3, request_timeout_s=2.0)
     async with OpenAIChatClient(settings, backoff_initial_s=0.05) as client:
         with pytest.raises(LLMCallError) as info:
             await client.chat(_messages("hello"))
-    assert (info.value.kind, info.value.status, info.value.attempts) == (ErrorKind.TRANSIENT, None, 2)
+    assert (info.value.kind, info.value.status) == (ErrorKind.TRANSIENT, None)
+    assert info.value.attempts >= 2
 
 
 async def test_waiting_calls_are_served_by_priority(fake_llm: FakeOpenAI) -> None:
@@ -236,7 +239,7 @@ async def test_key_never_in_logs_or_reprs(fake_llm: FakeOpenAI, caplog: pytest.L
     fake_llm.inject(Fault.rate_limit(retry_after_s=0.1))
     fake_llm.inject(Fault.server_error(500))
     fake_llm.inject(Fault.bad_request(), times=1)
-    settings = _settings(fake_llm, max_attempts=3)
+    settings = _settings(fake_llm)
     async with OpenAIChatClient(settings, backoff_initial_s=0.05) as client:
         with pytest.raises(LLMCallError) as info:
             await client.chat(_messages("hello"))

@@ -102,7 +102,7 @@ def test_llm_failures_and_refusals_become_rejections_with_reasons(tmp_path: Path
     fake_llm.responder = responder
     docs = [{"id": f"doc-{i}", "webpage": page(i)} for i in range(6)]
     out = tmp_path / "out"
-    result = consume(write_jsonl(tmp_path / "p.jsonl", docs), out, fake_llm, "--max-attempts", "2")
+    result = consume(write_jsonl(tmp_path / "p.jsonl", docs), out, fake_llm, "--give-up-after", "1.5")
     assert result.returncode == 0, result.stderr[-3000:]
     rejected = {r["doc_id"]: r for r in read(out, rejected=True)}
     assert rejected["doc-1"]["reason"] == "llm_permanent"
@@ -112,7 +112,7 @@ def test_llm_failures_and_refusals_become_rejections_with_reasons(tmp_path: Path
     assert rejected["doc-3"]["stage"] == "request"
     assert rejected["doc-3"]["payload"] == json.dumps(docs[3]).encode()  # the input line, byte for byte
     assert {r["doc_id"] for r in read(out)} == {"doc-0", "doc-4", "doc-5"}
-    # a permanent error is not retried; a transient one is, up to --max-attempts
+    # a permanent error is not retried; a transient one is, until --give-up-after (1 s backoff, then 1-2 s)
     assert sum(marker(1) in r.messages[-1]["content"] for r in fake_llm.records) == 1
     assert sum(marker(2) in r.messages[-1]["content"] for r in fake_llm.records) == 2
     # every HTTP attempt the server saw is accounted to a document, failed ones included
