@@ -4,8 +4,9 @@ A stopped or restarting server fails every request in flight at once. Retrying e
 would hammer the server the moment it comes back and, worse, give up on documents whose calls were already paid
 for. The breaker opens after `threshold` consecutive transient failures (5xx, timeouts, refused connections);
 while open, every attempt waits in `admit()` and only one probe goes out at a time, on an exponential schedule
-(`probe_initial_s` doubling to `probe_max_s`). The first answer from the server, whatever its status, closes the
-breaker: a 400 or a 429 still proves the endpoint is up, and the rate limiter takes it from there.
+(`probe_initial_s` doubling to `probe_max_s`). The probe's answer from the server, whatever its status, closes
+the breaker: a 400 or a 429 still proves the endpoint is up, and the rate limiter takes it from there. Answers
+to requests sent before the breaker opened prove nothing about now (a server going down finishes a few).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class CircuitBreaker:
             return
         if not down:
             self._failures = 0
-            if self.stats.open:
+            if probe and self.stats.open:
                 self._close()
             return
         self._failures += 1

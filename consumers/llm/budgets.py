@@ -2,8 +2,8 @@
 
 OpenAI counts `max_tokens` against the token limit when a request arrives (prompt + max_tokens), and so do many
 gateways; a one-size cap (vLLM's reference 4096) makes a 60-token persona cost as much budget as a long answer.
-Each step (persona, request, response, rollout, refine) has its own budget: a cold-start guess, then a margin
-over the largest reply of its recent history. A reply cut at a learnt budget is asked again at the step's
+Each step (persona, request, response, rollout, refine) has its own budget: a generous cold-start guess for its
+first replies, then a margin over the largest reply of its recent history. A reply cut at a learnt budget is asked again at the step's
 ceiling, so learning never costs a document; only a reply cut at the ceiling is bad output.
 """
 
@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
 
-COLD_START_TOKENS: Mapping[str, int] = {"persona": 256, "request": 512}
-"""First-call budgets of the short steps; other steps start at `default_tokens`."""
 LEARN_AFTER = 8
 """Replies of a step seen before its budget follows them."""
 HISTORY = 256
@@ -34,7 +31,7 @@ class StepBudgets:
         """The budget to send: `MARGIN` over the largest recent reply, within [FLOOR_TOKENS, ceiling]."""
         seen = self._seen.get(step)
         if seen is None or len(seen) < LEARN_AFTER:
-            return min(self.ceiling, COLD_START_TOKENS.get(step, self.default_tokens))
+            return self.default_tokens
         return min(self.ceiling, max(FLOOR_TOKENS, math.ceil(MARGIN * max(seen))))
 
     def expected(self, step: str) -> int | None:

@@ -156,7 +156,10 @@ class LimitFeedback:
 
     def _set(self, scale: float, now: float) -> None:
         self._last_step = now
+        before = self.limiter.scale
         self.limiter.set_scale(scale)
+        if self.limiter.scale != before:
+            log.debug("rate limit scale %.3f -> %.3f", before, self.limiter.scale)
 
 
 def _int(value: str | None) -> int | None:
