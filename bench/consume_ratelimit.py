@@ -58,11 +58,31 @@ def run_once(args: argparse.Namespace, seed: int) -> dict[str, float]:
                 part = Path(tmp) / f"part-{i}.jsonl"
                 part.write_text("".join(lines[i :: args.consumers]))
                 cmd = [
-                    sys.executable, "-m", "streamer.consume", "--source", str(part), "--output", str(out),
-                    "--base-url", server.url, "--api-key", "sk-bench", "--model", "gpt-4o-mini",
-                    "--seed", str(seed), "--max-requests-per-minute", str(args.rpm),
-                    "--max-tokens-per-minute", str(args.tpm), "--max-concurrency", str(args.concurrency),
-                    "--no-progress", "--log-level", "WARNING", *(["--backend", args.backend] if args.backend else []),
+                    sys.executable,
+                    "-m",
+                    "streamer.consume",
+                    "--source",
+                    str(part),
+                    "--output",
+                    str(out),
+                    "--base-url",
+                    server.url,
+                    "--api-key",
+                    "sk-bench",
+                    "--model",
+                    "gpt-4o-mini",
+                    "--seed",
+                    str(seed),
+                    "--max-requests-per-minute",
+                    str(args.rpm),
+                    "--max-tokens-per-minute",
+                    str(args.tpm),
+                    "--max-concurrency",
+                    str(args.concurrency),
+                    "--no-progress",
+                    "--log-level",
+                    "WARNING",
+                    *(["--backend", args.backend] if args.backend else []),
                 ]
                 procs.append(subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True))
             for proc in procs:

@@ -3,8 +3,9 @@
 OpenAI counts `max_tokens` against the token limit when a request arrives (prompt + max_tokens), and so do many
 gateways; a one-size cap (vLLM's reference 4096) makes a 60-token persona cost as much budget as a long answer.
 Each step (persona, request, response, rollout, refine) has its own budget: a generous cold-start guess for its
-first replies, then a margin over the largest reply of its recent history. A reply cut at a learnt budget is asked again at the step's
-ceiling, so learning never costs a document; only a reply cut at the ceiling is bad output.
+first replies, then a margin over the largest reply of its recent history. A reply cut at a learnt budget is
+asked again at the step's ceiling, so learning never costs a document; only a reply cut at the ceiling is bad
+output.
 """
 
 from __future__ import annotations

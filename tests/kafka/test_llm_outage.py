@@ -18,7 +18,9 @@ OUTAGE_S = 12.0
 
 
 def test_llm_server_stopped_mid_run_every_document_becomes_a_row(
-    make_topic: Callable[..., KafkaTopic], fake_llm_factory: Callable[..., FakeOpenAI], tmp_path: Path,
+    make_topic: Callable[..., KafkaTopic],
+    fake_llm_factory: Callable[..., FakeOpenAI],
+    tmp_path: Path,
     consumers: list[Consumer],
 ) -> None:
     """120 documents on 2 partitions; the server stops after the first commits and comes back 12 s later."""
