@@ -5,6 +5,10 @@ kafka-python's consumer is not thread-safe, and its blocking calls must not run 
 and the loop only awaits futures. kafka-python 3 runs the group protocol (heartbeats, rebalances) on its own
 I/O thread, which is also where rebalance listeners run; a listener must not block that thread, so ours is an
 `AsyncConsumerRebalanceListener` that waits for the asyncio side through a kafka-python future.
+
+Each poll also reports where this member stands: per owned partition its fetch position and the high watermark of
+the last fetch (the end offset; None until a fetch since the partition was sought), and the group membership
+(generation, stable or not, assignment). `confirm_settled()` is the last check before an idle member leaves.
 """
 
 from __future__ import annotations
@@ -12,17 +16,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from kafka.coordinator.base import MemberState
 from kafka.errors import KafkaError
 from kafka.future import Future as KafkaFuture
 
 from streamer.kafka.settings import KafkaSettings
+from streamer.kafka.threads import DaemonExecutor
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +56,53 @@ def _unstick_parked_records(consumer: KafkaConsumer) -> None:
         fetcher._next_partition_records = None  # type: ignore[union-attr]
 
 
+def _fetch_position(consumer: KafkaConsumer, tp: TopicPartition) -> int | None:
+    """The offset the next fetch of an assigned partition starts at, without `position()`'s network round trips."""
+    position = consumer._subscription.assignment[tp].position
+    return None if position is None else int(position.offset)
+
+
+def _forget_highwater(consumer: KafkaConsumer, tp: TopicPartition) -> None:
+    """After a seek, the high watermark kafka-python kept for a partition it owned before is stale: drop it, so the
+    end offset reported is always that of a fetch made since (None until then)."""
+    state = consumer._subscription.assignment.get(tp)
+    if state is not None:
+        state.highwater = None
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """This member's view of the group after a poll."""
+
+    generation: int
+    """-1 until the member first joined."""
+    stable: bool
+    """Joined, and no rebalance running or announced (by a heartbeat) as far as this member knows."""
+    assigned: frozenset[int]
+
+
+NOT_JOINED = Membership(-1, False, frozenset())
+
+
+@dataclass(slots=True)
+class Polled:
+    """One poll: records per partition, the end of each owned partition, and the membership after it."""
+
+    records: dict[int, list[ConsumerRecord]]
+    ends: dict[int, tuple[int | None, int | None]] = field(default_factory=dict)
+    """partition -> (fetch position, high watermark of a fetch since the partition was last sought, or None)."""
+    member: Membership = NOT_JOINED
+
+
 class RebalanceHandler(Protocol):
     """What the runtime does when partitions move (called on the asyncio loop)."""
 
+    async def checkpoint_revoked(self, partitions: set[int]) -> dict[int, int]:
+        """First step of a revocation, at once: write what is complete; return the offsets to commit now."""
+
     async def revoke(self, partitions: set[int]) -> dict[int, int]:
-        """Flush what is complete; return the offsets to commit before the partitions go."""
+        """Let running documents finish (the grace period), write them; return the offsets to commit before the
+        partitions go."""
 
     async def lose(self, partitions: set[int]) -> None:
         """Membership was lost: drop the partitions' state without committing."""
@@ -61,7 +111,7 @@ class RebalanceHandler(Protocol):
         """New partitions (paused until the runtime has prepared them)."""
 
     def revoke_committed(self, offsets: dict[int, int], ok: bool) -> None:
-        """Result of the commit made on revocation."""
+        """Result of a commit made on revocation."""
 
 
 class _Listener(AsyncConsumerRebalanceListener):
@@ -69,11 +119,20 @@ class _Listener(AsyncConsumerRebalanceListener):
         self._bridge = bridge
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Commit what is complete at once, then what running documents finish in the grace period: a broker may
+        complete the next generation before a slow member's revocation ends (tansu does as soon as the leader has
+        rejoined), and a commit made after that is refused, so the work before the grace period is not risked."""
         bridge = self._bridge
         bridge.epoch += 1
-        offsets = await bridge.on_loop(bridge.handler.revoke(bridge.mine(revoked)))
+        bridge.rebalancing = True
+        partitions = bridge.mine(revoked)
+        await self._commit(await bridge.on_loop(bridge.handler.checkpoint_revoked(partitions)))
+        await self._commit(await bridge.on_loop(bridge.handler.revoke(partitions)))
+
+    async def _commit(self, offsets: dict[int, int]) -> None:
         if not offsets:
             return
+        bridge = self._bridge
         ok = True
         try:
             await bridge.consumer.commit_async(bridge.commit_map(offsets))
@@ -85,12 +144,14 @@ class _Listener(AsyncConsumerRebalanceListener):
     async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         bridge = self._bridge
         bridge.epoch += 1
+        bridge.rebalancing = True
         await bridge.on_loop(bridge.handler.lose(bridge.mine(lost)))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         bridge = self._bridge
         # Paused until the runtime has cleared stale output and rebuilt its dedup index for them.
         bridge.consumer.pause(*assigned)
+        bridge.rebalancing = False
         bridge.loop.call_soon_threadsafe(bridge.handler.assign, bridge.mine(assigned), bridge.epoch)
 
 
@@ -105,9 +166,14 @@ class ConsumerBridge:
         self.max_poll_records = max_poll_records
         self.epoch = 0
         """Bumped on every revocation: a commit prepared under an older epoch is not sent."""
+        self.rebalancing = False
+        """Between a revocation (or loss) and the next assignment: the member owns nothing it may count on."""
         self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-consumer")
+        # A daemon thread: a consumer call stuck on a broker that is away must not keep a stopping process alive.
+        self._executor = DaemonExecutor(1, "kafka-consumer")
         self._consumer: KafkaConsumer | None = None
+        self._closing = False
+        """Set on the consumer thread once an idle member decided to leave: no poll may start a rejoin after it."""
 
     @property
     def consumer(self) -> KafkaConsumer:
@@ -172,13 +238,14 @@ class ConsumerBridge:
         consumer.subscribe([self.topic], listener=_Listener(self))
         return consumer
 
-    async def poll(
-        self, allowed: set[int], timeout_ms: int
-    ) -> tuple[dict[int, list[ConsumerRecord]], dict[int, int]]:
-        """Fetch from the partitions in `allowed` (all others paused); returns records and high watermarks."""
+    async def poll(self, allowed: set[int], timeout_ms: int) -> Polled:
+        """Fetch from the partitions in `allowed` (all others paused); records, partition ends and membership."""
         return await self._call(self._poll, set(allowed), timeout_ms)  # type: ignore[no-any-return]
 
-    def _poll(self, allowed: set[int], timeout_ms: int) -> tuple[dict[int, list[ConsumerRecord]], dict[int, int]]:
+    def _poll(self, allowed: set[int], timeout_ms: int) -> Polled:
+        if self._closing:
+            time.sleep(timeout_ms / 1000)
+            return Polled({}, {}, self._membership())
         c = self.consumer
         assigned = c.assignment()
         paused = c.paused()
@@ -191,12 +258,45 @@ class ConsumerBridge:
         batches = c.poll(timeout_ms=timeout_ms, max_records=self.max_poll_records)
         _unstick_parked_records(c)
         records = {tp.partition: recs for tp, recs in batches.items() if tp.topic == self.topic}
-        highwaters = {}
-        for tp in c.assignment():
-            hw = c.highwater(tp)
-            if hw is not None:
-                highwaters[tp.partition] = hw
-        return records, highwaters
+        ends = {
+            tp.partition: (_fetch_position(c, tp), c.highwater(tp)) for tp in c.assignment() if tp.topic == self.topic
+        }
+        return Polled(records, ends, self._membership())
+
+    def _membership(self) -> Membership:
+        """On the consumer thread. kafka-python keeps "a heartbeat said the group is rebalancing" (rejoin needed) in
+        its coordinator until the next poll starts the rejoin; a member that looked only at its state would call a
+        group stable that is already moving."""
+        c = self.consumer
+        meta = c.group_metadata()
+        coordinator = c._coordinator
+        stable = (
+            meta.state is MemberState.STABLE
+            and meta.generation_id >= 0
+            and not self.rebalancing
+            and not coordinator.rejoining
+            and not coordinator.need_rejoin()
+        )
+        assigned = frozenset(tp.partition for tp in c.assignment() if tp.topic == self.topic)
+        return Membership(meta.generation_id, stable, assigned)
+
+    async def confirm_settled(self, member: Membership, since: float) -> bool:
+        """Whether the group is still as `member` says and a heartbeat sent after `since` (time.monotonic()) came
+        back without news of a rebalance. If so, this member stops polling for good (so no rejoin can start
+        before it leaves): only `close()` should follow."""
+        return await self._call(self._confirm_settled, member, since)  # type: ignore[no-any-return]
+
+    def _confirm_settled(self, member: Membership, since: float) -> bool:
+        heartbeat = self.consumer._coordinator.heartbeat
+        # Read the heartbeat times first: a "rebalance in progress" answer marks the rejoin before it counts as
+        # received, so a member that sees the answer also sees the rejoin.
+        sent, received = heartbeat.last_send, heartbeat.last_receive
+        if not (since < sent <= received):
+            return False
+        if self._membership() != member:
+            return False
+        self._closing = True
+        return True
 
     async def rewind(self, partitions: set[int]) -> dict[int, int]:
         """Seek owned partitions to their committed offset (or the reset position without one); returns them.
@@ -220,6 +320,7 @@ class ConsumerBridge:
             else:
                 c.seek_to_end(tp)
             positions[p] = c.position(tp)
+            _forget_highwater(c, tp)
         return positions
 
     async def commit(self, offsets: dict[int, int], epoch: int) -> dict[int, int]:
@@ -235,11 +336,23 @@ class ConsumerBridge:
             self.consumer.commit(self.commit_map(owned), timeout_ms=COMMIT_TIMEOUT_MS)
         return owned
 
-    async def close(self) -> None:
-        """Leave the group (the listener's revocation makes the last commit), then stop the thread."""
+    async def close(self, timeout_s: float) -> bool:
+        """Leave the group (the listener's revocation makes the last commit), then stop the thread; at most about
+        `timeout_s`. False if leaving was abandoned: the group then waits out this member's session timeout."""
+        left = True
         if self._consumer is not None:
+            consumer = self._consumer
             try:
-                await self._call(self._consumer.close, False)
+                await asyncio.wait_for(self._call(consumer.close, False, int(timeout_s * 1000)), timeout_s + 1)
+            except TimeoutError:
+                left = False
+                log.warning(
+                    "leaving the group did not finish in %.0fs: abandoned (the group drops this member "
+                    "after its session timeout)",
+                    timeout_s,
+                )
             except Exception as exc:  # leaving is best effort: the session timeout frees the partitions anyway
+                left = False
                 log.warning("consumer close failed: %s", exc)
-        self._executor.shutdown(wait=False)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        return left

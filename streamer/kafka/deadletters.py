@@ -117,8 +117,10 @@ class DeadLetters:
             raise DeadLetterError(f"{len(failed)} dead letters not delivered to {self.topic}: {failed[0][0].exception}")
         return len(sent)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Close the producer, waiting at most `timeout_s` for what it still holds (what matters was awaited by
+        `flush()` before the offsets that cover it were committed)."""
         try:
-            self._producer.close(timeout=10)
+            self._producer.close(timeout=timeout_s)
         except KafkaError as exc:
             log.warning("dead-letter producer close failed: %s", exc)

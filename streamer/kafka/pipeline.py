@@ -12,7 +12,6 @@ dead letters of the written ranges, and only then are the offsets committed.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import time
 from collections import deque
@@ -26,6 +25,7 @@ from consumers.exceptions import InvalidRecord
 from consumers.outcomes import Outcome, Rejection, SourceRef
 from producers.records import Document, parse_message
 from streamer.kafka.deadletters import DeadLetters, SourceMessage
+from streamer.kafka.threads import DaemonExecutor
 from streamer.metrics import ConsumerMetrics
 from streamer.sinks.parquet import ParquetSink, WrittenFile
 from streamer.window import OrderedWindow
@@ -56,14 +56,47 @@ class PartitionState:
     committed: int
     backlog: deque[ConsumerRecord] = field(default_factory=deque)
     sources: dict[int, SourceMessage] = field(default_factory=dict)
+    position: int | None = None
+    """The consumer's fetch position, reported with `highwater` by a poll that could fetch this partition."""
+    highwater: int | None = None
+    """The partition's end offset from a fetch since it was opened; None until one came back."""
+
+    @property
+    def at_end(self) -> bool:
+        """Read to the end offset the broker last reported, with nothing fetched left to process."""
+        return (
+            self.highwater is not None
+            and self.position is not None
+            and self.position >= self.highwater
+            and not self.backlog
+            and not len(self.window)
+        )
+
+    @property
+    def behind(self) -> bool:
+        """Known to have records to process (fetched or not)."""
+        return bool(self.backlog or len(self.window)) or (
+            self.highwater is not None and self.position is not None and self.position < self.highwater
+        )
+
+    @property
+    def all_committed(self) -> bool:
+        """Everything fetched has an outcome in a committed file."""
+        return self.committed >= self.next_fetch and not self.backlog and not len(self.window)
 
 
 class Pipeline:
     """The owned partitions of one topic and the path of their records to durable output."""
 
     def __init__(
-        self, topic: str, processor: Processor, sink: ParquetSink, dead_letters: DeadLetters,
-        metrics: ConsumerMetrics, *, max_in_flight: int,
+        self,
+        topic: str,
+        processor: Processor,
+        sink: ParquetSink,
+        dead_letters: DeadLetters,
+        metrics: ConsumerMetrics,
+        *,
+        max_in_flight: int,
     ) -> None:
         self.topic = topic
         self.processor = processor
@@ -74,17 +107,26 @@ class Pipeline:
         self.parts: dict[int, PartitionState] = {}
         self.indexed: dict[int, int] = {}
         """Per partition, the offset below which every admitted row is in the processor's dedup index."""
+        self.revoking: set[int] = set()
+        """Partitions on their way out (a rebalance's grace period): nothing starts there and nothing of them is
+        committed outside the revocation itself."""
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
+        self.finished = asyncio.Event()
+        """Set whenever a document finishes (for the rebalance grace period; the pump waits on `wake`)."""
         self._seq = 0
-        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sink-io")
+        # A daemon thread, so a write retried against a dead store cannot keep a stopping process alive.
+        self._io = DaemonExecutor(1, "sink-io")
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking object-store work on the sink thread (one at a time, in submission order)."""
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
-    def close(self) -> None:
-        self._io.shutdown(wait=False)
+    def close(self) -> list[str]:
+        """Stop the sink thread; returns the calls still running there (abandoned)."""
+        running = self._io.running
+        self._io.shutdown(wait=False, cancel_futures=True)
+        return running
 
     # -- ownership -------------------------------------------------------------------------------------------
 
@@ -99,6 +141,7 @@ class Pipeline:
         dropped: list[int] = []
         keys = []
         for p in list(partitions):
+            self.revoking.discard(p)
             state = self.parts.pop(p, None)
             if state is None:
                 continue
@@ -126,7 +169,18 @@ class Pipeline:
 
     def fetchable(self) -> set[int]:
         """Partitions to fetch from: owned ones with nothing waiting for a slot (the rest stay paused)."""
-        return {p for p, s in self.parts.items() if not s.backlog}
+        return {p for p, s in self.parts.items() if not s.backlog and p not in self.revoking}
+
+    def note_ends(self, ends: dict[int, tuple[int | None, int | None]], polled: set[int]) -> None:
+        """Record fetch positions and end offsets reported by a poll that could fetch `polled` (only those: a
+        partition paused or not yet opened may report a position from before it was sought)."""
+        for p, (position, highwater) in ends.items():
+            state = self.parts.get(p)
+            if state is not None and p in polled:
+                state.position, state.highwater = position, highwater
+
+    def running_in(self, partitions: Iterable[int]) -> int:
+        return sum(self.parts[p].window.running for p in partitions if p in self.parts)
 
     @property
     def running(self) -> int:
@@ -144,6 +198,8 @@ class Pipeline:
         while progress and self.running < self.max_in_flight:
             progress = False
             for state in self.parts.values():
+                if state.partition in self.revoking:
+                    continue
                 if state.backlog and state.window.has_room and self.running < self.max_in_flight:
                     self._start(state, state.backlog.popleft())
                     started += 1
@@ -160,8 +216,14 @@ class Pipeline:
         try:
             doc = parse_message(record.value)
         except InvalidRecord as exc:
-            log.warning("rejected %s[%d]@%d: %s", self.topic, state.partition, record.offset, exc,
-                        extra={"partition": state.partition, "offset": record.offset, "reason": exc.reason})
+            log.warning(
+                "rejected %s[%d]@%d: %s",
+                self.topic,
+                state.partition,
+                record.offset,
+                exc,
+                extra={"partition": state.partition, "offset": record.offset, "reason": exc.reason},
+            )
             state.window.push(record.offset, self.processor.reject_invalid(exc, ref, record.value))
             self.wake.set()
             return
@@ -175,6 +237,7 @@ class Pipeline:
         finally:
             self.metrics.doc_latency.observe(time.monotonic() - started)
             self.wake.set()
+            self.finished.set()
 
     # -- output (hold `lock`) --------------------------------------------------------------------------------
 
@@ -222,7 +285,9 @@ class Pipeline:
 
         Holds the caller's `lock`; the dead letters are awaited after it is released, since a broker that is away
         can take minutes to refuse them and output must keep flowing (or a rebalance be served) meanwhile."""
-        chosen = [p for p in (self.parts if partitions is None else partitions) if p in self.parts]
+        if partitions is None:
+            partitions = [p for p in self.parts if p not in self.revoking]
+        chosen = [p for p in partitions if p in self.parts]
         if flush and chosen:
             self._note(await self.io(self.sink.flush, [(self.topic, p) for p in chosen]))
         return {p: self.parts[p].durable for p in chosen if self.parts[p].durable > self.parts[p].committed}

@@ -6,6 +6,11 @@ Two tasks share the asyncio loop: the fetch loop polls the consumer (on its own 
 pump starts documents, writes finished outcomes in offset order and commits what is durable. Partitions with a
 backlog are paused, and polling goes on so the member stays in the group. SIGTERM/SIGINT stop fetching, give
 running documents `grace_period_s`, flush, commit and leave the group; a second signal skips the grace period.
+A revocation gives running documents of the revoked partitions `rebalance_grace_s` before it commits.
+`stop_after_idle` leaves only when every owned partition is read to its broker-reported end and committed, the
+member has had nothing to do for that long, and the group is stable (`_idle_exit`). Once the process has decided
+to stop, every step left (final commit, leaving the group, closing the dead-letter producer, stopping threads) is
+bounded, and what is abandoned is logged.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
@@ -23,11 +30,12 @@ from prometheus_client import CollectorRegistry
 
 from consumers.exceptions import PipelineError
 from streamer.kafka.admin import ensure_topic, partition_count
-from streamer.kafka.bridge import ConsumerBridge
+from streamer.kafka.bridge import NOT_JOINED, ConsumerBridge, Membership
 from streamer.kafka.deadletters import DeadLetterError, DeadLetters
 from streamer.kafka.pipeline import Pipeline, Processor
 from streamer.kafka.recovery import clear_uncommitted, committed_rows, dedup_ranges
 from streamer.kafka.settings import KafkaRunConfig
+from streamer.kafka.threads import DaemonExecutor
 from streamer.metrics import ConsumerMetrics, LLMStatsCollector, llm_stats_of, serve
 from streamer.sinks.parquet import ParquetSink
 from streamer.storage import resolve
@@ -37,6 +45,14 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 100
 TICK_S = 0.5
 """How often the pump wakes without news: idle checks and retries of failed commits."""
+STOP_COMMIT_TIMEOUT_S = 15.0
+"""The last commit of a stopping process (sink flush, dead letters, offsets) gives up after this long: exit 1."""
+LEAVE_TIMEOUT_S = 10.0
+"""Leaving the group (the consumer's close) is abandoned after this long; the session timeout frees the member."""
+DEAD_LETTERS_CLOSE_TIMEOUT_S = 5.0
+"""Closing the dead-letter producer (everything it holds was awaited before the last commit)."""
+TASKS_STOP_TIMEOUT_S = 5.0
+"""The fetch and commit loops, once told to stop (a poll in progress is abandoned after this)."""
 
 
 class FatalError(Exception):
@@ -60,8 +76,13 @@ class KafkaRuntime:
         self._stopping = False
         self._forced = False
         self._fatal: BaseException | None = None
-        self._last_activity = 0.0
-        self._assigned_once = False
+        self._member: Membership = NOT_JOINED
+        self._last_work = 0.0
+        """Loop time when this member last had something to do (records to process); rebalances do not count."""
+        self._unassigned_since: tuple[int, float] | None = None
+        """(generation, loop time) since which this member has owned nothing in a stable generation."""
+        self._idle_since: float | None = None
+        """time.monotonic() when the idle exit's conditions last became true (a heartbeat must follow it)."""
         self._commit_wanted = asyncio.Event()
         self._preparing: set[asyncio.Task[None]] = set()
 
@@ -72,15 +93,21 @@ class KafkaRuntime:
         async with AsyncExitStack() as stack:
             await loop.run_in_executor(None, self.sink.setup)
             dead_letters = await loop.run_in_executor(None, self._dead_letters)
-            stack.callback(dead_letters.close)
-            self.pipeline = Pipeline(self.topic, self.processor, self.sink, dead_letters, self.metrics,
-                                     max_in_flight=self.config.max_in_flight_docs)
-            stack.callback(self.pipeline.close)
+            stack.push_async_callback(self._close_dead_letters, dead_letters)
+            self.pipeline = Pipeline(
+                self.topic,
+                self.processor,
+                self.sink,
+                dead_letters,
+                self.metrics,
+                max_in_flight=self.config.max_in_flight_docs,
+            )
+            stack.callback(self._close_pipeline)
             self.bridge = ConsumerBridge(self.kafka, self, max_poll_records=min(500, self.config.max_in_flight_docs))
             await self.bridge.start()
-            stack.push_async_callback(self.bridge.close)
+            stack.push_async_callback(self.bridge.close, LEAVE_TIMEOUT_S)
             self._install_signals(loop)
-            self._last_activity = loop.time()
+            self._last_work = loop.time()
             log.info("consuming %s as group %s into %s", self.topic, self.kafka.group_id, self.config.output)
             fetcher = asyncio.create_task(self._fetch_loop(), name="kafka-fetch")
             committer = asyncio.create_task(self._commit_loop(), name="kafka-commit")
@@ -93,12 +120,40 @@ class KafkaRuntime:
             finally:
                 self._stopping = True
                 committer.cancel()
-                await asyncio.gather(fetcher, committer, return_exceptions=True)
+                await self._stop_tasks(fetcher, committer)
                 for task in list(self._preparing):
                     task.cancel()
                 if self._fatal is not None:
                     await self.pipeline.close_partitions(list(self.pipeline.parts))
         return 1
+
+    async def _stop_tasks(self, *tasks: asyncio.Task[None]) -> None:
+        """Let the loops see `_stopping`; a poll stuck on the consumer thread is abandoned after a while."""
+        _, pending = await asyncio.wait(tasks, timeout=TASKS_STOP_TIMEOUT_S)
+        for task in pending:
+            log.warning(
+                "abandoning %s after %.0fs (a consumer call does not return)", task.get_name(), TASKS_STOP_TIMEOUT_S
+            )
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _close_dead_letters(self, dead_letters: DeadLetters) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.run_in_executor(None, dead_letters.close, DEAD_LETTERS_CLOSE_TIMEOUT_S),
+                DEAD_LETTERS_CLOSE_TIMEOUT_S + 2,
+            )
+        except TimeoutError:
+            log.warning("closing the dead-letter producer took over %.0fs: abandoned", DEAD_LETTERS_CLOSE_TIMEOUT_S)
+
+    def _close_pipeline(self) -> None:
+        abandoned = self.pipeline.close()
+        if abandoned:
+            log.warning(
+                "abandoning object-store calls still running at exit (nothing they write is committed): %s",
+                ", ".join(abandoned),
+            )
 
     def _dead_letters(self) -> DeadLetters:
         bootstrap = self.kafka.bootstrap_servers
@@ -118,8 +173,11 @@ class KafkaRuntime:
             self._forced = True
             self.sink.abort_retries()
         else:
-            log.info("%s: stop fetching, finish in-flight documents (grace %.0fs), flush, commit",
-                     sig.name, self.kafka.grace_period_s)
+            log.info(
+                "%s: stop fetching, finish in-flight documents (grace %.0fs), flush, commit",
+                sig.name,
+                self.kafka.grace_period_s,
+            )
             # A store still failing after the grace period will not be waited for: exit 1, reprocess later.
             asyncio.get_running_loop().call_later(self.kafka.grace_period_s, self.sink.abort_retries)
         self._stopping = True
@@ -137,8 +195,9 @@ class KafkaRuntime:
         """Poll until stopping; errors the client recovers from (a broker away) are logged and retried."""
         loop = asyncio.get_running_loop()
         while not self._stopping and self._fatal is None:
+            allowed = self.pipeline.fetchable()
             try:
-                records, highwaters = await self.bridge.poll(self.pipeline.fetchable(), POLL_TIMEOUT_MS)
+                polled = await self.bridge.poll(allowed, POLL_TIMEOUT_MS)
             except KafkaError as exc:
                 log.warning("poll failed, retrying: %s", exc)
                 await asyncio.sleep(1.0)
@@ -146,15 +205,18 @@ class KafkaRuntime:
             except Exception as exc:
                 self._fail(exc)
                 return
+            records = polled.records
             fresh = sum(self.pipeline.accept(p, recs) for p, recs in records.items())
             if records:
                 log.debug("fetched %s", {p: (recs[0].offset, recs[-1].offset) for p, recs in records.items()})
+            self.pipeline.note_ends(polled.ends, allowed)
+            self._member = polled.member
             if fresh:
-                self._last_activity = loop.time()
+                self._last_work = loop.time()
                 self.pipeline.wake.set()
-            for p, hw in highwaters.items():
+            for p, (_, hw) in polled.ends.items():
                 state = self.pipeline.parts.get(p)
-                if state is not None:
+                if state is not None and hw is not None:
                     self.metrics.lag.labels(str(p)).set(max(0, hw - state.committed))
             self.metrics.paused.set(len(self.pipeline.parts) - len(self.pipeline.fetchable()))
 
@@ -170,11 +232,20 @@ class KafkaRuntime:
                 written = await self.pipeline.emit()
             if written or self.pipeline.uncommitted:
                 self._commit_wanted.set()
-            if self._idle_expired():
-                await self._commit(flush=True)
-                if not self.pipeline.uncommitted:
-                    log.info("idle for %.0fs with everything committed: exiting", self.kafka.stop_after_idle)
-                    return 0
+            if await self._idle_exit():
+                linger = self.kafka.heartbeat_interval_ms / 1000
+                log.info(
+                    "idle for %.0fs, every owned partition (%s) read to its end and committed, group stable "
+                    "(generation %d): leaving in %.1fs",
+                    self.kafka.stop_after_idle,
+                    sorted(self._member.assigned),
+                    self._member.generation,
+                    linger,
+                )
+                # One heartbeat more in the group, polling no longer: members idle at the same time can confirm
+                # too and leave with this one, instead of one per rebalance (tansu delays every rejoin by 3 s).
+                await asyncio.sleep(linger)
+                return 0
             await self._wait(TICK_S)
 
     async def _wait(self, seconds: float) -> None:
@@ -182,12 +253,54 @@ class KafkaRuntime:
             await asyncio.wait_for(self.pipeline.wake.wait(), seconds)
         self.pipeline.wake.clear()
 
-    def _idle_expired(self) -> bool:
+    async def _idle_exit(self) -> bool:
+        """`--stop-after-idle`: whether this member may leave now. It may when
+
+        - the group is stable as far as it knows (joined, no revocation or preparation under way, no rebalance
+          announced by a heartbeat) and it has prepared exactly the partitions it is assigned;
+        - every one of them has been read to the end offset of a fetch made since it was assigned (a partition
+          never fetched is not known to be at its end) and everything read is committed;
+        - it has had nothing to do for `stop_after_idle` seconds (records to process reset this clock; being handed
+          partitions that are already at their end does not), and, owning nothing, it has been unassigned in this
+          stable generation for that long;
+        - and then a heartbeat sent after all of that came back without news of a rebalance.
+
+        Being at the end is judged from the broker's end offsets, never from the time since the last record."""
         limit = self.kafka.stop_after_idle
-        # Not before the group has answered: a restart may wait out a dead member's session first.
-        if limit is None or not self._assigned_once or self.pipeline.busy or self._preparing:
+        if limit is None:
             return False
-        return asyncio.get_running_loop().time() - self._last_activity >= limit
+        now = asyncio.get_running_loop().time()
+        parts = self.pipeline.parts
+        if self.pipeline.busy or any(state.behind for state in parts.values()):
+            self._last_work = now
+        member = self._member
+        settled = (
+            member.stable
+            and not self.bridge.rebalancing
+            and not self._preparing
+            and not self.pipeline.revoking
+            and set(parts) == member.assigned
+        )
+        if not settled or not all(state.at_end for state in parts.values()):
+            self._idle_since = None
+            return False
+        since = self._last_work
+        if not parts:
+            if self._unassigned_since is None or self._unassigned_since[0] != member.generation:
+                self._unassigned_since = (member.generation, now)
+            since = max(since, self._unassigned_since[1])
+        if now - since < limit:
+            self._idle_since = None
+            return False
+        if not all(state.all_committed for state in parts.values()):
+            # The open file of each partition is written only now: a caught-up stream is not cut into tiny files.
+            await self._commit(flush=True)
+            self._idle_since = None
+            return False
+        if self._idle_since is None:
+            self._idle_since = time.monotonic()
+            return False
+        return await self.bridge.confirm_settled(member, self._idle_since)
 
     async def _commit_loop(self) -> None:
         """Commit in the background: a commit waits for the consumer thread (behind a poll), and the pump must
@@ -234,10 +347,21 @@ class KafkaRuntime:
             for p, state in self.pipeline.parts.items():
                 dropped = await state.window.cancel()
                 if dropped or state.backlog:
-                    log.info("partition %d: %d unfinished records left for the next run", p,
-                             len(dropped) + len(state.backlog))
+                    log.info(
+                        "partition %d: %d unfinished records left for the next run",
+                        p,
+                        len(dropped) + len(state.backlog),
+                    )
                 state.backlog.clear()
-        committed = await self._commit(flush=True)
+        try:
+            committed = await asyncio.wait_for(self._commit(flush=True), STOP_COMMIT_TIMEOUT_S)
+        except TimeoutError:
+            log.warning(
+                "the last commit did not finish in %.0fs: abandoned, the next owner reprocesses from the last commit",
+                STOP_COMMIT_TIMEOUT_S,
+            )
+            self.sink.abort_retries()
+            return 1
         return 0 if committed and not self.pipeline.uncommitted else 1
 
     # -- rebalances (RebalanceHandler) -----------------------------------------------------------------------
@@ -252,10 +376,38 @@ class KafkaRuntime:
             self._fail(FatalError(f"output stuck for {timeout:.0f}s during a rebalance"))
             raise
 
+    async def checkpoint_revoked(self, partitions: set[int]) -> dict[int, int]:
+        """The revocation's first step: nothing new starts in `partitions` (what waits in their backlog is fetched
+        again by the next owner), and what is complete is written and named for a commit right away, before the
+        grace period."""
+        self.pipeline.revoking |= partitions & set(self.pipeline.parts)
+        for p in partitions:
+            state = self.pipeline.parts.get(p)
+            if state is not None:
+                state.backlog.clear()
+        if not partitions:
+            return {}
+        return await self._write_revoked(partitions, close=False)
+
     async def revoke(self, partitions: set[int]) -> dict[int, int]:
         if not partitions:
             return {}
         self.metrics.rebalances.labels("revoked").inc()
+        finished, cancelled = await self._finish_running(partitions)
+        offsets = await self._write_revoked(partitions, close=True)
+        log.info(
+            "revoked partitions %s, committing %s (%d running documents finished in the grace period, %d cancelled)",
+            sorted(partitions),
+            offsets,
+            finished,
+            cancelled,
+            extra={"offsets": offsets, "finished": finished, "cancelled": cancelled},
+        )
+        return offsets
+
+    async def _write_revoked(self, partitions: set[int], *, close: bool) -> dict[int, int]:
+        """Emit, flush and deliver the dead letters of what is complete in `partitions` (then drop them when
+        `close`, cancelling what still runs); the offsets to commit."""
         offsets: dict[int, int] = {}
         await self._locked()
         try:
@@ -266,7 +418,8 @@ class KafkaRuntime:
             log.warning("revoking %s without a commit: %s", sorted(partitions), exc)
             offsets = {}
         finally:
-            await self.pipeline.close_partitions(partitions)
+            if close:
+                await self.pipeline.close_partitions(partitions)
             self.pipeline.lock.release()
         if offsets:
             try:
@@ -274,8 +427,26 @@ class KafkaRuntime:
             except DeadLetterError as exc:
                 log.warning("revoking %s without a commit: %s", sorted(partitions), exc)
                 offsets = {}
-        log.info("revoked partitions %s, committing %s", sorted(partitions), offsets)
         return offsets
+
+    async def _finish_running(self, partitions: set[int]) -> tuple[int, int]:
+        """The rebalance grace period: running documents of `partitions` get `rebalance_grace_s` to finish, so
+        their paid LLM calls are written and committed instead of redone. kafka-python awaits this from its I/O
+        thread through a kafka future, so heartbeats go on meanwhile. Returns (finished, still running)."""
+        loop = asyncio.get_running_loop()
+        running = self.pipeline.running_in(partitions)
+        if running:
+            self._last_work = loop.time()
+        deadline = loop.time() + self.kafka.rebalance_grace_s
+        finished = self.pipeline.finished
+        while loop.time() < deadline and not self._forced and self._fatal is None:
+            finished.clear()
+            if not self.pipeline.running_in(partitions):
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), min(TICK_S, max(0.0, deadline - loop.time())))
+        left = self.pipeline.running_in(partitions)
+        return running - left, left
 
     def revoke_committed(self, offsets: dict[int, int], ok: bool) -> None:
         self.metrics.commits.labels("ok" if ok else "failed").inc()
@@ -295,8 +466,6 @@ class KafkaRuntime:
 
     def assign(self, partitions: set[int], epoch: int) -> None:
         log.info("assigned partitions %s", sorted(partitions))
-        self._assigned_once = True
-        self._last_activity = asyncio.get_running_loop().time()
         task = asyncio.ensure_future(self._prepare(partitions, epoch))
         self._preparing.add(task)
         task.add_done_callback(self._preparing.discard)
@@ -315,7 +484,6 @@ class KafkaRuntime:
                     for p, position in positions.items():
                         self.pipeline.open(p, position)
                 log.info("partitions ready at offsets %s", positions, extra={"positions": positions})
-                self._last_activity = asyncio.get_running_loop().time()
                 self.pipeline.wake.set()
                 return
             except (KafkaError, OSError) as exc:
@@ -363,6 +531,11 @@ def webr_processor(settings: Any) -> ProcessorFactory:
 
 
 async def _run(settings: Any, processor_factory: ProcessorFactory) -> int:
+    # asyncio.run joins the default executor's threads at exit without a timeout: daemon threads instead, so a
+    # blocking call that never returns (a dead-letter flush to a broker that is away) cannot keep us alive.
+    asyncio.get_running_loop().set_default_executor(
+        DaemonExecutor(min(32, (os.cpu_count() or 1) + 4), "webr-default", join_timeout_s=2.0)
+    )
     config = KafkaRunConfig.from_settings(settings)
     metrics = ConsumerMetrics(CollectorRegistry())
     async with AsyncExitStack() as stack:

@@ -24,13 +24,22 @@ class KafkaSettings(BaseModel):
     group_id: str = Field(default="webr-consumers", description="consumer group; processes in a group share work")
     dlq_topic: str | None = Field(default=None, description="dead-letter topic (default: TOPIC.dlq)")
     stop_after_idle: float | None = Field(
-        default=None, gt=0, description="exit 0 once nothing new arrived for SECONDS and all is committed"
+        default=None,
+        gt=0,
+        description="exit 0 once every partition this member owns has been read to its end and committed, "
+        "the member has had nothing to do for SECONDS, and the group is stable",
     )
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="serve Prometheus metrics here")
     roll_interval_ms: int | None = Field(
         default=None, gt=0, description="also roll a file once its records span this much record time"
     )
     grace_period_s: float = Field(default=30.0, ge=0, description="on SIGTERM, time for in-flight documents")
+    rebalance_grace_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="on a rebalance, time for running documents of revoked partitions to finish before the "
+        "complete prefix is committed and the rest cancelled (at most half the max poll interval)",
+    )
     session_timeout_ms: int = Field(default=45_000, ge=1000, description="group session timeout")
     max_poll_interval_ms: int = Field(default=300_000, ge=1000, description="group max poll interval")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
@@ -44,6 +53,10 @@ class KafkaSettings(BaseModel):
             raise ValueError("--bootstrap-servers needs --topic")
         if self.dlq_topic is not None and self.dlq_topic == self.topic:
             raise ValueError("--dlq-topic must differ from --topic")
+        if self.rebalance_grace_s * 1000 > self.max_poll_interval_ms / 2:
+            # The rebalance waits for this member meanwhile, and kafka-python leaves the group on its own once a
+            # poll is overdue by the max poll interval (the revocation runs inside a poll).
+            raise ValueError("--rebalance-grace-s must be at most half of --max-poll-interval-ms")
         return self
 
     @property

@@ -1,4 +1,4 @@
-"""Fast checks of what bounds a stop: daemon worker threads."""
+"""Fast checks of what bounds a stop: daemon worker threads, and the settings of the rebalance grace period."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import textwrap
 import time
 
 import pytest
+from pydantic import ValidationError
 
+from streamer.kafka.settings import KafkaSettings
 from streamer.kafka.threads import DaemonExecutor
 from tests.support.documents import REPO
 
@@ -50,3 +52,10 @@ def test_a_blocked_call_on_the_default_executor_does_not_keep_the_process_alive(
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started < 10
     assert "abandoning sleep on d" in done.stderr
+
+
+def test_rebalance_grace_must_fit_in_half_the_max_poll_interval() -> None:
+    assert KafkaSettings(topic="t").rebalance_grace_s == 5.0
+    KafkaSettings(topic="t", rebalance_grace_s=150, max_poll_interval_ms=300_000)
+    with pytest.raises(ValidationError, match="half of --max-poll-interval-ms"):
+        KafkaSettings(topic="t", rebalance_grace_s=20, max_poll_interval_ms=30_000)
