@@ -218,16 +218,16 @@ class OpenAIChatClient:
                     self.stats.in_flight -= 1
                 down = False
                 latency = time.monotonic() - started
-                self._feedback.on_answer(raw.headers, sent_at)
         finally:
             self.breaker.record(probe=probe, down=down)
         try:
-            completion = parse_completion(raw.content, raw.status_code)
+            completion = self._with_usage(parse_completion(raw.content, raw.status_code), messages)
+            reservation.settle(estimate + (state.max_tokens or completion.completion_tokens or 0))
         except AttemptFailed as exc:
             self._on_bad_output(exc.failure, state)
             raise
-        completion = self._with_usage(completion, messages)
-        reservation.settle(estimate + (state.max_tokens or completion.completion_tokens or 0))
+        finally:
+            self._feedback.on_answer(raw.headers, sent_at)
         return ChatResult(
             text=completion.text,
             prompt_tokens=completion.prompt_tokens or 0,

@@ -1,20 +1,28 @@
-"""Sharing one organisation's limit between processes that do not talk to each other, from the server's headers.
+"""Sharing one organisation's limit between processes that do not talk to each other, from the server's answers.
 
 Every process is told the organisation's whole limit; together they would ask for N times it. The server's
-answers say what the group really spends: `x-ratelimit-limit-*` (the real limit), `x-ratelimit-remaining-*`
-and `x-ratelimit-reset-*` (what is left of the current enforcement window, and when it ends), 429s (too much).
-`LimitFeedback` turns them into the limiter's `scale`:
+answers are the only channel they share: `x-ratelimit-limit-*` (the real limit), `x-ratelimit-remaining-*` and
+`x-ratelimit-reset-*` (what is left of the current enforcement window, and when it ends), and 429s (too much).
+`LimitFeedback` feeds them to the process's `RateLimiter`:
 
-- The window's length is the longest reset seen (a whole second for per-second enforcement). At the end of each
-  server window, the last answer from it gives the group's fill of the window, projected over its whole length,
-  and the limiter's own admissions give this process's part of it.
-- Alone (the others' part is negligible), the process may use the whole limit. With others, every process scales
-  by target / fill: they all see the same fill, so the group converges on `target` in a few windows whatever
-  their number, without anyone knowing it. A step is at most x2 or x0.5; a step down is taken half-way.
-- A 429 cuts the scale by `backoff` (once per window): the fill cannot show demand the server refused.
-- A process starts at `initial_scale` and grows from there, so N processes starting together do not open with a
-  storm of 429s. Without usable headers (no limit headers, or per-minute bucket semantics where the remaining
-  budget is far above one window's), the scale grows by `growth` per window without a 429: AIMD on 429s alone.
+- **Limits.** `x-ratelimit-limit-*` replace the configured limits when they differ, and supply them when none
+  were given.
+- **The server's windows.** A reset is at most one window long, so the window's length is the longest reset
+  seen, in whole seconds; `sent_at + reset` dates the end of the current one (a little early, by the request's
+  trip to the server: the latest estimate is the best). The limiter then fills the server's own windows rather
+  than sliding ones that straddle them, and sends nothing in the last `guard` of a window, where a request could
+  arrive in the next one.
+- **Room left.** What an answer says is left of the window (less what this process sent since) holds back any
+  call that would not fit until the window ends: it would be refused.
+- **Share (AIMD).** The limiter's `scale` starts at `initial_scale`, so N processes starting together do not open
+  with a storm of 429s, and grows by `growth` per window (slow start) until the first 429, then by `increase` per
+  window without one; a 429 multiplies it by `backoff` (once per window). Processes that back off alike and grow
+  alike converge on equal shares whose sum hovers at the limit.
+
+What this cannot do: a refused request is not charged, so demand that the server refused is invisible to the
+others, and with calls a third of a window's token budget (WebR pages against 400k tokens per minute enforced
+per second) uncoordinated processes collide; `docs/llm-client.md` has the measured trade-off. Where N is known,
+`--rate-limit-share 1/N` is exact.
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from consumers.llm.errors import parse_duration
 from consumers.llm.ratelimit import RateLimiter
@@ -32,58 +39,46 @@ log = logging.getLogger("consumers.llm")
 _DIMENSIONS = ("requests", "tokens")
 
 
-@dataclass(slots=True)
-class _Sample:
-    """The latest answer seen from one server window."""
-
-    end: float  # loop time at which the server's window ends
-    at: float  # loop time of the answer
-    remaining: dict[str, float]
-    limits: dict[str, int]
-
-
 class LimitFeedback:
-    """Adapts `limiter.scale` from response headers and 429s (see the module docstring)."""
+    """Adapts a `RateLimiter` from response headers and 429s (see the module docstring)."""
 
     def __init__(
         self,
         limiter: RateLimiter,
         *,
-        target: float = 0.96,
         initial_scale: float = 0.3,
-        backoff: float = 0.7,
         growth: float = 1.25,
-        alone_below: float = 0.03,
-        min_elapsed: float = 0.3,
+        increase: float = 0.02,
+        backoff: float = 0.7,
+        guard: float = 0.05,
     ) -> None:
         self.limiter = limiter
-        self.target = target
-        self.backoff = backoff
         self.growth = growth
-        self.alone_below = alone_below
-        self.min_elapsed = min_elapsed
-        self.window_s = 0.0
-        self._sample: _Sample | None = None
+        self.increase = increase
+        self.backoff = backoff
+        self.guard = guard
+        self.window_s = 1.0
+        self._slow_start = True
+        self._window_end: float | None = None
         self._last_cut = -math.inf
         self._last_step = -math.inf
-        self._headers_usable = True
+        self._bucket_semantics = False
         if limiter.enabled:
             limiter.set_scale(initial_scale)
 
-    def on_answer(self, headers: Mapping[str, str] | None, now: float, *, rate_limited: bool = False) -> None:
-        """Every answer from the server, with its headers; `rate_limited` for a 429."""
+    def on_answer(self, headers: Mapping[str, str] | None, sent_at: float, *, rate_limited: bool = False) -> None:
+        """Every answer from the server, with its headers and the time (loop clock) its request was sent."""
         h = {k.lower(): v for k, v in headers.items()} if headers else {}
         self._learn_limits(h)
         if rate_limited:
-            self._cut(now)
-        sample = self._read(h, now)
-        if sample is None or not self._headers_usable:
-            self._grow_blind(now)
-            return
-        last = self._sample
-        if last is not None and sample.end > last.end + 0.5 * self.window_s:
-            self._window_closed(last)
-        self._sample = sample
+            self._cut(sent_at)
+        else:
+            self._grow(sent_at)
+        window = self._read_window(h, sent_at)
+        if window is not None:
+            end, room = window
+            self._align(end)
+            self.limiter.report_room(room, end)
 
     def _learn_limits(self, h: dict[str, str]) -> None:
         told = {d: _int(h.get(f"x-ratelimit-limit-{d}")) for d in _DIMENSIONS}
@@ -96,14 +91,11 @@ class LimitFeedback:
                 tpm,
                 extra={"rpm": rpm, "tpm": tpm},
             )
-            first = not self.limiter.enabled
             self.limiter.set_limits(rpm, tpm)
-            if first:
-                self.limiter.set_scale(self.limiter.scale)
 
-    def _read(self, h: dict[str, str], now: float) -> _Sample | None:
-        remaining: dict[str, float] = {}
-        limits: dict[str, int] = {}
+    def _read_window(self, h: dict[str, str], sent_at: float) -> tuple[float, dict[str, float]] | None:
+        """(end of the server's current window, room left in it by dimension), or None without usable headers."""
+        room: dict[str, float] = {}
         end = None
         for d in _DIMENSIONS:
             limit = _int(h.get(f"x-ratelimit-limit-{d}"))
@@ -111,48 +103,35 @@ class LimitFeedback:
             reset = parse_duration(h.get(f"x-ratelimit-reset-{d}"))
             if limit is None or left is None or reset is None:
                 continue
-            self.window_s = max(self.window_s, _whole_seconds(reset))
+            self.window_s = max(self.window_s, float(math.ceil(reset - 1e-3)))
             if left > limit * self.window_s / 60.0 * 1.05 + 1:
-                # More left than one window allows: the limit is a per-minute bucket, not per-window slices.
-                self._headers_usable = False
+                # More left than one window allows: a per-minute bucket, not per-window slices. AIMD alone.
+                if not self._bucket_semantics:
+                    log.info("the server's limits refill as a bucket: adapting to 429s only")
+                self._bucket_semantics = True
                 return None
-            remaining[d], limits[d] = left, limit
-            end = now + reset if end is None else max(end, now + reset)
-        return _Sample(end, now, remaining, limits) if end is not None else None
+            room[d] = left
+            end = sent_at + reset if end is None else max(end, sent_at + reset)
+        return (end, room) if end is not None else None
 
-    def _window_closed(self, s: _Sample) -> None:
-        """The last answer of a finished window: the group's fill against this process's part of it."""
-        start = s.end - self.window_s
-        elapsed = s.at - start
-        if elapsed < self.min_elapsed * self.window_s:
-            return
-        own_requests, own_tokens = self.limiter.admitted_since(start)
-        own = {"requests": own_requests, "tokens": own_tokens}
-        fill = own_fill = 0.0
-        for d, left in s.remaining.items():
-            budget = s.limits[d] * self.window_s / 60.0
-            used = max(0.0, budget - left)
-            dim_fill = used / budget * self.window_s / elapsed
-            if dim_fill >= fill:
-                fill, own_fill = dim_fill, min(used, own[d]) / budget * self.window_s / elapsed
-        if fill <= 0.0:
-            return
-        scale = self.limiter.scale
-        desired = 1.0 if fill - own_fill <= self.alone_below else scale * self.target / fill
-        desired = min(2.0 * scale, max(0.5 * scale, desired))
-        # Up at once (every process sees the same fill, so the group lands on target); down half-way, smoothly.
-        self._set(desired if desired >= scale else math.sqrt(scale * desired), s.end)
+    def _align(self, end: float) -> None:
+        w = self.window_s
+        if self._window_end is None or (end - self._window_end) % w < 0.5 * w:
+            self._window_end = end
+            self.limiter.align(end, w, self.guard * w)
 
     def _cut(self, now: float) -> None:
-        if now - self._last_cut < max(self.window_s, 1.0):
+        if now - self._last_cut < self.window_s:
             return
         self._last_cut = now
+        self._slow_start = False
         self._set(self.limiter.scale * self.backoff, now)
 
-    def _grow_blind(self, now: float) -> None:
-        step = max(self.window_s, 1.0)
-        if now - self._last_cut >= step and now - self._last_step >= step:
-            self._set(self.limiter.scale * self.growth, now)
+    def _grow(self, now: float) -> None:
+        if now - self._last_cut < self.window_s or now - self._last_step < self.window_s:
+            return
+        scale = self.limiter.scale
+        self._set(scale * self.growth if self._slow_start else scale + self.increase, now)
 
     def _set(self, scale: float, now: float) -> None:
         self._last_step = now
@@ -167,8 +146,3 @@ def _int(value: str | None) -> int | None:
         return int(float(value)) if value is not None else None
     except ValueError:
         return None
-
-
-def _whole_seconds(seconds: float) -> float:
-    """Enforcement windows are whole seconds (or minutes); a reset is at most one window long."""
-    return float(max(1, math.ceil(seconds - 1e-3)))

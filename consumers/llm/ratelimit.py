@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,30 +27,45 @@ from dataclasses import dataclass, field
 _EPS = 1e-9
 # Timers fire up to the loop's clock resolution early; count an entry as expired that close to its end.
 _EXPIRY_SLACK_S = 1e-3
-_HISTORY_S = 10.0
 
 
 @dataclass(eq=False, slots=True)
 class _Entry:
     at: float
     amount: float
+    until: float  # when it leaves the window
     live: bool = True
 
 
 class _SlidingBudget:
     """What was admitted during the last `window_s` seconds, against a capacity for that window.
 
-    `capacity` is `full` (the configured limit's slice) times the limiter's current scale."""
+    `capacity` is `full` (the configured limit's slice) times the limiter's current scale. Once the server's own
+    window boundaries are known (`align`), the window is the server's: an entry stays until the boundary after
+    it, and nothing is admitted in the last `guard_s` of a window (it could arrive in the next one)."""
 
     def __init__(self, full: float, window_s: float) -> None:
         self.full = full
         self.capacity = full
         self.window_s = window_s
         self.used = 0.0
+        self.boundary: float | None = None  # one of the server's window boundaries (loop time)
+        self.guard_s = 0.0
         self._entries: deque[_Entry] = deque()
 
+    def _next_boundary(self, at: float) -> float:
+        assert self.boundary is not None
+        return self.boundary + math.floor((at - self.boundary) / self.window_s + 1.0) * self.window_s
+
+    def admissible_at(self, now: float) -> float:
+        """`now`, or the next window's start when `now` is in the guard band at the end of a server window."""
+        if self.boundary is None:
+            return now
+        edge = self._next_boundary(now)
+        return edge + _EXPIRY_SLACK_S if edge - now < self.guard_s else now
+
     def expire(self, now: float) -> None:
-        while self._entries and self._entries[0].at + self.window_s <= now + _EXPIRY_SLACK_S:
+        while self._entries and self._entries[0].until <= now + _EXPIRY_SLACK_S:
             entry = self._entries.popleft()
             entry.live = False
             self.used -= entry.amount
@@ -69,18 +85,19 @@ class _SlidingBudget:
         for entry in self._entries:
             used -= entry.amount
             if used + need <= self.capacity + _EPS:
-                return entry.at + self.window_s
+                return entry.until
         return now  # unreachable while need <= capacity; kept total for safety
 
     def fits_beside(self, amount: float, later: float, later_at: float) -> bool:
         """Whether `amount` fits now and, still in the window at `later_at`, leaves room for `later` then."""
         if self.used + amount > self.capacity + _EPS:
             return False
-        leaving = sum(e.amount for e in self._entries if e.at + self.window_s <= later_at + _EXPIRY_SLACK_S)
+        leaving = sum(e.amount for e in self._entries if e.until <= later_at + _EXPIRY_SLACK_S)
         return self.used - leaving + amount + self._need(later) <= self.capacity + _EPS
 
     def add(self, amount: float, now: float) -> _Entry:
-        entry = _Entry(now, amount)
+        until = now + self.window_s if self.boundary is None else self._next_boundary(now)
+        entry = _Entry(now, amount, until)
         self._entries.append(entry)
         self.used += amount
         return entry
@@ -128,7 +145,7 @@ class RateLimiter:
 
     `headroom` (0 < h <= 1) scales both budgets for good: a static share of limits that several processes draw
     on. `scale` (0 < s <= 1, set by `consumers.llm.feedback`) scales them for now: the share of the limit that
-    the server's answers say is free. Admissions of the last few seconds are kept for that feedback.
+    the server's answers say is free.
     """
 
     def __init__(
@@ -149,7 +166,8 @@ class RateLimiter:
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
         self.scale = 1.0
-        self._admitted: deque[tuple[float, int]] = deque()
+        self._room: dict[str, float] = {}
+        self._room_until = 0.0
         self._max_cooldown_s = max_cooldown_s
         self._cooldown_until = 0.0
         self._waiters: list[_Waiter] = []
@@ -171,6 +189,7 @@ class RateLimiter:
             new = self._budget(per_minute, self._slice_s, self._headroom)
             if old is not None and new is not None:
                 new._entries, new.used = old._entries, old.used
+                new.boundary, new.guard_s = old.boundary, old.guard_s
             setattr(self, name, new)
         self.requests_per_minute, self.tokens_per_minute = requests_per_minute, tokens_per_minute
         self.set_scale(self.scale)
@@ -183,16 +202,6 @@ class RateLimiter:
                 budget.capacity = budget.full * self.scale
         if self._waiters:
             self._wake()
-
-    def admitted_since(self, since: float) -> tuple[int, int]:
-        """Requests and reserved tokens admitted at or after `since` (loop time, at most ~10 s back)."""
-        requests = tokens = 0
-        for at, amount in reversed(self._admitted):
-            if at < since:
-                break
-            requests += 1
-            tokens += amount
-        return requests, tokens
 
     @property
     def enabled(self) -> bool:
@@ -208,13 +217,37 @@ class RateLimiter:
 
     def cool_down(self, seconds: float) -> None:
         """Stop admitting anything for `seconds` (capped): the server said every call would be refused."""
-        if seconds <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        until = loop.time() + min(seconds, self._max_cooldown_s)
+        if seconds > 0:
+            self.hold_until(asyncio.get_running_loop().time() + min(seconds, self._max_cooldown_s))
+
+    def align(self, boundary: float, window_s: float, guard_s: float) -> None:
+        """Use the server's enforcement windows (`window_s` long, one ending at `boundary`, loop time) instead of
+        sliding ones: calls then fill each server window exactly, and none is sent in its last `guard_s`."""
+        for budget in (self._requests, self._tokens):
+            if budget is not None and abs(budget.window_s - window_s) < 1e-6:
+                budget.boundary, budget.guard_s = boundary, guard_s
+
+    def report_room(self, room: dict[str, float], until: float) -> None:
+        """What the server says is left of its current window (by dimension: "requests", "tokens"), until
+        `until` (loop time). Calls that would not fit wait for the next window instead of earning a 429."""
+        if until >= self._room_until:
+            self._room_until = until
+            self._room = dict(room)
+
+    def _room_ready_at(self, tokens: int, now: float) -> float:
+        if now >= self._room_until:
+            return now
+        need = {"requests": 1.0, "tokens": float(tokens)}
+        if any(left < need[d] for d, left in self._room.items()):
+            return self._room_until + _EXPIRY_SLACK_S
+        return now
+
+    def hold_until(self, until: float) -> None:
+        """Admit nothing before `until` (loop time): the server says there is no room until then."""
         if until > self._cooldown_until:
             self._cooldown_until = until
-            self._wake()
+            if self._waiters:
+                self._wake()
 
     async def acquire(self, tokens: int, *, priority: int = 0) -> Reservation:
         """Wait until one request of `tokens` estimated tokens fits, then take it from the budget."""
@@ -234,7 +267,10 @@ class RateLimiter:
             raise
 
     def _ready_at(self, tokens: int, now: float) -> float:
-        at = max(now, self._cooldown_until)
+        at = max(now, self._cooldown_until, self._room_ready_at(tokens, now))
+        for budget in (self._requests, self._tokens):
+            if budget is not None:
+                at = max(at, budget.admissible_at(at))
         if self._requests is not None:
             self._requests.expire(now)
             at = max(at, self._requests.ready_at(1, now))
@@ -244,13 +280,22 @@ class RateLimiter:
         return at
 
     def _admit(self, tokens: int, now: float) -> Reservation:
-        self._admitted.append((now, tokens))
-        while self._admitted and self._admitted[0][0] < now - _HISTORY_S:
-            self._admitted.popleft()
+        if now < self._room_until:
+            self._room = {d: left - (1 if d == "requests" else tokens) for d, left in self._room.items()}
         if self._requests is not None:
             self._requests.add(1, now)
-        entry = self._tokens.add(tokens, now) if self._tokens is not None else None
+            self._space_out(1, self._requests, now)
+        entry = None
+        if self._tokens is not None:
+            entry = self._tokens.add(tokens, now)
+            self._space_out(tokens, self._tokens, now)
         return Reservation(tokens, self, entry)
+
+    def _space_out(self, amount: float, budget: _SlidingBudget, now: float) -> None:
+        """A call larger than a whole window's budget went through alone: hold the next one back for as many
+        windows as it is large, so that a small share of the limit stays small whatever the size of calls."""
+        if amount > budget.capacity > 0:
+            self._cooldown_until = max(self._cooldown_until, now + budget.window_s * (amount / budget.capacity - 1))
 
     def _wake(self) -> None:
         """Admit waiters from the head while they fit; otherwise sleep until the head can go."""
@@ -280,10 +325,12 @@ class RateLimiter:
         """
         if now < self._cooldown_until:
             return
+        if any(b is not None and b.admissible_at(now) > now for b in (self._requests, self._tokens)):
+            return  # the end of a server window: nothing goes out now
         for waiter in sorted(self._waiters)[1:]:
             if self._requests is not None and not self._requests.fits_beside(1, 1, head_at):
                 return  # every call needs a request slot: nobody else can go
-            if waiter.future.done():
+            if waiter.future.done() or self._room_ready_at(waiter.tokens, now) > now:
                 continue
             if self._tokens is None or self._tokens.fits_beside(waiter.tokens, head.tokens, head_at):
                 waiter.future.set_result(self._admit(waiter.tokens, now))
