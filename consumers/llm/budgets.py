@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-LEARN_AFTER = 8
+LEARN_AFTER = 20
 """Replies of a step seen before its budget follows them."""
 HISTORY = 256
 MARGIN = 1.5
