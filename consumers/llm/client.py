@@ -41,6 +41,8 @@ log = logging.getLogger("consumers.llm")
 _BAD_OUTPUT_RETRIES = 1
 # Backoff between attempts of one call never exceeds this; while the endpoint is down the breaker holds calls.
 _MAX_BACKOFF_EXPONENT = 16
+# Step sizes are still learnt (for reservations) where no max_tokens is sent; nothing caps them then.
+_NO_CEILING = 1 << 30
 
 
 @dataclass
@@ -111,14 +113,13 @@ class OpenAIChatClient:
         )
         self.breaker = breaker or CircuitBreaker(settings.base_url)
         self.stats.breaker = self.breaker.stats
-        self._feedback: LimitFeedback | None = None
+        self._feedback = LimitFeedback(self.limiter)
         self._gate = PriorityGate(settings.max_concurrency)
         self._prices = prices_for(settings)
         self._sampling = settings.sampling.model_dump(exclude_none=True, exclude={"max_tokens"})
         # OpenAI's reference sends no max_tokens; elsewhere each step sends its own within the configured cap.
-        ceiling = settings.sampling.max_tokens
-        self._budgets = StepBudgets(ceiling) if ceiling else None
-        self._expected = StepBudgets(1 << 30)  # completion sizes per step, for reservations without max_tokens
+        self._send_max_tokens = settings.sampling.max_tokens is not None
+        self._steps = StepBudgets(settings.sampling.max_tokens or _NO_CEILING)
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._initial_completion_estimate = initial_completion_estimate
@@ -130,7 +131,6 @@ class OpenAIChatClient:
     async def start(self) -> None:
         if self._api is not None:
             return
-        self._feedback = LimitFeedback(self.limiter)
         self._api = openai.AsyncOpenAI(
             # vLLM accepts any key; the SDK refuses an empty one.
             api_key=self.settings.api_key.get_secret_value() or "EMPTY",
@@ -160,7 +160,7 @@ class OpenAIChatClient:
         """One chat completion for `step` of a chain; raises LLMCallError when it fails for good."""
         if self._api is None:
             raise RuntimeError("the client is not started: use `async with client:` or `await client.start()`")
-        state = _CallState(step, self._budgets.max_tokens(step) if self._budgets else None)
+        state = _CallState(step, self._steps.max_tokens(step) if self._send_max_tokens else None)
         give_up = self.settings.give_up_after_s
         retrying = AsyncRetrying(
             stop=stop_never if give_up is None else stop_before_delay(give_up),
@@ -184,11 +184,11 @@ class OpenAIChatClient:
             )
             raise LLMCallError(exc.kind, exc.reason, status=exc.status, attempts=state.attempts) from exc
         self._account(result)
-        (self._budgets or self._expected).observe(step, result.completion_tokens)
+        self._steps.observe(step, result.completion_tokens)
         return result
 
     async def _attempt(self, messages: list[Message], priority: int, estimate: int, state: _CallState) -> ChatResult:
-        assert self._api is not None and self._feedback is not None
+        assert self._api is not None
         state.attempts += 1
         self.stats.attempts += 1
         held = time.monotonic()
@@ -256,11 +256,10 @@ class OpenAIChatClient:
         else the mean of the step's recent replies."""
         if state.max_tokens:
             return state.max_tokens
-        expected = self._expected.expected(state.step)
+        expected = self._steps.expected(state.step)
         return expected if expected is not None else self._initial_completion_estimate
 
     def _on_failure(self, failure: Failure, headers: Mapping[str, str] | None, sent_at: float) -> None:
-        assert self._feedback is not None
         if headers is not None:
             self._feedback.on_answer(headers, sent_at, rate_limited=failure.kind is ErrorKind.RATE_LIMITED)
         self.stats.rate_scale = self.limiter.scale
@@ -271,14 +270,10 @@ class OpenAIChatClient:
 
     def _on_bad_output(self, failure: Failure, state: _CallState) -> None:
         """A reply cut at a learnt budget is asked again at the ceiling; anything else counts as bad output."""
-        if failure.truncated and self._budgets is not None and (state.max_tokens or 0) < self._budgets.ceiling:
-            log.info(
-                "reply of step %s cut at %s tokens: asking again with %d",
-                state.step,
-                state.max_tokens,
-                self._budgets.ceiling,
-            )
-            state.max_tokens = self._budgets.ceiling
+        ceiling = self._steps.ceiling
+        if failure.truncated and self._send_max_tokens and (state.max_tokens or 0) < ceiling:
+            log.info("reply of step %s cut at %s tokens: asking again with %d", state.step, state.max_tokens, ceiling)
+            state.max_tokens = ceiling
             return
         state.bad_outputs += 1
 
