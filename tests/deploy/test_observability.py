@@ -13,7 +13,17 @@ from prometheus_client import CollectorRegistry
 
 from consumers.llm.client import ClientStats
 from streamer.metrics import ConsumerMetrics, LLMStatsCollector
-from tests.deploy.files import ALERTS, DASHBOARD, alert_rules, dashboard_exprs, our_metric_names
+from tests.deploy.files import (
+    ALERTS,
+    DASHBOARD,
+    DEPLOY,
+    alert_rules,
+    compose_service,
+    dashboard_exprs,
+    k8s_object,
+    our_metric_names,
+    yaml_docs,
+)
 
 SAMPLE_SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -78,7 +88,7 @@ def test_dashboard_panels_are_well_formed() -> None:
 
 
 def test_every_alert_has_a_runbook_entry() -> None:
-    runbook = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text(encoding="utf-8")
+    runbook = (DEPLOY.parent / "docs" / "deploy.md").read_text(encoding="utf-8")
     for rule in alert_rules():
         assert f"`{rule['alert']}`" in runbook, rule["alert"]
         assert rule["labels"]["severity"] in ("warning", "critical")
@@ -114,3 +124,22 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(rules))
     check = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_prometheus_scrapes_the_consumers_where_they_serve() -> None:
+    (config,) = yaml_docs(DEPLOY / "prometheus" / "prometheus.yml")
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    (consumers,) = jobs["webr-consumer"]["dns_sd_configs"]
+    assert consumers["names"] == ["consumer"]
+    assert consumers["port"] == int(compose_service("consumer")["environment"]["WEBR_METRICS_PORT"])
+    assert any('job="webr-consumer"' in rule["expr"] for rule in alert_rules())
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in compose_service("prometheus")["volumes"]}
+    for rule_file in config["rule_files"]:
+        assert (DEPLOY / mounted[rule_file]).resolve() == ALERTS.resolve()
+
+
+def test_consumer_pods_announce_their_metrics_port() -> None:
+    port = k8s_object("ConfigMap", "webr-consumer-settings")["data"]["WEBR_METRICS_PORT"]
+    template = k8s_object("Deployment", "webr-consumer")["spec"]["template"]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == port
+    assert k8s_object("Service", "webr-consumer-metrics")["spec"]["ports"][0]["port"] == int(port)
