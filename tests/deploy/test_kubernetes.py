@@ -192,3 +192,8 @@ def test_kubectl_kustomize_renders_the_same_objects() -> None:
     rendered = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, check=True).stdout
     objects = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(rendered) if d}
     assert objects == {(d["kind"], d["metadata"]["name"]) for d in k8s_resources()}
+
+
+def test_autoscaled_deployment_leaves_the_replica_count_to_keda() -> None:
+    target = k8s_object("ScaledObject", "webr-consumer")["spec"]["scaleTargetRef"]["name"]
+    assert "replicas" not in k8s_object("Deployment", target)["spec"]
