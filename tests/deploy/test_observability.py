@@ -94,23 +94,24 @@ def test_every_alert_has_a_runbook_entry() -> None:
         assert rule["labels"]["severity"] in ("warning", "critical")
 
 
-needs_promtool = pytest.mark.skipif(
-    shutil.which("promtool") is None, reason="promtool is not installed (Debian package `prometheus`)"
-)
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    """The promtool binary; `make install` installs it (Debian package `prometheus`), so a missing one fails."""
+    path = shutil.which("promtool")
+    assert path, "promtool is missing: run `make install-tools` (Debian package `prometheus`)"
+    return path
 
 
-@needs_promtool
-def test_promtool_accepts_the_rules_and_their_unit_tests_pass() -> None:
-    check = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True)
+def test_promtool_accepts_the_rules_and_their_unit_tests_pass(promtool: str) -> None:
+    check = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     unit = subprocess.run(
-        ["promtool", "test", "rules", "alerts.test.yaml"], cwd=ALERTS.parent, capture_output=True, text=True
+        [promtool, "test", "rules", "alerts.test.yaml"], cwd=ALERTS.parent, capture_output=True, text=True
     )
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
-@needs_promtool
-def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
+def test_promtool_parses_every_dashboard_query(promtool: str, tmp_path: Path) -> None:
     exprs = [e.replace("$__rate_interval", "5m").replace("$group", ".*") for e in dashboard_exprs()]
     rules = {
         "groups": [
@@ -122,7 +123,7 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
     }
     path = tmp_path / "dashboard-queries.yaml"
     path.write_text(yaml.safe_dump(rules))
-    check = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
+    check = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 
 
