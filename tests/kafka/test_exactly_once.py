@@ -14,10 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from streamer.sinks.markers import read_markers
+from streamer.storage import Location, resolve
 from tests.fakeopenai import FakeOpenAI
 from tests.fixtures.kafka import KafkaTopic
 from tests.fixtures.s3 import S3Bucket
 from tests.kafka.helpers import Consumer, documents, read_output, sleep_until, wait_committed
+from trainer.exceptions import EmptySnapshot
+from trainer.snapshot import FileEntry, take_snapshot
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -128,6 +132,12 @@ def test_sigkill_three_times_at_random_moments_leaves_every_document_once(
         kills += 1
     assert kills == 3, f"consumer exited on its own before the third kill (seed {seed})"
     assert sum(c or 0 for c in kafka_topic.committed().values()) < len(docs), "killed too late to test anything"
+    # a trainer snapshot now takes only what Kafka has committed, whatever the kills left published
+    location = resolve(uri, s3_endpoint_url=endpoint)
+    committed = kafka_topic.committed()
+    for entry in committed_snapshot(location):
+        partition = int(entry.path.rsplit("+", 2)[1])
+        assert entry.end_offset is not None and entry.end_offset <= (committed[partition] or 0), (entry, committed)
 
     consumer.cmd += ["--stop-after-idle", "3"]
     consumer.start()
@@ -141,3 +151,17 @@ def test_sigkill_three_times_at_random_moments_leaves_every_document_once(
     assert len(out.rows) >= 140, [(r["doc_id"], r["reason"]) for r in out.rejected]
     assert sum(kafka_topic.committed().values()) == len(docs)  # type: ignore[arg-type]
     wait_committed(kafka_topic, len(docs), timeout=5)
+    # the markers followed the commits: the snapshot takes every row, once, and holds nothing back
+    markers = {p: m.committed_offset for (stream, p), m in read_markers(location).items() if stream == kafka_topic.name}
+    assert markers == {p: o for p, o in kafka_topic.committed().items() if o}
+    manifest = committed_snapshot(location)
+    assert sum(f.rows for f in manifest) == len(out.rows)
+    assert len({f.path for f in manifest}) == len(manifest)
+
+
+def committed_snapshot(location: Location) -> tuple[FileEntry, ...]:
+    """The files a trainer snapshot takes now (none yet is an empty tuple, not an error)."""
+    try:
+        return take_snapshot(location)[0].files
+    except EmptySnapshot:
+        return ()
