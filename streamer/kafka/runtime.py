@@ -490,6 +490,8 @@ class KafkaRuntime:
             try:
                 positions = await self.bridge.rewind(partitions)
                 await self.pipeline.io(clear_uncommitted, self.location, self.topic, positions)
+                # A previous owner killed between its commit and its marker leaves the marker behind; catch it up.
+                await self.pipeline.io(self.markers.advance, positions)
                 async with self.pipeline.lock:
                     if self.bridge.epoch != epoch:
                         return

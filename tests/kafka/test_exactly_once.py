@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.sinks.markers import read_markers
+from streamer.sinks.markers import marker_path, read_markers
 from streamer.storage import Location, resolve
 from tests.fakeopenai import FakeOpenAI
 from tests.fixtures.kafka import KafkaTopic
@@ -165,3 +165,31 @@ def committed_snapshot(location: Location) -> tuple[FileEntry, ...]:
         return take_snapshot(location)[0].files
     except EmptySnapshot:
         return ()
+
+
+def test_a_marker_left_behind_by_its_owner_catches_up_on_the_next_assignment(
+    kafka_topic: KafkaTopic, fake_llm: FakeOpenAI, tmp_path: Path, consumers: list[Consumer]
+) -> None:
+    """An owner killed between its commit and its marker leaves the marker behind; the next owner, with nothing
+    left to commit on a drained topic, still moves it to the committed offset when it is assigned the partition."""
+    docs = documents(30)
+    kafka_topic.produce(docs)
+    uri = str(tmp_path / "out")
+    consumer = Consumer(kafka_topic, uri, fake_llm.url, tmp_path, "--stop-after-idle", "3")
+    consumers.append(consumer.start())
+    assert consumer.wait() == 0, consumer.log()[-3000:]
+    location = resolve(uri)
+    committed = {p: o for p, o in kafka_topic.committed().items() if o}
+    assert sum(committed.values()) == len(docs)
+    behind = {p: m for (_, p), m in read_markers(location).items()}
+    assert {p: m.committed_offset for p, m in behind.items()} == committed
+    for p in behind:  # as if each partition's last marker write had not happened
+        location.fs.delete_file(marker_path(location, kafka_topic.name, p))
+    assert committed_snapshot(location) == ()
+
+    consumer.start()
+    assert consumer.wait() == 0, consumer.log()[-3000:]
+    assert not [e for e in consumer.events() if e["msg"].startswith("committed")], "nothing was left to commit"
+    markers = {p: m.committed_offset for (_, p), m in read_markers(location).items()}
+    assert markers == committed
+    assert sum(f.rows for f in committed_snapshot(location)) == len(read_output(uri, kafka_topic.name).rows)
