@@ -21,6 +21,7 @@ from consumers.outcomes import Outcome, PairRow, Rejection, SourceRef
 from consumers.webr.processor import DocumentProcessor
 from producers.records import iter_file
 from streamer.settings import ConsumeSettings
+from streamer.sinks.markers import advance_marker
 from streamer.sinks.parquet import ParquetSink, WrittenFile, list_outputs
 from streamer.storage import Location, resolve
 from streamer.window import OrderedWindow
@@ -130,6 +131,8 @@ async def run_file(
         raise
     summary.files.extend(sink.flush())
     _prune_stale(location, stream, summary.files)
+    if summary.files:  # the whole input is final now: readers may take it
+        advance_marker(location, stream, 0, max(f.end_offset for f in summary.files))
     return summary
 
 

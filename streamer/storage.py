@@ -2,15 +2,26 @@
 
 Credentials come from the standard AWS chain (environment, config files, instance roles) that pyarrow's S3
 client reads itself; only the endpoint of an S3-compatible store (MinIO, Ceph, a test server) is ours to pass.
+
+Every writer (the Parquet sink, the commit markers, the trainer's model store) writes through
+`Location.publish`, the one way an object appears: whole or not at all, so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
+import pyarrow as pa
 from pyarrow import fs as pafs
+
+TMP_PREFIX = ".tmp-"
+"""Local temporaries are `.tmp-<random>-<final name>` beside their final name: hidden from readers, and
+recognisable (with the name they were meant to have) when a writer killed before its rename left one."""
+_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +38,46 @@ class Location:
     @property
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def publish(self, path: str, data: bytes | pa.Buffer | Path) -> int:
+        """Make `data` (bytes, or a local file's content) appear at `path` whole, replacing what was there;
+        returns the bytes written.
+
+        Locally it is written to a temporary beside `path` and renamed over it. On an object store it is one
+        PUT (or one multipart upload, visible only once completed). One gap is pyarrow's: it has no abort, and
+        completes an upload whose stream is dropped, so a Python exception raised between the chunks of a
+        local file streamed to S3 (Ctrl-C) leaves the part written so far there. A failed part upload fails the whole
+        upload, and the sink and the markers write one buffer in one call; the model store writes the file
+        that marks a run complete last."""
+        target = path
+        if self.is_local:
+            parent, name = path.rsplit("/", 1)
+            self.fs.create_dir(parent, recursive=True)
+            target = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}-{name}"
+        try:
+            with self.fs.open_output_stream(target) as out:
+                if isinstance(data, Path):
+                    with data.open("rb") as src:
+                        while chunk := src.read(_CHUNK):
+                            out.write(chunk)
+                else:
+                    out.write(data)
+                size = out.tell()
+            if self.is_local:
+                self.fs.move(target, path)
+        except BaseException:
+            if self.is_local and self.fs.get_file_info(target).type != pafs.FileType.NotFound:
+                self.fs.delete_file(target)
+            raise
+        return size
+
+    def read_bytes(self, path: str) -> bytes | None:
+        """The whole content at `path`, or None when nothing is there."""
+        try:
+            with self.fs.open_input_stream(path) as stream:
+                return stream.read()
+        except FileNotFoundError:
+            return None
 
 
 def resolve(uri: str, *, s3_endpoint_url: str | None = None, create: bool = False) -> Location:

@@ -1,9 +1,14 @@
-"""A snapshot of the dataset: the set of complete Parquet files at one moment, frozen as a manifest.
+"""A snapshot of the dataset: the set of committed Parquet files at one moment, frozen as a manifest.
 
-Writers publish a file under its final name only once it is complete (temp name + rename, or one atomic PUT),
-so a listing that ignores names starting with `.` or `_` (temporary files, metadata, the `_rejected/` subtree)
-sees only complete files. Each file is identified by its content hash, so a file rewritten under the same key
-counts as new; the hash of an unchanged file (same path, size and mtime) is reused from the previous manifest.
+Writers publish a file under its final name only once it is complete (`Location.publish`), so a listing that
+ignores names starting with `.` or `_` (temporary files, markers, the `_rejected/` subtree) sees only complete
+files. Complete is not final: a consumer's file (`<stream>+<partition>+<start>.parquet`) is rewritten, from
+new LLM calls, when the consumer died before committing its offsets. So a stream's file is taken only when
+its offset range ends at or below its partition's commit marker (`streamer.sinks.markers`); the markers used
+are recorded in the manifest. Parquet files not named like a stream's are taken as they are.
+
+Each file is identified by its content hash, so a file rewritten under the same key counts as new; the hash
+of an unchanged file (same path, size and mtime) is reused from the previous manifest.
 """
 
 from __future__ import annotations
@@ -17,23 +22,29 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+from streamer.sinks.markers import Marker, read_markers
+from streamer.sinks.parquet import parse_file_name
 from streamer.storage import Location
 from trainer.exceptions import DataFileError, EmptySnapshot
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+_END_OFFSET = b"webr.end_offset"
+"""The sink's file metadata: the exclusive end of the offset range the file covers."""
 
 
 @dataclass(frozen=True, slots=True)
 class FileEntry:
-    """One complete data file: path relative to the data root, size, rows and content hash."""
+    """One complete data file: path relative to the data root, size, rows, content hash, and for a stream's
+    file the end of its offset range."""
 
     path: str
     size: int
     rows: int
     sha256: str
     mtime_ns: int | None = None
+    end_offset: int | None = None
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -50,10 +61,14 @@ class BadFile:
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """The frozen set of files a run trains on; `snapshot_id` hashes paths, sizes, rows and content hashes."""
+    """The frozen set of files a run trains on; `snapshot_id` hashes paths, sizes, rows and content hashes.
+    `markers` are the commit markers the files were checked against; `held_back` the stream files they left
+    out (published, not committed yet)."""
 
     root: str
     files: tuple[FileEntry, ...]
+    markers: tuple[Marker, ...] = ()
+    held_back: tuple[str, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -70,12 +85,16 @@ class Manifest:
             "snapshot_id": self.snapshot_id,
             "rows": self.rows,
             "files": [asdict(f) for f in self.files],
+            "markers": [asdict(m) for m in self.markers],
+            "held_back": list(self.held_back),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> Manifest:
         files = tuple(FileEntry(**f) for f in data["files"])  # type: ignore[arg-type,union-attr]
-        return cls(root=str(data["root"]), files=files)
+        markers = tuple(Marker(**m) for m in data.get("markers", ()))  # type: ignore[arg-type,attr-defined]
+        held = tuple(data.get("held_back", ()))  # type: ignore[arg-type]
+        return cls(root=str(data["root"]), files=files, markers=markers, held_back=held)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,29 +129,56 @@ def list_data_files(loc: Location) -> list[pafs.FileInfo]:
 def take_snapshot(
     loc: Location, previous: Manifest | None = None, *, skip_bad_files: bool = False
 ) -> tuple[Manifest, list[BadFile]]:
-    """List, hash and count the complete files; a corrupt file fails the snapshot unless `skip_bad_files`."""
+    """List, check against the commit markers, hash and count the complete files; a corrupt file fails the
+    snapshot unless `skip_bad_files`."""
+    markers = read_markers(loc)
     known = {f.path: f for f in previous.files} if previous else {}
     entries: list[FileEntry] = []
+    held: list[str] = []
     bad: list[BadFile] = []
     for info in list_data_files(loc):
         rel = _relative(loc, info.path)
+        stream = parse_file_name(info.base_name)
         seen = known.get(rel)
-        if seen is not None and seen.size == info.size and seen.mtime_ns == info.mtime_ns:
-            entries.append(seen)
-            continue
+        if seen is not None and (
+            (seen.size, seen.mtime_ns) != (info.size, info.mtime_ns) or (stream and seen.end_offset is None)
+        ):
+            seen = None  # changed since, or hashed before its offset range was recorded
         try:
-            entries.append(_inspect(loc.fs, info, rel))
+            rows, end_offset = (seen.rows, seen.end_offset) if seen is not None else _footer(loc.fs, info, rel)
+            if not _committed(stream, end_offset, markers):
+                held.append(rel)
+                continue
+            sha256 = seen.sha256 if seen is not None else _sha256(loc.fs, info, rel)
         except DataFileError as exc:
             if not skip_bad_files:
                 raise
             log.warning("skipping %s", exc)
             bad.append(BadFile(rel, exc.reason))
-    manifest = Manifest(root=loc.uri, files=tuple(entries))
+            continue
+        entries.append(FileEntry(rel, int(info.size or 0), rows, sha256, info.mtime_ns, end_offset))
+    if held:
+        log.info("%d published files not committed yet, left for a later snapshot: %s", len(held), ", ".join(held))
+    used = tuple(markers[k] for k in sorted(markers))
+    manifest = Manifest(root=loc.uri, files=tuple(entries), markers=used, held_back=tuple(held))
     if not manifest.files:
-        raise EmptySnapshot(f"empty snapshot: no complete Parquet file under {loc.uri} (ignoring _* and .* names)")
+        raise EmptySnapshot(
+            f"empty snapshot: no complete Parquet file under {loc.uri} (ignoring _* and .* names"
+            f"{f'; {len(held)} published files not committed yet' if held else ''})"
+        )
     if manifest.rows == 0:
         raise EmptySnapshot(f"empty snapshot: {len(manifest.files)} Parquet files under {loc.uri} hold no row")
     return manifest, bad
+
+
+def _committed(
+    stream: tuple[str, int, int] | None, end_offset: int | None, markers: dict[tuple[str, int], Marker]
+) -> bool:
+    """A stream's file is final once its partition's marker covers its whole range; other files are as placed."""
+    if stream is None:
+        return True
+    marker = markers.get((stream[0], stream[1]))
+    return marker is not None and end_offset is not None and marker.covers(end_offset)
 
 
 def diff(current: Manifest, previous: Manifest | None) -> SnapshotDiff:
@@ -156,20 +202,28 @@ def check_messages_column(schema: pa.Schema, path: str) -> None:
         raise DataFileError(path, f"`messages` is {typ}, expected list<struct<role, content>>")
 
 
-def _inspect(fs: pafs.FileSystem, info: pafs.FileInfo, rel: str) -> FileEntry:
+def _footer(fs: pafs.FileSystem, info: pafs.FileInfo, rel: str) -> tuple[int, int | None]:
+    """(rows, end of the offset range or None) from the footer, after checking the `messages` column."""
+    try:
+        with fs.open_input_file(info.path) as handle:
+            meta = pq.ParquetFile(handle).metadata
+            schema = meta.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException) as exc:
+        raise DataFileError(rel, f"unreadable Parquet ({exc})") from exc
+    check_messages_column(schema, rel)
+    end = (schema.metadata or {}).get(_END_OFFSET)
+    return int(meta.num_rows), int(end) if end is not None and end.isdigit() else None
+
+
+def _sha256(fs: pafs.FileSystem, info: pafs.FileInfo, rel: str) -> str:
     digest = hashlib.sha256()
     try:
         with fs.open_input_stream(info.path) as stream:
             while chunk := stream.read(_CHUNK):
                 digest.update(chunk)
-        with fs.open_input_file(info.path) as handle:
-            meta = pq.ParquetFile(handle).metadata
-            schema = meta.schema.to_arrow_schema()
-            rows = meta.num_rows
-    except (OSError, pa.ArrowException) as exc:
+    except OSError as exc:
         raise DataFileError(rel, f"unreadable Parquet ({exc})") from exc
-    check_messages_column(schema, rel)
-    return FileEntry(rel, int(info.size or 0), int(rows), digest.hexdigest(), info.mtime_ns)
+    return digest.hexdigest()
 
 
 def _relative(loc: Location, path: str) -> str:

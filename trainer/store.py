@@ -4,8 +4,8 @@ Layout under `--output-dir`:
     <run id>/            config.json, model*.safetensors, tokenizer files, training_metadata.json
     latest               one line: the run id of the newest complete model
 The `latest` run's metadata (its snapshot manifest) is the trainer's state: what was trained last. A run's
-directory is complete before `latest` names it: locally it appears by one rename, on object storage the metadata
-file goes up last; `latest` itself is replaced atomically (rename, or one PUT).
+directory is complete before `latest` names it: each file is published whole (`Location.publish`), the metadata
+file last; `latest` itself is replaced the same way (a rename locally, one PUT on object storage).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 LATEST = "latest"
 METADATA = "training_metadata.json"
-_CHUNK = 8 << 20
 
 
 class ModelStore:
@@ -90,50 +89,22 @@ class ModelStore:
             if not (local_dir / needed).is_file():
                 raise PublishError(f"refusing to publish {local_dir}: no {needed}")
         try:
-            if self.loc.is_local:
-                self._publish_local(local_dir, run_id)
-            else:
-                self._publish_remote(local_dir, run_id)
-            self._write_pointer(run_id)
+            self._upload(local_dir, run_id)
+            self.loc.publish(self.loc.path(LATEST), f"{run_id}\n".encode())
         except OSError as exc:
             raise PublishError(f"publishing {run_id} to {self.loc.uri} failed: {exc}") from exc
+        log.info("latest -> %s", run_id)
         return self.run_uri(run_id)
 
-    def _publish_local(self, local_dir: Path, run_id: str) -> None:
-        root = Path(self.loc.root)
-        root.mkdir(parents=True, exist_ok=True)
-        staging = root / f".{run_id}.partial-{uuid.uuid4().hex[:8]}"
-        try:
-            shutil.copytree(local_dir, staging)
-            final = root / run_id
-            if final.exists():  # left by a publish that died before moving `latest`; never pointed at
-                shutil.rmtree(final)
-            os.rename(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    def _publish_remote(self, local_dir: Path, run_id: str) -> None:
-        fs = self.loc.fs
-        fs.delete_dir_contents(self.loc.path(run_id), missing_dir_ok=True)
+    def _upload(self, local_dir: Path, run_id: str) -> None:
+        """Every file of the run published on its own, the metadata last: a run directory without it (left by a
+        publish that died) is never named by `latest`, and the next publish of that run id starts it afresh."""
+        self.loc.fs.delete_dir_contents(self.loc.path(run_id), missing_dir_ok=True)
         files = sorted(p for p in local_dir.rglob("*") if p.is_file())
-        files.sort(key=lambda p: p.name == METADATA)  # the metadata last: it marks the directory complete
+        files.sort(key=lambda p: p.name == METADATA)
         try:
             for path in files:
-                dest = self.loc.path(run_id, *path.relative_to(local_dir).parts)
-                with path.open("rb") as src, fs.open_output_stream(dest) as out:
-                    while chunk := src.read(_CHUNK):
-                        out.write(chunk)
+                self.loc.publish(self.loc.path(run_id, *path.relative_to(local_dir).parts), path)
         except OSError:
-            fs.delete_dir_contents(self.loc.path(run_id), missing_dir_ok=True)
+            self.loc.fs.delete_dir_contents(self.loc.path(run_id), missing_dir_ok=True)
             raise
-
-    def _write_pointer(self, run_id: str) -> None:
-        data = f"{run_id}\n".encode()
-        if self.loc.is_local:
-            tmp = Path(self.loc.path(f".{LATEST}.{uuid.uuid4().hex[:8]}"))
-            tmp.write_bytes(data)
-            os.replace(tmp, self.loc.path(LATEST))
-        else:
-            with self.loc.fs.open_output_stream(self.loc.path(LATEST)) as out:
-                out.write(data)
-        log.info("latest -> %s", run_id)

@@ -37,6 +37,7 @@ from streamer.kafka.recovery import clear_uncommitted, committed_rows, dedup_ran
 from streamer.kafka.settings import KafkaRunConfig
 from streamer.kafka.threads import DaemonExecutor
 from streamer.metrics import ConsumerMetrics, LLMStatsCollector, llm_stats_of, serve
+from streamer.sinks.markers import CommitMarkers
 from streamer.sinks.parquet import ParquetSink
 from streamer.storage import resolve
 
@@ -71,6 +72,7 @@ class KafkaRuntime:
         self.metrics = metrics
         self.location = resolve(config.output, s3_endpoint_url=config.s3_endpoint_url, create=True)
         self.sink = ParquetSink(self.location, config.roll, retry_deadline_s=None)
+        self.markers = CommitMarkers(self.location, self.topic, self.kafka.group_id)
         self.pipeline: Pipeline
         self.bridge: ConsumerBridge
         self._stopping = False
@@ -85,6 +87,7 @@ class KafkaRuntime:
         """time.monotonic() when the idle exit's conditions last became true (a heartbeat must follow it)."""
         self._commit_wanted = asyncio.Event()
         self._preparing: set[asyncio.Task[None]] = set()
+        self._marking: set[asyncio.Future[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -332,6 +335,8 @@ class KafkaRuntime:
         self.pipeline.committed(done)
         self.metrics.commits.labels("ok").inc()
         log.info("committed %s", done, extra={"offsets": done})
+        if done:
+            await self.pipeline.io(self.markers.advance, done)
         return True
 
     async def _drain_and_stop(self) -> int:
@@ -452,6 +457,14 @@ class KafkaRuntime:
         self.metrics.commits.labels("ok" if ok else "failed").inc()
         if ok:
             self.pipeline.committed(offsets)
+            marking = asyncio.ensure_future(self.pipeline.io(self.markers.advance, offsets))
+            self._marking.add(marking)
+            marking.add_done_callback(self._marked)
+
+    def _marked(self, marking: asyncio.Future[None]) -> None:
+        self._marking.discard(marking)
+        if not marking.cancelled() and marking.exception() is not None:
+            log.warning("commit markers of a revocation not written: %s", marking.exception())
 
     async def lose(self, partitions: set[int]) -> None:
         if not partitions:
@@ -477,6 +490,8 @@ class KafkaRuntime:
             try:
                 positions = await self.bridge.rewind(partitions)
                 await self.pipeline.io(clear_uncommitted, self.location, self.topic, positions)
+                # A previous owner killed between its commit and its marker leaves the marker behind; catch it up.
+                await self.pipeline.io(self.markers.advance, positions)
                 async with self.pipeline.lock:
                     if self.bridge.epoch != epoch:
                         return

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,12 +29,11 @@ from tenacity import (
 
 from consumers.outcomes import Outcome, PairRow, Rejection
 from streamer.sinks.schema import pairs_table, rejected_table
-from streamer.storage import Location
+from streamer.storage import TMP_PREFIX, Location
 
 log = logging.getLogger(__name__)
 
 REJECTED_DIR = "_rejected"
-_TMP_PREFIX = ".tmp-"
 DEFAULT_ROLL_RECORDS = 1000
 """Input records per file: small enough that a crash redoes little LLM work, large enough for Parquet."""
 
@@ -114,7 +112,7 @@ def list_outputs(location: Location, stream: str, *, temporaries: bool = False) 
         for info in location.fs.get_file_info(selector):
             if info.type != pafs.FileType.File:
                 continue
-            temporary = info.base_name.startswith(_TMP_PREFIX)
+            temporary = info.base_name.startswith(TMP_PREFIX)
             if temporary and not temporaries:
                 continue
             parsed = parse_file_name(info.base_name.split("-", 2)[-1] if temporary else info.base_name)
@@ -227,12 +225,23 @@ class ParquetSink:
                 keys.append(key)
         self._open.pop((stream, partition), None)
         written = WrittenFile(
-            stream, partition, current.start_offset, current.next_offset,
-            len(current.rows), len(current.rejections), tuple(keys), size,
+            stream,
+            partition,
+            current.start_offset,
+            current.next_offset,
+            len(current.rows),
+            len(current.rejections),
+            tuple(keys),
+            size,
         )
         log.info(
             "wrote offsets %d..%d of %s[%d]: %d rows, %d rejected",
-            current.start_offset, current.next_offset - 1, stream, partition, written.rows, written.rejections,
+            current.start_offset,
+            current.next_offset - 1,
+            stream,
+            partition,
+            written.rows,
+            written.rejections,
         )
         if self.on_written is not None:
             self.on_written(written)
@@ -243,22 +252,8 @@ class ParquetSink:
         buf = pa.BufferOutputStream()
         pq.write_table(table, buf, compression=self.compression)
         data = buf.getvalue()
-        self._with_retry(self._publish, key, data)
+        self._with_retry(self.location.publish, key, data)
         return data.size
-
-    def _publish(self, key: str, data: pa.Buffer) -> None:
-        fs = self.location.fs
-        parent = key.rsplit("/", 1)[0]
-        if self.location.is_local:
-            fs.create_dir(parent, recursive=True)
-            tmp = f"{parent}/{_TMP_PREFIX}{uuid.uuid4().hex}-{key.rsplit('/', 1)[1]}"
-            with fs.open_output_stream(tmp) as out:
-                out.write(data)
-            fs.move(tmp, key)
-        else:
-            out = fs.open_output_stream(key)
-            out.write(data)
-            out.close()
 
     def _delete_if_present(self, key: str) -> None:
         def delete() -> None:
@@ -275,7 +270,7 @@ class ParquetSink:
         """
         self._abort.set()
 
-    def _with_retry(self, fn: Callable[..., None], *args: object) -> None:
+    def _with_retry(self, fn: Callable[..., object], *args: object) -> None:
         deadline = stop_never if self.retry_deadline_s is None else stop_after_delay(self.retry_deadline_s)
         retrying = retry(
             retry=retry_if_exception_type(OSError),

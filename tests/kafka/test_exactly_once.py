@@ -14,10 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from streamer.sinks.markers import marker_path, read_markers
+from streamer.storage import Location, resolve
 from tests.fakeopenai import FakeOpenAI
 from tests.fixtures.kafka import KafkaTopic
 from tests.fixtures.s3 import S3Bucket
 from tests.kafka.helpers import Consumer, documents, read_output, sleep_until, wait_committed
+from trainer.exceptions import EmptySnapshot
+from trainer.snapshot import FileEntry, take_snapshot
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -128,6 +132,12 @@ def test_sigkill_three_times_at_random_moments_leaves_every_document_once(
         kills += 1
     assert kills == 3, f"consumer exited on its own before the third kill (seed {seed})"
     assert sum(c or 0 for c in kafka_topic.committed().values()) < len(docs), "killed too late to test anything"
+    # a trainer snapshot now takes only what Kafka has committed, whatever the kills left published
+    location = resolve(uri, s3_endpoint_url=endpoint)
+    committed = kafka_topic.committed()
+    for entry in committed_snapshot(location):
+        partition = int(entry.path.rsplit("+", 2)[1])
+        assert entry.end_offset is not None and entry.end_offset <= (committed[partition] or 0), (entry, committed)
 
     consumer.cmd += ["--stop-after-idle", "3"]
     consumer.start()
@@ -141,3 +151,45 @@ def test_sigkill_three_times_at_random_moments_leaves_every_document_once(
     assert len(out.rows) >= 140, [(r["doc_id"], r["reason"]) for r in out.rejected]
     assert sum(kafka_topic.committed().values()) == len(docs)  # type: ignore[arg-type]
     wait_committed(kafka_topic, len(docs), timeout=5)
+    # the markers followed the commits: the snapshot takes every row, once, and holds nothing back
+    markers = {p: m.committed_offset for (stream, p), m in read_markers(location).items() if stream == kafka_topic.name}
+    assert markers == {p: o for p, o in kafka_topic.committed().items() if o}
+    manifest = committed_snapshot(location)
+    assert sum(f.rows for f in manifest) == len(out.rows)
+    assert len({f.path for f in manifest}) == len(manifest)
+
+
+def committed_snapshot(location: Location) -> tuple[FileEntry, ...]:
+    """The files a trainer snapshot takes now (none yet is an empty tuple, not an error)."""
+    try:
+        return take_snapshot(location)[0].files
+    except EmptySnapshot:
+        return ()
+
+
+def test_a_marker_left_behind_by_its_owner_catches_up_on_the_next_assignment(
+    kafka_topic: KafkaTopic, fake_llm: FakeOpenAI, tmp_path: Path, consumers: list[Consumer]
+) -> None:
+    """An owner killed between its commit and its marker leaves the marker behind; the next owner, with nothing
+    left to commit on a drained topic, still moves it to the committed offset when it is assigned the partition."""
+    docs = documents(30)
+    kafka_topic.produce(docs)
+    uri = str(tmp_path / "out")
+    consumer = Consumer(kafka_topic, uri, fake_llm.url, tmp_path, "--stop-after-idle", "3")
+    consumers.append(consumer.start())
+    assert consumer.wait() == 0, consumer.log()[-3000:]
+    location = resolve(uri)
+    committed = {p: o for p, o in kafka_topic.committed().items() if o}
+    assert sum(committed.values()) == len(docs)
+    behind = {p: m for (_, p), m in read_markers(location).items()}
+    assert {p: m.committed_offset for p, m in behind.items()} == committed
+    for p in behind:  # as if each partition's last marker write had not happened
+        location.fs.delete_file(marker_path(location, kafka_topic.name, p))
+    assert committed_snapshot(location) == ()
+
+    consumer.start()
+    assert consumer.wait() == 0, consumer.log()[-3000:]
+    assert not [e for e in consumer.events() if e["msg"].startswith("committed")], "nothing was left to commit"
+    markers = {p: m.committed_offset for (_, p), m in read_markers(location).items()}
+    assert markers == committed
+    assert sum(f.rows for f in committed_snapshot(location)) == len(read_output(uri, kafka_topic.name).rows)

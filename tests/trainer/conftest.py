@@ -19,7 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from streamer.sinks.markers import advance_marker
 from streamer.sinks.schema import PAIRS_SCHEMA
+from streamer.storage import resolve
 from tests.support.tiny_model import build_tiny_chat_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,12 +71,25 @@ def pairs_table(messages: Sequence[object], start: int = 0) -> pa.Table:
     return pa.table(columns, schema=PAIRS_SCHEMA)
 
 
-def write_pairs(root: Path, start: int, count: int, *, subdir: str = "webr/0") -> Path:
-    """`count` valid pairs in one file named like the sink names its files (start offset, zero padded)."""
+def write_rows(
+    root: Path, start: int, messages: Sequence[object], *, subdir: str = "webr/0", commit: bool = True
+) -> Path:
+    """Rows of offsets `start`.. in one file named like the sink names its files (start offset, zero padded),
+    with the sink's offset-range metadata; `commit` moves the commit marker of stream `webr` partition 0 past
+    it, as a consumer does once its offsets are committed (without it, no snapshot takes the file)."""
     path = root / subdir / f"webr+0+{start:020d}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pairs_table([chat(i) for i in range(start, start + count)], start), path)
+    table = pairs_table(messages, start)
+    offsets = {"webr.start_offset": str(start), "webr.end_offset": str(start + len(messages))}
+    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **offsets}), path)
+    if commit:
+        advance_marker(resolve(str(root)), "webr", 0, start + len(messages))
     return path
+
+
+def write_pairs(root: Path, start: int, count: int, *, subdir: str = "webr/0", commit: bool = True) -> Path:
+    """`count` valid pairs written by `write_rows`."""
+    return write_rows(root, start, [chat(i) for i in range(start, start + count)], subdir=subdir, commit=commit)
 
 
 @dataclass(frozen=True)

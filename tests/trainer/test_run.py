@@ -10,11 +10,12 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from streamer.sinks.markers import advance_marker
 from streamer.storage import resolve
 from trainer.exceptions import EXIT_DATA, EXIT_OK
 from trainer.snapshot import take_snapshot
 
-from .conftest import Dirs, chat, pairs_table, write_pairs
+from .conftest import Dirs, chat, pairs_table, write_pairs, write_rows
 
 Run = Callable[[list[str]], tuple[int, str]]
 
@@ -123,8 +124,7 @@ def test_lora_publishes_a_merged_model_that_loads_alone(dirs: Dirs, run_inproces
 
 def test_malformed_rows_are_skipped_and_reported(dirs: Dirs, run_inprocess: Run) -> None:
     rows = [chat(0), [], chat(2), [{"role": "user", "content": "no answer"}], chat(4)]
-    (dirs.data / "webr/0").mkdir(parents=True)
-    pq.write_table(pairs_table(rows), dirs.data / "webr/0/webr+0+00000000000000000000.parquet")
+    write_rows(dirs.data, 0, rows)
     code, line = run_inprocess(dirs.args())
     assert code == EXIT_OK
     assert "skipped_rows=2" in line
@@ -182,9 +182,11 @@ def test_data_and_models_on_object_storage(dirs: Dirs, run_inprocess: Run, s3_bu
     import pyarrow.fs as pafs
 
     data_uri, out_uri = s3_bucket.uri("pairs"), s3_bucket.uri("models")
-    fs = resolve(data_uri, s3_endpoint_url=s3_bucket.endpoint_url).fs
+    data = resolve(data_uri, s3_endpoint_url=s3_bucket.endpoint_url)
+    fs = data.fs
     local = write_pairs(dirs.data, 0, 6)
     pafs.copy_files(str(local), f"{s3_bucket.name}/pairs/webr/0/{local.name}", destination_filesystem=fs)
+    advance_marker(data, "webr", 0, 6)
     args = ["--data", data_uri, "--output-dir", out_uri, "--s3-endpoint-url", s3_bucket.endpoint_url]
     base = dirs.args(*args)
     assert run_inprocess(base)[0] == EXIT_OK
@@ -197,6 +199,7 @@ def test_data_and_models_on_object_storage(dirs: Dirs, run_inprocess: Run, s3_bu
 
     more = write_pairs(dirs.data, 6, 3)
     pafs.copy_files(str(more), f"{s3_bucket.name}/pairs/webr/0/{more.name}", destination_filesystem=fs)
+    advance_marker(data, "webr", 0, 9)
     code, line = run_inprocess([*base, "--policy", "continue"])
     assert code == EXIT_OK, line
     assert f"models/{first_id}/config.json" in s3_bucket.keys("models/")

@@ -13,7 +13,7 @@ from trainer.data import build_training_set, message_problem
 from trainer.exceptions import DataError, DataFileError, EmptySnapshot
 from trainer.snapshot import Manifest, diff, take_snapshot
 
-from .conftest import chat, pairs_table, write_pairs
+from .conftest import chat, pairs_table, write_pairs, write_rows
 
 
 def test_only_complete_data_files_are_in_the_snapshot(tmp_path: Path) -> None:
@@ -121,8 +121,7 @@ def test_malformed_rows_are_skipped_counted_and_the_rest_kept(tmp_path: Path) ->
         chat(3),
         [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}],
     ]
-    (data / "webr/0").mkdir(parents=True)
-    pq.write_table(pairs_table(rows), data / "webr/0/webr+0+00000000000000000000.parquet")
+    write_rows(data, 0, rows)
     loc = resolve(str(data))
     manifest, _ = take_snapshot(loc)
     out = tmp_path / "train.parquet"
