@@ -1,8 +1,10 @@
-"""File runs: one JSON/JSONL file in, rolled Parquet out, every record accounted for.
+"""File runs: one JSON/JSONL file in, rolled Parquet out, through the same `Pipeline` as Kafka runs.
 
-The file is treated as a one-partition stream whose offsets are record positions, so file runs and Kafka runs
-share the processor, the ordered window and the sink, and a file run's object keys are deterministic: running
-the same input again rewrites (and, at the end, prunes) exactly its own files and nobody else's.
+The file is a one-partition stream whose offsets are record positions, so ordering, dedup, rejections, metrics
+and progress are the Kafka run's own, and a file run's object keys are deterministic: running the same input
+again rewrites (and, at the end, prunes) exactly its own files and nobody else's. What differs is at the edges:
+the source is the file, rejections go to `_rejected/` only (no dead-letter topic), and there are no offsets to
+commit: the run is done when every record has an outcome in a durable file.
 """
 
 from __future__ import annotations
@@ -10,58 +12,51 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import time
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
-from consumers.llm.types import ChatClient
-from consumers.outcomes import Outcome, PairRow, Rejection, SourceRef
-from consumers.webr.processor import DocumentProcessor
-from producers.records import iter_file
+from prometheus_client import CollectorRegistry
+
+from consumers.exceptions import InvalidRecord
+from producers.records import Document, iter_file
+from streamer.metrics import ConsumerMetrics, RunSummary
+from streamer.pipeline import Engine, NoDeadLetters, Pipeline
 from streamer.settings import ConsumeSettings
 from streamer.sinks.parquet import ParquetSink, WrittenFile, list_outputs
 from streamer.storage import Location, resolve
-from streamer.window import OrderedWindow
 
 log = logging.getLogger(__name__)
 
+PARTITION = 0
+"""A file is one partition."""
 
-@dataclass
-class RunSummary:
-    """What a finished run did; printed at the end and asserted on by tests."""
 
-    records: int = 0
-    rows: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    files: list[WrittenFile] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """A record of the file as the pipeline takes it (a `pipeline.Record`). It is parsed while the file is read
+    (a JSON array is streamed, not re-read per record), so it carries its document or the reason it has none."""
 
-    def count(self, outcome: Outcome) -> None:
-        self.records += 1
-        if isinstance(outcome, PairRow):
-            self.rows += 1
-        else:
-            self.rejected[outcome.reason] += 1
-        usage = outcome.usage
-        self.calls += usage.calls
-        self.prompt_tokens += usage.prompt_tokens
-        self.completion_tokens += usage.completion_tokens
-        self.cost_usd += usage.cost_usd or 0.0
+    offset: int
+    value: bytes
+    parsed: Document | InvalidRecord
+    key: bytes | None = None
+    timestamp: int | None = None
 
-    def render(self) -> str:
-        elapsed = time.monotonic() - self.started
-        reasons = ", ".join(f"{r}={n}" for r, n in self.rejected.most_common()) or "none"
-        return (
-            f"done: {self.records} records -> {self.rows} rows, {sum(self.rejected.values())} rejected ({reasons}); "
-            f"{self.calls} LLM calls, {self.prompt_tokens} prompt + {self.completion_tokens} completion tokens, "
-            f"${self.cost_usd:.4f}; {len(self.files)} files; {elapsed:.1f}s"
-        )
+
+def parse_file_record(record: FileRecord) -> Document:
+    if isinstance(record.parsed, InvalidRecord):
+        raise record.parsed
+    return record.parsed
+
+
+def read_records(path: str) -> Iterator[FileRecord]:
+    """The file's records in order; `value` is the input record as written (a rejection's payload)."""
+    for rec in iter_file(path):
+        parsed = rec.document if rec.document is not None else rec.error
+        assert parsed is not None
+        yield FileRecord(rec.position, rec.raw, parsed)
 
 
 def file_stream_name(path: str) -> str:
@@ -81,56 +76,59 @@ def count_records(path: str) -> int:
 
 async def run_file(
     settings: ConsumeSettings,
-    llm: ChatClient,
+    engine: Engine,
     on_progress: Callable[[RunSummary], None] | None = None,
 ) -> RunSummary:
     """Process `settings.source` into `settings.output`; returns once every record has an outcome on disk."""
     assert settings.source is not None
     location = resolve(settings.output, s3_endpoint_url=settings.s3_endpoint_url, create=True)
     stream = file_stream_name(settings.source)
-    sink = ParquetSink(location, settings.roll_policy())
+    written: list[WrittenFile] = []
+    sink = ParquetSink(location, settings.roll_policy(), on_written=written.append)
     sink.setup()
-    processor = DocumentProcessor(llm, settings.webr())
-    window = OrderedWindow(settings.in_flight_docs)
-    summary = RunSummary()
+    metrics = ConsumerMetrics(CollectorRegistry())
+    pipeline = Pipeline[FileRecord](
+        stream, engine.processor, sink, NoDeadLetters(), metrics,
+        max_in_flight=settings.in_flight_docs, dedup=engine.dedup, parse=parse_file_record,
+    )
     log.info("reading %s as stream %s into %s", settings.source, stream, settings.output)
-
-    raw: dict[int, bytes] = {}  # original records of the documents in the window, for rejections' payload
-
-    def emit() -> None:
-        for offset, outcome in window.pop_ready():
-            admitted = processor.admit(outcome)
-            original = raw.pop(offset, None)
-            if isinstance(admitted, Rejection):
-                admitted = admitted.with_payload(original)
-            summary.count(admitted)
-            summary.files.extend(sink.add(stream, 0, offset, admitted))
-            if on_progress is not None:
-                on_progress(summary)
-
     try:
-        for rec in iter_file(settings.source):
-            while not window.has_room:
-                await window.wait()
-                emit()
-            ref = SourceRef(stream, 0, rec.position)
-            if rec.document is None:
-                assert rec.error is not None
-                log.warning("rejected %s of %s: %s", rec.location, settings.source, rec.error)
-                window.push(rec.position, processor.reject_invalid(rec.error, ref, rec.raw))
-            else:
-                raw[rec.position] = rec.raw
-                window.push(rec.position, processor.process(rec.document, ref, seq=rec.position))
-            emit()
-        while len(window):
-            await window.wait()
-            emit()
+        await _drain(pipeline, read_records(settings.source), settings.in_flight_docs, on_progress)
+        async with pipeline.lock:
+            durable = await pipeline.checkpoint(flush=True)
+        await pipeline.deliver_dead_letters()
+        pipeline.committed(durable)  # the committer of a file run: nothing to commit, the files are the record
     except BaseException:
-        await window.cancel()
+        await pipeline.close_partitions([PARTITION])
         raise
-    summary.files.extend(sink.flush())
-    _prune_stale(location, stream, summary.files)
-    return summary
+    finally:
+        pipeline.close()
+    _prune_stale(location, stream, written)
+    return metrics.summary
+
+
+async def _drain(
+    pipeline: Pipeline[FileRecord],
+    records: Iterator[FileRecord],
+    chunk: int,
+    on_progress: Callable[[RunSummary], None] | None,
+) -> None:
+    """Feed the file to the pipeline a chunk at a time, whenever its backlog is empty, until all is emitted."""
+    pipeline.open(PARTITION, 0)
+    more = True
+    while more or pipeline.busy:
+        if more and PARTITION in pipeline.fetchable():
+            batch = list(islice(records, chunk))
+            more = bool(batch)
+            pipeline.accept(PARTITION, batch)
+        pipeline.dispatch()
+        async with pipeline.lock:
+            await pipeline.emit()
+        if on_progress is not None:
+            on_progress(pipeline.metrics.summary)
+        if pipeline.busy and not (more and PARTITION in pipeline.fetchable()):
+            await pipeline.wake.wait()
+            pipeline.wake.clear()
 
 
 def _prune_stale(location: Location, stream: str, written: list[WrittenFile]) -> None:

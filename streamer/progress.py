@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 if TYPE_CHECKING:
-    from streamer.batch import RunSummary
+    from streamer.metrics import RunSummary
 
 
 class Progress:

@@ -1,7 +1,7 @@
 from datetime import UTC, datetime
 
 from consumers.outcomes import Rejection, SourceRef, Usage
-from streamer.batch import RunSummary
+from streamer.metrics import RunSummary
 from streamer.progress import Progress
 
 
