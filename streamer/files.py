@@ -88,8 +88,14 @@ async def run_file(
     sink.setup()
     metrics = ConsumerMetrics(CollectorRegistry())
     pipeline = Pipeline[FileRecord](
-        stream, engine.processor, sink, NoDeadLetters(), metrics,
-        max_in_flight=settings.in_flight_docs, dedup=engine.dedup, parse=parse_file_record,
+        stream,
+        engine.processor,
+        sink,
+        NoDeadLetters(),
+        metrics,
+        max_in_flight=settings.in_flight_docs,
+        dedup=engine.dedup,
+        parse=parse_file_record,
     )
     log.info("reading %s as stream %s into %s", settings.source, stream, settings.output)
     try:
@@ -116,17 +122,20 @@ async def _drain(
     """Feed the file to the pipeline a chunk at a time, whenever its backlog is empty, until all is emitted."""
     pipeline.open(PARTITION, 0)
     more = True
-    while more or pipeline.busy:
+    while True:
+        async with pipeline.lock:
+            await pipeline.emit()
+        if on_progress is not None:
+            on_progress(pipeline.metrics.summary)
         if more and PARTITION in pipeline.fetchable():
             batch = list(islice(records, chunk))
             more = bool(batch)
             pipeline.accept(PARTITION, batch)
         pipeline.dispatch()
-        async with pipeline.lock:
-            await pipeline.emit()
-        if on_progress is not None:
-            on_progress(pipeline.metrics.summary)
-        if pipeline.busy and not (more and PARTITION in pipeline.fetchable()):
+        if not more and not pipeline.busy:
+            return
+        if pipeline.running and not (more and PARTITION in pipeline.fetchable()):
+            # Nothing to read now: wait for a document to finish (what needs no work is emitted at once).
             await pipeline.wake.wait()
             pipeline.wake.clear()
 

@@ -91,12 +91,17 @@ class ConsumerMetrics:
         r = registry
         r.register(OutcomesCollector(self.summary))
         self.docs_in = Counter("webr_documents_in_total", "Kafka records received", ["partition"], registry=r)
-        self.doc_latency = Histogram("webr_document_seconds", "Time to process one document (all its calls)",
-                                     buckets=_LATENCY_BUCKETS, registry=r)
+        self.doc_latency = Histogram(
+            "webr_document_seconds",
+            "Time to process one document (all its calls)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge("webr_documents_in_flight", "Documents being processed now", registry=r)
         self.backlog = Gauge("webr_documents_backlog", "Fetched records waiting for a slot", registry=r)
-        self.lag = Gauge("webr_consumer_lag", "High watermark minus the next offset to process", ["partition"],
-                         registry=r)
+        self.lag = Gauge(
+            "webr_consumer_lag", "High watermark minus the next offset to process", ["partition"], registry=r
+        )
         self.committed = Gauge("webr_committed_offset", "Last committed offset", ["partition"], registry=r)
         self.commits = Counter("webr_commits_total", "Offset commits by result", ["result"], registry=r)
         self.paused = Gauge("webr_partitions_paused", "Partitions paused for backpressure", registry=r)
@@ -126,8 +131,9 @@ class OutcomesCollector(Collector):
         out.add_metric(["row"], s.rows)
         out.add_metric(["rejected"], s.records - s.rows)
         yield out
-        rejected = CounterMetricFamily("webr_rejected", "Rejected documents by stage and reason",
-                                       labels=["stage", "reason"])
+        rejected = CounterMetricFamily(
+            "webr_rejected", "Rejected documents by stage and reason", labels=["stage", "reason"]
+        )
         for (stage, reason), n in sorted(dict.copy(s.rejections).items()):  # copied at once: the loop writes
             rejected.add_metric([stage, reason], n)
         yield rejected
@@ -154,8 +160,11 @@ class LLMStatsCollector(Collector):
             calls.add_metric([str(kind)], count)
         yield calls
         tokens = CounterMetricFamily("webr_llm_tokens", "Tokens of successful LLM calls", labels=["kind"])
-        for kind, n in (("prompt", stats.prompt_tokens), ("completion", stats.completion_tokens),
-                        ("cached", stats.cached_tokens)):
+        for kind, n in (
+            ("prompt", stats.prompt_tokens),
+            ("completion", stats.completion_tokens),
+            ("cached", stats.cached_tokens),
+        ):
             tokens.add_metric([kind], n)
         yield tokens
         yield CounterMetricFamily("webr_llm_attempts", "HTTP attempts", value=stats.attempts)
@@ -167,8 +176,10 @@ class LLMStatsCollector(Collector):
             cumulative += count
             buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
         yield HistogramMetricFamily(
-            "webr_llm_latency_seconds", "HTTP round trip of successful LLM requests",
-            buckets=buckets, sum_value=stats.latency_s_sum,
+            "webr_llm_latency_seconds",
+            "HTTP round trip of successful LLM requests",
+            buckets=buckets,
+            sum_value=stats.latency_s_sum,
         )
         yield GaugeMetricFamily("webr_llm_in_flight", "LLM requests in flight", value=stats.in_flight)
         breaker = stats.breaker
@@ -177,14 +188,16 @@ class LLMStatsCollector(Collector):
         )
         yield CounterMetricFamily("webr_llm_endpoint_outages", "Times the circuit breaker opened", value=breaker.opened)
         yield CounterMetricFamily(
-            "webr_llm_endpoint_outage_seconds", "Length of ended outages (breaker open to closed)",
+            "webr_llm_endpoint_outage_seconds",
+            "Length of ended outages (breaker open to closed)",
             value=breaker.outage_s,
         )
         yield CounterMetricFamily(
             "webr_llm_held_seconds", "Attempt time spent waiting for a failing endpoint", value=stats.held_s
         )
         yield GaugeMetricFamily(
-            "webr_llm_rate_limit_scale", "Share of the configured rate limits in use, adapted from the server",
+            "webr_llm_rate_limit_scale",
+            "Share of the configured rate limits in use, adapted from the server",
             value=stats.rate_scale,
         )
 

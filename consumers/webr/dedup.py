@@ -98,8 +98,14 @@ class DedupStage:
         if why is None:
             return outcome
         return Rejection(
-            doc_id=outcome.doc_id, stage=str(DocState.DEDUP), reason=why, detail=outcome.request[:200], ref=outcome.ref,
-            created_at=datetime.now(UTC), source_url=outcome.source_url, usage=outcome.usage,
+            doc_id=outcome.doc_id,
+            stage=str(DocState.DEDUP),
+            reason=why,
+            detail=outcome.request[:200],
+            ref=outcome.ref,
+            created_at=datetime.now(UTC),
+            source_url=outcome.source_url,
+            usage=outcome.usage,
         )
 
     def recall(self, branch: str, request: str, page_hash: str) -> None:

@@ -122,8 +122,12 @@ class DocumentProcessor:
             await self._call(
                 run,
                 prompts.request_messages(
-                    part.text, persona, wi=plan.category.is_wi, part=plan.category.is_part,
-                    noun=plan.noun, words=plan.words,
+                    part.text,
+                    persona,
+                    wi=plan.category.is_wi,
+                    part=plan.category.is_part,
+                    noun=plan.noun,
+                    words=plan.words,
                 ),
             )
         )
@@ -153,8 +157,16 @@ class DocumentProcessor:
             raise _Rejected(f"refused_{what}", text[:200])
 
     def _row(
-        self, run: _Run, plan: Plan, persona: str, request: str, instruction: str, response: str,
-        page: str, page_tokens: int, truncated: bool,
+        self,
+        run: _Run,
+        plan: Plan,
+        persona: str,
+        request: str,
+        instruction: str,
+        response: str,
+        page: str,
+        page_tokens: int,
+        truncated: bool,
     ) -> PairRow:
         return PairRow(
             doc_id=run.doc.doc_id,
@@ -183,16 +195,27 @@ class DocumentProcessor:
         run.machine.advance(DocState.REJECTED)
         log.warning("document %s rejected at %s: %s (%s)", run.doc.doc_id, stage, reason, detail[:200])
         return Rejection(
-            doc_id=run.doc.doc_id, stage=str(stage), reason=reason, detail=detail, ref=run.ref,
-            created_at=datetime.now(UTC), source_url=run.doc.url, usage=run.usage,
+            doc_id=run.doc.doc_id,
+            stage=str(stage),
+            reason=reason,
+            detail=detail,
+            ref=run.ref,
+            created_at=datetime.now(UTC),
+            source_url=run.doc.url,
+            usage=run.usage,
         )
 
     @staticmethod
     def reject_invalid(error: InvalidRecord, ref: SourceRef, raw: bytes | None) -> Rejection:
         """An input record that never became a document; its `id` is kept when it can still be read."""
         return Rejection(
-            doc_id=_salvage_id(raw), stage="input", reason=error.reason, detail=error.detail, ref=ref,
-            created_at=datetime.now(UTC), payload=raw,
+            doc_id=_salvage_id(raw),
+            stage="input",
+            reason=error.reason,
+            detail=error.detail,
+            ref=ref,
+            created_at=datetime.now(UTC),
+            payload=raw,
         )
 
 

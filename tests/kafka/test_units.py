@@ -33,8 +33,24 @@ NOW = datetime(2026, 11, 24, tzinfo=UTC)
 def row(partition: int, offset: int, request: str = "") -> PairRow:
     ref = SourceRef("t", partition, offset, 1_790_000_000_000)
     return PairRow(
-        f"d{partition}-{offset}", "pid", "instr", "answer", request or f"request {partition} {offset}", "WI",
-        "WI_all", "persona", None, "m", "v1", 0, 10, False, Usage(3, 10, 5, 0, None), ref, NOW, page_hash=f"h{offset}",
+        f"d{partition}-{offset}",
+        "pid",
+        "instr",
+        "answer",
+        request or f"request {partition} {offset}",
+        "WI",
+        "WI_all",
+        "persona",
+        None,
+        "m",
+        "v1",
+        0,
+        10,
+        False,
+        Usage(3, 10, 5, 0, None),
+        ref,
+        NOW,
+        page_hash=f"h{offset}",
     )
 
 
@@ -49,8 +65,15 @@ def test_settings_defaults_and_refusals() -> None:
     with pytest.raises(ValidationError):
         KafkaSettings(topic="pages", session_timeout_ms=10)
     wide = ConsumeSettings(
-        bootstrap_servers="b:9092", topic="pages", group_id="g", roll_interval_ms=60_000, output="s3://b/p",
-        s3_endpoint_url="http://s3", roll_records=500, max_in_flight_docs=32, base_url="ignored",
+        bootstrap_servers="b:9092",
+        topic="pages",
+        group_id="g",
+        roll_interval_ms=60_000,
+        output="s3://b/p",
+        s3_endpoint_url="http://s3",
+        roll_records=500,
+        max_in_flight_docs=32,
+        base_url="ignored",
     )
     config = KafkaRunConfig.from_settings(wide)
     assert (config.kafka.group_id, config.output, config.max_in_flight_docs) == ("g", "s3://b/p", 32)
@@ -79,8 +102,11 @@ def test_new_owner_clears_uncommitted_files_and_recalls_committed_rows(tmp_path:
     sink = ParquetSink(location, RollPolicy(max_records=5))
     for p in (0, 1):
         for o in range(12):
-            outcome: Outcome = row(p, o) if o != 3 else Rejection(
-                f"d{p}-{o}", "request", "refused", "", SourceRef("t", p, o, 1_790_000_000_000), NOW)
+            outcome: Outcome = (
+                row(p, o)
+                if o != 3
+                else Rejection(f"d{p}-{o}", "request", "refused", "", SourceRef("t", p, o, 1_790_000_000_000), NOW)
+            )
             sink.add("t", p, o, outcome)
     sink.flush()
     assert len(list_outputs(location, "t")) == 8  # 3 ranges x 2 partitions, plus 2 rejection files
@@ -180,8 +206,11 @@ async def test_outcomes_leave_in_offset_order_and_only_durable_offsets_are_commi
 
 def test_sink_write_during_an_outage_retries_until_aborted(s3_bucket: S3Bucket) -> None:
     """`retry_deadline_s=None`: a write waits out a dead store, and gives up only when told to."""
-    sink = ParquetSink(resolve(s3_bucket.uri(), s3_endpoint_url=s3_bucket.endpoint_url),
-                       RollPolicy(max_records=10), retry_deadline_s=None)
+    sink = ParquetSink(
+        resolve(s3_bucket.uri(), s3_endpoint_url=s3_bucket.endpoint_url),
+        RollPolicy(max_records=10),
+        retry_deadline_s=None,
+    )
     sink.setup()
     sink.add("t", 0, 0, row(0, 0))
     s3_bucket.server.stop()
