@@ -171,7 +171,7 @@ async def test_outcomes_leave_in_offset_order_and_only_durable_offsets_are_commi
     dedup = AdmitLog()
     sink = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=4))
     dead = DeadLetters(kafka_topic.bootstrap, kafka_topic.name + ".dlq")
-    pipe = Pipeline(
+    pipe = Pipeline[ConsumerRecord](
         "t", ReversedProcessor(), sink, dead, ConsumerMetrics(CollectorRegistry()), max_in_flight=8, dedup=dedup
     )
     try:
