@@ -24,11 +24,11 @@ from consumers.exceptions import PipelineError
 from consumers.webr.dedup import DedupStage
 from consumers.webr.processor import DocumentProcessor
 from streamer.cli import add_model_flags
+from streamer.engine import Engine
 from streamer.files import count_records, run_file
 from streamer.kafka.runtime import run_kafka
 from streamer.kafka.settings import KafkaRunConfig
 from streamer.logs import setup_logging
-from streamer.pipeline import Engine
 from streamer.progress import Progress
 from streamer.settings import ConsumeSettings
 

@@ -21,8 +21,9 @@ from prometheus_client import CollectorRegistry
 
 from consumers.exceptions import InvalidRecord
 from producers.records import Document, iter_file
+from streamer.engine import Engine
 from streamer.metrics import ConsumerMetrics, RunSummary
-from streamer.pipeline import Engine, NoDeadLetters, Pipeline
+from streamer.pipeline import NoDeadLetters, Pipeline
 from streamer.settings import ConsumeSettings
 from streamer.sinks.parquet import ParquetSink, WrittenFile, list_outputs
 from streamer.storage import Location, resolve

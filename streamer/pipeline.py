@@ -22,11 +22,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from consumers.exceptions import InvalidRecord
 from consumers.outcomes import Outcome, Rejection, SourceRef
 from producers.records import Document, parse_message
+from streamer.engine import Dedup, Processor
 from streamer.kafka.deadletters import SourceMessage
 from streamer.kafka.recovery import committed_rows, dedup_ranges
 from streamer.kafka.threads import DaemonExecutor
@@ -34,46 +35,9 @@ from streamer.metrics import ConsumerMetrics
 from streamer.sinks.parquet import ParquetSink, WrittenFile
 from streamer.window import OrderedWindow
 
-if TYPE_CHECKING:
-    from consumers.llm.client import ClientStats
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class Processor(Protocol):
-    """The engine as the pipeline uses it (`consumers.webr.processor.DocumentProcessor`)."""
-
-    async def process(self, doc: Document, ref: SourceRef, *, seq: int) -> Outcome: ...
-
-    def reject_invalid(self, error: InvalidRecord, ref: SourceRef, raw: bytes | None) -> Rejection: ...
-
-
-class Dedup(Protocol):
-    """The order-dependent stage after the engine (`consumers.webr.dedup.DedupStage`), owned by the pipeline."""
-
-    def admit(self, outcome: Outcome) -> Outcome:
-        """The outcome, or the rejection that replaces it; called once per outcome, in source order."""
-        ...
-
-    def recall(self, branch: str, request: str, page_hash: str) -> None:
-        """Remember a row admitted before (read back from committed output)."""
-        ...
-
-    def reset(self) -> None:
-        """Forget every decision."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class Engine:
-    """What the pipeline drives: the per-document processor and the dedup stage after it, plus the LLM
-    client's counters for the metrics endpoint (None when the client keeps none)."""
-
-    processor: Processor
-    dedup: Dedup
-    llm_stats: ClientStats | None = None
 
 
 class Record(Protocol):

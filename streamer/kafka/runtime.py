@@ -29,6 +29,7 @@ from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from consumers.exceptions import PipelineError
+from streamer.engine import Engine
 from streamer.kafka.admin import ensure_topic, partition_count
 from streamer.kafka.bridge import NOT_JOINED, ConsumerBridge, Membership
 from streamer.kafka.deadletters import DeadLetterError, DeadLetters
@@ -36,7 +37,7 @@ from streamer.kafka.recovery import clear_uncommitted
 from streamer.kafka.settings import KafkaRunConfig
 from streamer.kafka.threads import DaemonExecutor
 from streamer.metrics import ConsumerMetrics, LLMStatsCollector, serve
-from streamer.pipeline import Engine, Pipeline
+from streamer.pipeline import Pipeline
 from streamer.sinks.parquet import ParquetSink
 from streamer.storage import resolve
 

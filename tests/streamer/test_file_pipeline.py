@@ -7,9 +7,9 @@ from pathlib import Path
 
 from consumers.webr.dedup import DedupStage
 from consumers.webr.processor import DocumentProcessor
+from streamer.engine import Engine
 from streamer.files import run_file
 from streamer.metrics import RunSummary
-from streamer.pipeline import Engine
 from streamer.settings import ConsumeSettings
 from tests.support.chat import ScriptedChatClient
 from tests.support.documents import page, read_outcomes, write_jsonl
