@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import logging
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from consumers.exceptions import PipelineError
-from streamer.batch import count_records, run_file
+from consumers.webr.dedup import DedupStage
+from consumers.webr.processor import DocumentProcessor
 from streamer.cli import add_model_flags
-from streamer.kafka.runtime import run_kafka, webr_processor
+from streamer.engine import Engine
+from streamer.files import count_records, run_file
+from streamer.kafka.runtime import run_kafka
+from streamer.kafka.settings import KafkaRunConfig
 from streamer.logs import setup_logging
 from streamer.progress import Progress
 from streamer.settings import ConsumeSettings
@@ -40,16 +47,23 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.asynccontextmanager
+async def webr_engine(settings: ConsumeSettings) -> AsyncIterator[Engine]:
+    """The engine of both kinds of run: `settings.llm()`'s client driving WebR, and WebR's dedup stage."""
+    from consumers.llm.client import OpenAIChatClient  # the HTTP stack is not needed for --help
+
+    webr = settings.webr()
+    async with OpenAIChatClient(settings.llm()) as llm:
+        yield Engine(DocumentProcessor(llm, webr), DedupStage(webr.dedup()), llm.stats)
+
 
 async def _run_file(settings: ConsumeSettings) -> int:
     assert settings.source is not None
     show = settings.progress and sys.stderr.isatty()
     progress = Progress(count_records(settings.source) if show else None, enabled=show)
-    from consumers.llm.client import OpenAIChatClient  # the HTTP stack is not needed for --help
-
     try:
-        async with OpenAIChatClient(settings.llm()) as llm:
-            summary = await run_file(settings, llm, on_progress=progress.update)
+        async with webr_engine(settings) as engine:
+            summary = await run_file(settings, engine, on_progress=progress.update)
     finally:
         progress.close()
     print(summary.render(), file=sys.stderr)
@@ -67,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.log_format)
     try:
         if settings.bootstrap_servers:
-            return run_kafka(settings, webr_processor(settings))
+            return run_kafka(KafkaRunConfig.from_settings(settings), functools.partial(webr_engine, settings))
         return asyncio.run(_run_file(settings))
     except KeyboardInterrupt:
         log.warning("interrupted: files written so far are complete; run again to finish the input")

@@ -1,14 +1,19 @@
-"""Prometheus metrics of a consumer process, served on `--metrics-port`.
+"""What a run did, counted once, and the Prometheus metrics of a consumer process (served on `--metrics-port`).
 
-Names follow Prometheus conventions (`webr_` prefix, `_total` counters, seconds). The LLM client keeps plain
-counters of its own (`ClientStats`); `LLMStatsCollector` exports them at scrape time, so the client stays free
-of any metrics library and a scrape always sees one consistent snapshot.
+Names follow Prometheus conventions (`webr_` prefix, `_total` counters, seconds). Outcomes and files are counted
+once, in `RunSummary`, which the progress bar of a file run shows, the end of a file run prints, and
+`OutcomesCollector` exports at scrape time. The LLM client keeps plain counters of its own (`ClientStats`);
+`LLMStatsCollector` exports them the same way, so the client stays free of any metrics library and a scrape
+always sees one consistent snapshot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+import time
+from collections import Counter as Tally
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -17,75 +22,150 @@ from prometheus_client.registry import Collector
 from consumers.llm.types import LATENCY_BUCKETS_S
 from consumers.outcomes import Outcome, PairRow
 
+if TYPE_CHECKING:
+    from consumers.llm.client import ClientStats
+
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 
 
+@dataclass
+class RunSummary:
+    """Outcomes and files written so far (in offset order, after dedup); plain counters, one writer."""
+
+    records: int = 0
+    rows: int = 0
+    rejections: Tally[tuple[str, str]] = field(default_factory=Tally)
+    """Rejected outcomes by (stage, reason)."""
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    files: int = 0
+    bytes_written: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def count(self, outcome: Outcome) -> None:
+        self.records += 1
+        if isinstance(outcome, PairRow):
+            self.rows += 1
+        else:
+            self.rejections[(outcome.stage, outcome.reason)] += 1
+        usage = outcome.usage
+        self.calls += usage.calls
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.cached_tokens += usage.cached_tokens
+        self.cost_usd += usage.cost_usd or 0.0
+
+    def file_written(self, bytes_written: int) -> None:
+        self.files += 1
+        self.bytes_written += bytes_written
+
+    @property
+    def rejected(self) -> Tally[str]:
+        """Rejected outcomes by reason."""
+        by_reason: Tally[str] = Tally()
+        for (_, reason), n in self.rejections.items():
+            by_reason[reason] += n
+        return by_reason
+
+    def render(self) -> str:
+        elapsed = time.monotonic() - self.started
+        rejected = self.rejected
+        reasons = ", ".join(f"{r}={n}" for r, n in rejected.most_common()) or "none"
+        return (
+            f"done: {self.records} records -> {self.rows} rows, {rejected.total()} rejected ({reasons}); "
+            f"{self.calls} LLM calls, {self.prompt_tokens} prompt + {self.completion_tokens} completion tokens, "
+            f"${self.cost_usd:.4f}; {self.files} files; {elapsed:.1f}s"
+        )
+
+
 class ConsumerMetrics:
-    """Every metric the Kafka runtime updates, registered on one registry (a private one in tests)."""
+    """Every metric the pipeline and the Kafka runtime update, registered on one registry (a private one in
+    tests and file runs). Outcomes and files go to `summary`, exported by `OutcomesCollector`."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.registry = registry
+        self.summary = RunSummary()
         r = registry
+        r.register(OutcomesCollector(self.summary))
         self.docs_in = Counter("webr_documents_in_total", "Kafka records received", ["partition"], registry=r)
-        self.docs_out = Counter(
-            "webr_documents_out_total", "Outcomes written, by kind (row or rejected)", ["outcome"], registry=r
+        self.doc_latency = Histogram(
+            "webr_document_seconds",
+            "Time to process one document (all its calls)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
-        self.rejected = Counter("webr_rejected_total", "Rejected documents by stage and reason",
-                                ["stage", "reason"], registry=r)
-        self.doc_tokens = Counter("webr_document_tokens_total", "Tokens of written outcomes", ["kind"], registry=r)
-        self.doc_cost = Counter("webr_document_cost_usd_total", "Cost of written outcomes (USD)", registry=r)
-        self.doc_latency = Histogram("webr_document_seconds", "Time to process one document (all its calls)",
-                                     buckets=_LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("webr_documents_in_flight", "Documents being processed now", registry=r)
         self.backlog = Gauge("webr_documents_backlog", "Fetched records waiting for a slot", registry=r)
-        self.lag = Gauge("webr_consumer_lag", "High watermark minus the next offset to process", ["partition"],
-                         registry=r)
+        self.lag = Gauge(
+            "webr_consumer_lag", "High watermark minus the next offset to process", ["partition"], registry=r
+        )
         self.committed = Gauge("webr_committed_offset", "Last committed offset", ["partition"], registry=r)
         self.commits = Counter("webr_commits_total", "Offset commits by result", ["result"], registry=r)
         self.paused = Gauge("webr_partitions_paused", "Partitions paused for backpressure", registry=r)
         self.assigned = Gauge("webr_partitions_assigned", "Partitions owned by this process", registry=r)
-        self.files = Counter("webr_files_written_total", "Output ranges made durable", registry=r)
-        self.bytes = Counter("webr_bytes_written_total", "Bytes of Parquet written", registry=r)
         self.dead_letters = Counter("webr_dead_letters_total", "Records sent to the dead-letter topic", registry=r)
         self.rebalances = Counter("webr_rebalances_total", "Partition revocations, by kind", ["kind"], registry=r)
 
     def outcome(self, outcome: Outcome) -> None:
         """Count one outcome as it is written (in offset order, after dedup)."""
-        if isinstance(outcome, PairRow):
-            self.docs_out.labels("row").inc()
-        else:
-            self.docs_out.labels("rejected").inc()
-            self.rejected.labels(outcome.stage, outcome.reason).inc()
-        usage = outcome.usage
-        self.doc_tokens.labels("prompt").inc(usage.prompt_tokens)
-        self.doc_tokens.labels("completion").inc(usage.completion_tokens)
-        self.doc_tokens.labels("cached").inc(usage.cached_tokens)
-        if usage.cost_usd:
-            self.doc_cost.inc(usage.cost_usd)
+        self.summary.count(outcome)
 
-    def file_written(self, rows_bytes: int) -> None:
-        self.files.inc()
-        self.bytes.inc(rows_bytes)
+    def file_written(self, bytes_written: int) -> None:
+        self.summary.file_written(bytes_written)
+
+
+class OutcomesCollector(Collector):
+    """Exports a `RunSummary` at scrape time: outcomes by kind, rejections, their tokens and cost, files."""
+
+    def __init__(self, summary: RunSummary) -> None:
+        self._summary = summary
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        s = self._summary
+        out = CounterMetricFamily(
+            "webr_documents_out", "Outcomes written, by kind (row or rejected)", labels=["outcome"]
+        )
+        out.add_metric(["row"], s.rows)
+        out.add_metric(["rejected"], s.records - s.rows)
+        yield out
+        rejected = CounterMetricFamily(
+            "webr_rejected", "Rejected documents by stage and reason", labels=["stage", "reason"]
+        )
+        for (stage, reason), n in sorted(dict.copy(s.rejections).items()):  # copied at once: the loop writes
+            rejected.add_metric([stage, reason], n)
+        yield rejected
+        tokens = CounterMetricFamily("webr_document_tokens", "Tokens of written outcomes", labels=["kind"])
+        for kind, n in (("prompt", s.prompt_tokens), ("completion", s.completion_tokens), ("cached", s.cached_tokens)):
+            tokens.add_metric([kind], n)
+        yield tokens
+        yield CounterMetricFamily("webr_document_cost_usd", "Cost of written outcomes (USD)", value=s.cost_usd)
+        yield CounterMetricFamily("webr_files_written", "Output ranges made durable", value=s.files)
+        yield CounterMetricFamily("webr_bytes_written", "Bytes of Parquet written", value=s.bytes_written)
 
 
 class LLMStatsCollector(Collector):
     """Exports an LLM client's `ClientStats` (calls by status, tokens, retries, 429s, latency) at scrape time."""
 
-    def __init__(self, stats: Callable[[], Any]) -> None:
+    def __init__(self, stats: ClientStats) -> None:
         self._stats = stats
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-        stats = self._stats()
-        if stats is None:
-            return
+        stats = self._stats
         calls = CounterMetricFamily("webr_llm_calls", "LLM calls by final status", labels=["status"])
         calls.add_metric(["ok"], stats.calls_ok)
         for kind, count in sorted(stats.failures_by_kind.items()):
             calls.add_metric([str(kind)], count)
         yield calls
         tokens = CounterMetricFamily("webr_llm_tokens", "Tokens of successful LLM calls", labels=["kind"])
-        for kind in ("prompt", "completion", "cached"):
-            tokens.add_metric([kind], getattr(stats, f"{kind}_tokens"))
+        for kind, n in (
+            ("prompt", stats.prompt_tokens),
+            ("completion", stats.completion_tokens),
+            ("cached", stats.cached_tokens),
+        ):
+            tokens.add_metric([kind], n)
         yield tokens
         yield CounterMetricFamily("webr_llm_attempts", "HTTP attempts", value=stats.attempts)
         yield CounterMetricFamily("webr_llm_retries", "Retried attempts", value=stats.retries)
@@ -96,8 +176,10 @@ class LLMStatsCollector(Collector):
             cumulative += count
             buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
         yield HistogramMetricFamily(
-            "webr_llm_latency_seconds", "HTTP round trip of successful LLM requests",
-            buckets=buckets, sum_value=stats.latency_s_sum,
+            "webr_llm_latency_seconds",
+            "HTTP round trip of successful LLM requests",
+            buckets=buckets,
+            sum_value=stats.latency_s_sum,
         )
         yield GaugeMetricFamily("webr_llm_in_flight", "LLM requests in flight", value=stats.in_flight)
         breaker = stats.breaker
@@ -106,21 +188,18 @@ class LLMStatsCollector(Collector):
         )
         yield CounterMetricFamily("webr_llm_endpoint_outages", "Times the circuit breaker opened", value=breaker.opened)
         yield CounterMetricFamily(
-            "webr_llm_endpoint_outage_seconds", "Length of ended outages (breaker open to closed)",
+            "webr_llm_endpoint_outage_seconds",
+            "Length of ended outages (breaker open to closed)",
             value=breaker.outage_s,
         )
         yield CounterMetricFamily(
             "webr_llm_held_seconds", "Attempt time spent waiting for a failing endpoint", value=stats.held_s
         )
         yield GaugeMetricFamily(
-            "webr_llm_rate_limit_scale", "Share of the configured rate limits in use, adapted from the server",
+            "webr_llm_rate_limit_scale",
+            "Share of the configured rate limits in use, adapted from the server",
             value=stats.rate_scale,
         )
-
-
-def llm_stats_of(processor: object) -> Callable[[], Any]:
-    """A getter for the stats of the processor's LLM client (None when it keeps none)."""
-    return lambda: getattr(getattr(processor, "llm", None), "stats", None)
 
 
 def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 if TYPE_CHECKING:
-    from streamer.batch import RunSummary
+    from streamer.metrics import RunSummary
 
 
 class Progress:
@@ -25,8 +25,12 @@ class Progress:
         tokens = summary.prompt_tokens + summary.completion_tokens
         elapsed = max(time.monotonic() - self._started, 1e-6)
         self._bar.set_postfix(
-            rows=summary.rows, rejected=sum(summary.rejected.values()), calls=summary.calls, tokens=tokens,
-            tok_per_s=f"{tokens / elapsed:.0f}", refresh=False,
+            rows=summary.rows,
+            rejected=sum(summary.rejected.values()),
+            calls=summary.calls,
+            tokens=tokens,
+            tok_per_s=f"{tokens / elapsed:.0f}",
+            refresh=False,
         )
         self._bar.update(summary.records - self._bar.n)
 

@@ -2,15 +2,20 @@
 
 A WR pair whose page was already used by an earlier WR pair is dropped too (the page is its response).
 The index is insert-if-no-near-match; `add_existing` rebuilds it from rows already written, so a restarted
-consumer keeps the decisions it made before.
+consumer keeps the decisions it made before. `DedupStage` is the index as the pipeline's stage after the
+engine: it judges outcomes in source order, recalls committed rows and starts over when told to.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from datasketch import MinHash, MinHashLSH
+
+from consumers.outcomes import Outcome, PairRow, Rejection
+from consumers.webr.state import DocState
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -71,3 +76,43 @@ class DedupIndex:
 
     def __len__(self) -> int:
         return self._count
+
+
+class DedupStage:
+    """The order-dependent dedup of one process's stream(s): the first of a near-duplicate group is kept.
+
+    Implements the pipeline's `Dedup` stage. Decisions depend on order, so `admit` must see outcomes in source
+    order; `recall` adds rows admitted before (read back from committed output); `reset` forgets everything,
+    for when the index holds decisions about records that will be processed again.
+    """
+
+    def __init__(self, settings: DedupSettings | None = None) -> None:
+        self.settings = settings if settings is not None else DedupSettings()
+        self._index = DedupIndex(self.settings)
+
+    def admit(self, outcome: Outcome) -> Outcome:
+        """The outcome itself, or a `Rejection` at stage `dedup` (keeping the pair's usage) for a duplicate."""
+        if not isinstance(outcome, PairRow):
+            return outcome
+        why = self._index.check_and_add(outcome.branch, outcome.request, outcome.page_hash)
+        if why is None:
+            return outcome
+        return Rejection(
+            doc_id=outcome.doc_id,
+            stage=str(DocState.DEDUP),
+            reason=why,
+            detail=outcome.request[:200],
+            ref=outcome.ref,
+            created_at=datetime.now(UTC),
+            source_url=outcome.source_url,
+            usage=outcome.usage,
+        )
+
+    def recall(self, branch: str, request: str, page_hash: str) -> None:
+        self._index.add_existing(branch, request, page_hash)
+
+    def reset(self) -> None:
+        self._index = DedupIndex(self.settings)
+
+    def __len__(self) -> int:
+        return len(self._index)

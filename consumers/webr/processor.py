@@ -2,7 +2,8 @@
 
 `process()` may run for many documents concurrently; a document's own calls run back to back (each waits for
 the previous one) with the document's sequence number as priority, so its page stays warm in the server's
-prefix cache. `admit()` applies the order-dependent dedup and must be called in source order.
+prefix cache. The order-dependent dedup is not here: it is the pipeline's stage after the engine
+(`consumers.webr.dedup.DedupStage`), which sees outcomes in source order.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from consumers.llm.tokens import truncate_to_tokens
 from consumers.llm.types import ChatClient, LLMCallError, Message
 from consumers.outcomes import Outcome, PairRow, Rejection, SourceRef, Usage
 from consumers.webr import prompts
-from consumers.webr.dedup import DedupIndex, DedupSettings
+from consumers.webr.dedup import DedupSettings
 from consumers.webr.plan import Plan, document_rng, draw_plan
 from consumers.webr.state import DocState, DocumentStateMachine
 from consumers.webr.text import clean, is_refusal, normalise, section
@@ -70,12 +71,11 @@ def page_hash(text: str) -> str:
 
 
 class DocumentProcessor:
-    """Turns documents into outcomes with one LLM client; holds the dedup index of its stream."""
+    """Turns documents into outcomes with one LLM client; keeps no state between documents."""
 
-    def __init__(self, llm: ChatClient, settings: WebRSettings, dedup: DedupIndex | None = None) -> None:
+    def __init__(self, llm: ChatClient, settings: WebRSettings) -> None:
         self.llm = llm
         self.settings = settings
-        self.dedup = dedup if dedup is not None else DedupIndex(settings.dedup())
 
     async def process(self, doc: Document, ref: SourceRef, *, seq: int) -> Outcome:
         """Run the chain; every per-document failure becomes a `Rejection` (cancellation propagates)."""
@@ -122,8 +122,12 @@ class DocumentProcessor:
             await self._call(
                 run,
                 prompts.request_messages(
-                    part.text, persona, wi=plan.category.is_wi, part=plan.category.is_part,
-                    noun=plan.noun, words=plan.words,
+                    part.text,
+                    persona,
+                    wi=plan.category.is_wi,
+                    part=plan.category.is_part,
+                    noun=plan.noun,
+                    words=plan.words,
                 ),
             )
         )
@@ -153,8 +157,16 @@ class DocumentProcessor:
             raise _Rejected(f"refused_{what}", text[:200])
 
     def _row(
-        self, run: _Run, plan: Plan, persona: str, request: str, instruction: str, response: str,
-        page: str, page_tokens: int, truncated: bool,
+        self,
+        run: _Run,
+        plan: Plan,
+        persona: str,
+        request: str,
+        instruction: str,
+        response: str,
+        page: str,
+        page_tokens: int,
+        truncated: bool,
     ) -> PairRow:
         return PairRow(
             doc_id=run.doc.doc_id,
@@ -183,28 +195,27 @@ class DocumentProcessor:
         run.machine.advance(DocState.REJECTED)
         log.warning("document %s rejected at %s: %s (%s)", run.doc.doc_id, stage, reason, detail[:200])
         return Rejection(
-            doc_id=run.doc.doc_id, stage=str(stage), reason=reason, detail=detail, ref=run.ref,
-            created_at=datetime.now(UTC), source_url=run.doc.url, usage=run.usage,
-        )
-
-    def admit(self, outcome: Outcome) -> Outcome:
-        """Dedup in source order: the first of a near-duplicate group is kept, the others rejected."""
-        if not isinstance(outcome, PairRow):
-            return outcome
-        why = self.dedup.check_and_add(outcome.branch, outcome.request, outcome.page_hash)
-        if why is None:
-            return outcome
-        return Rejection(
-            doc_id=outcome.doc_id, stage=str(DocState.DEDUP), reason=why, detail=outcome.request[:200], ref=outcome.ref,
-            created_at=datetime.now(UTC), source_url=outcome.source_url, usage=outcome.usage,
+            doc_id=run.doc.doc_id,
+            stage=str(stage),
+            reason=reason,
+            detail=detail,
+            ref=run.ref,
+            created_at=datetime.now(UTC),
+            source_url=run.doc.url,
+            usage=run.usage,
         )
 
     @staticmethod
     def reject_invalid(error: InvalidRecord, ref: SourceRef, raw: bytes | None) -> Rejection:
         """An input record that never became a document; its `id` is kept when it can still be read."""
         return Rejection(
-            doc_id=_salvage_id(raw), stage="input", reason=error.reason, detail=error.detail, ref=ref,
-            created_at=datetime.now(UTC), payload=raw,
+            doc_id=_salvage_id(raw),
+            stage="input",
+            reason=error.reason,
+            detail=error.detail,
+            ref=ref,
+            created_at=datetime.now(UTC),
+            payload=raw,
         )
 
 

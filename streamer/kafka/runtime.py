@@ -1,6 +1,6 @@
 """The consumer process: lifecycle, rebalances, backpressure, idle stop, and the one place offsets are committed.
 
-    run_kafka(settings, processor_factory) -> exit code
+    run_kafka(config, engine_factory) -> exit code
 
 Two tasks share the asyncio loop: the fetch loop polls the consumer (on its own thread) and queues records; the
 pump starts documents, writes finished outcomes in offset order and commits what is durable. Partitions with a
@@ -21,22 +21,23 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from typing import Any
 
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from consumers.exceptions import PipelineError
+from streamer.engine import Engine
 from streamer.kafka.admin import ensure_topic, partition_count
 from streamer.kafka.bridge import NOT_JOINED, ConsumerBridge, Membership
 from streamer.kafka.deadletters import DeadLetterError, DeadLetters
-from streamer.kafka.pipeline import Pipeline, Processor
-from streamer.kafka.recovery import clear_uncommitted, committed_rows, dedup_ranges
+from streamer.kafka.recovery import clear_uncommitted
 from streamer.kafka.settings import KafkaRunConfig
 from streamer.kafka.threads import DaemonExecutor
-from streamer.metrics import ConsumerMetrics, LLMStatsCollector, llm_stats_of, serve
+from streamer.metrics import ConsumerMetrics, LLMStatsCollector, serve
+from streamer.pipeline import Pipeline
 from streamer.sinks.markers import CommitMarkers
 from streamer.sinks.parquet import ParquetSink
 from streamer.storage import resolve
@@ -63,17 +64,17 @@ class FatalError(Exception):
 class KafkaRuntime:
     """One consumer process of the group. Implements the bridge's `RebalanceHandler`."""
 
-    def __init__(self, config: KafkaRunConfig, processor: Processor, metrics: ConsumerMetrics) -> None:
+    def __init__(self, config: KafkaRunConfig, engine: Engine, metrics: ConsumerMetrics) -> None:
         self.config = config
         self.kafka = config.kafka
         assert self.kafka.topic is not None and self.kafka.bootstrap_servers is not None
         self.topic: str = self.kafka.topic
-        self.processor = processor
+        self.engine = engine
         self.metrics = metrics
         self.location = resolve(config.output, s3_endpoint_url=config.s3_endpoint_url, create=True)
         self.sink = ParquetSink(self.location, config.roll, retry_deadline_s=None)
         self.markers = CommitMarkers(self.location, self.topic, self.kafka.group_id)
-        self.pipeline: Pipeline
+        self.pipeline: Pipeline[ConsumerRecord]
         self.bridge: ConsumerBridge
         self._stopping = False
         self._forced = False
@@ -99,11 +100,12 @@ class KafkaRuntime:
             stack.push_async_callback(self._close_dead_letters, dead_letters)
             self.pipeline = Pipeline(
                 self.topic,
-                self.processor,
+                self.engine.processor,
                 self.sink,
                 dead_letters,
                 self.metrics,
                 max_in_flight=self.config.max_in_flight_docs,
+                dedup=self.engine.dedup,
             )
             stack.callback(self._close_pipeline)
             self.bridge = ConsumerBridge(self.kafka, self, max_poll_records=min(500, self.config.max_in_flight_docs))
@@ -495,7 +497,7 @@ class KafkaRuntime:
                 async with self.pipeline.lock:
                     if self.bridge.epoch != epoch:
                         return
-                    await self._rebuild_dedup(positions)
+                    await self.pipeline.recall_dedup(positions)
                     for p, position in positions.items():
                         self.pipeline.open(p, position)
                 log.info("partitions ready at offsets %s", positions, extra={"positions": positions})
@@ -506,71 +508,35 @@ class KafkaRuntime:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    async def _rebuild_dedup(self, positions: dict[int, int]) -> None:
-        """Load committed rows not yet in the dedup index; start over if it holds uncommitted decisions."""
-        dedup = getattr(self.processor, "dedup", None)
-        if dedup is None or not hasattr(dedup, "add_existing"):
-            return
-        indexed = self.pipeline.indexed
-        reset, ranges = dedup_ranges(indexed, positions)
-        if reset:
-            log.warning("dedup index holds decisions that were never committed: rebuilding it from the output")
-            dedup = type(dedup)(dedup.settings)
-            self.processor.dedup = dedup  # type: ignore[attr-defined]
-            indexed.clear()
-        rows = await self.pipeline.io(lambda: list(committed_rows(self.location, self.topic, ranges))) if ranges else []
-        for i, (branch, request, page_hash) in enumerate(rows):
-            dedup.add_existing(branch, request, page_hash)
-            if i % 256 == 255:
-                await asyncio.sleep(0)
-        indexed.update(positions)
-        if rows:
-            log.info("dedup index: %d committed rows loaded", len(rows))
+
+EngineFactory = Callable[[], AbstractAsyncContextManager[Engine]]
 
 
-ProcessorFactory = Callable[[], AbstractAsyncContextManager[Any] | Any]
-
-
-def webr_processor(settings: Any) -> ProcessorFactory:
-    """The production processor for `run_kafka`: `settings.llm()`'s client driving `settings.webr()`'s engine."""
-
-    @contextlib.asynccontextmanager
-    async def open_processor() -> AsyncIterator[Any]:
-        from consumers.llm.client import OpenAIChatClient  # the HTTP stack only when consuming
-        from consumers.webr.processor import DocumentProcessor
-
-        async with OpenAIChatClient(settings.llm()) as llm:
-            yield DocumentProcessor(llm, settings.webr())
-
-    return open_processor
-
-
-async def _run(settings: Any, processor_factory: ProcessorFactory) -> int:
+async def _run(config: KafkaRunConfig, engine_factory: EngineFactory) -> int:
     # asyncio.run joins the default executor's threads at exit without a timeout: daemon threads instead, so a
     # blocking call that never returns (a dead-letter flush to a broker that is away) cannot keep us alive.
     asyncio.get_running_loop().set_default_executor(
         DaemonExecutor(min(32, (os.cpu_count() or 1) + 4), "webr-default", join_timeout_s=2.0)
     )
-    config = KafkaRunConfig.from_settings(settings)
     metrics = ConsumerMetrics(CollectorRegistry())
     async with AsyncExitStack() as stack:
-        made = processor_factory()
-        processor = await stack.enter_async_context(made) if hasattr(made, "__aenter__") else made
+        engine = await stack.enter_async_context(engine_factory())
         if config.kafka.metrics_port is not None:
-            metrics.registry.register(LLMStatsCollector(llm_stats_of(processor)))
+            if engine.llm_stats is not None:
+                metrics.registry.register(LLMStatsCollector(engine.llm_stats))
             serve(config.kafka.metrics_port, metrics.registry)
         try:
-            return await KafkaRuntime(config, processor, metrics).run()
+            return await KafkaRuntime(config, engine, metrics).run()
         except (KafkaError, OSError, PipelineError) as exc:  # start-up: brokers or output unreachable
             log.error("cannot start consuming %s: %s", config.kafka.topic, exc)
             return 1
 
 
-def run_kafka(settings: Any, processor_factory: ProcessorFactory) -> int:
-    """Consume `settings.topic` until stopped; the exit code of `python -m streamer.consume`.
+def run_kafka(config: KafkaRunConfig, engine_factory: EngineFactory) -> int:
+    """Consume `config.kafka.topic` until stopped; the exit code of `python -m streamer.consume`.
 
-    `processor_factory()` returns the processor, or an async context manager yielding it (entered on the
-    runtime's event loop, so an HTTP client session can live inside it). 0: stopped cleanly with everything
-    committed; 1: stopped on an error or with offsets left uncommitted (the next run reprocesses them).
+    `engine_factory()` is an async context manager yielding the engine, entered on the runtime's event loop (so
+    an HTTP client session can live inside it). 0: stopped cleanly with everything committed; 1: stopped on an
+    error or with offsets left uncommitted (the next run reprocesses them).
     """
-    return asyncio.run(_run(settings, processor_factory))
+    return asyncio.run(_run(config, engine_factory))

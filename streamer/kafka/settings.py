@@ -7,11 +7,14 @@ Output location, roll size and the in-flight bound are shared with file runs and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from streamer.sinks.parquet import RollPolicy
+
+if TYPE_CHECKING:
+    from streamer.settings import ConsumeSettings
 
 
 class KafkaSettings(BaseModel):
@@ -69,10 +72,9 @@ class KafkaSettings(BaseModel):
         return min(3000, self.session_timeout_ms // 3)
 
     @classmethod
-    def pick(cls, settings: Any) -> KafkaSettings:
-        """The Kafka fields of a wider settings object (`ConsumeSettings`), validated again here."""
-        fields = {name: getattr(settings, name) for name in cls.model_fields if hasattr(settings, name)}
-        return cls.model_validate(fields)
+    def pick(cls, settings: KafkaSettings) -> KafkaSettings:
+        """Only the Kafka fields of a wider settings model (`ConsumeSettings` is one), validated again here."""
+        return cls.model_validate(settings.model_dump(include=set(cls.model_fields)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +88,12 @@ class KafkaRunConfig:
     max_in_flight_docs: int
 
     @classmethod
-    def from_settings(cls, settings: Any) -> KafkaRunConfig:
-        """Read a `ConsumeSettings` (or any object with the same attribute names)."""
+    def from_settings(cls, settings: ConsumeSettings) -> KafkaRunConfig:
         kafka = KafkaSettings.pick(settings)
-        in_flight = getattr(settings, "in_flight_docs", None) or getattr(settings, "max_in_flight_docs", None) or 64
         return cls(
             kafka=kafka,
             output=settings.output,
-            s3_endpoint_url=getattr(settings, "s3_endpoint_url", None),
+            s3_endpoint_url=settings.s3_endpoint_url,
             roll=RollPolicy(max_records=settings.roll_records, max_record_time_ms=kafka.roll_interval_ms),
-            max_in_flight_docs=int(in_flight),
+            max_in_flight_docs=settings.in_flight_docs,
         )

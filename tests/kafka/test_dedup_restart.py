@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from consumers.webr.plan import document_rng, draw_plan
+from consumers.webr.processor import WebRSettings
 from tests.fakeopenai import FakeOpenAI
 from tests.fixtures.kafka import KafkaTopic
 from tests.kafka.helpers import Consumer, documents, page, read_output
+from tests.support.plans import plan_of
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -21,11 +22,19 @@ SAME_REQUEST = (
 )
 
 
+def dup_text(i: int) -> str:
+    return f"DUPMARK {page(i)}"
+
+
 def same_branch_ids() -> tuple[str, str]:
-    """Two document ids whose seeded plans fall in the same branch (dedup indexes are per branch)."""
-    branch = {f"dup-{i}": draw_plan(document_rng(SEED, f"dup-{i}")).category.branch for i in range(20)}
+    """Two document ids (carrying `dup_text(900)` and `dup_text(901)`) whose plans fall in the same branch, drawn
+    as the engine draws them (dedup indexes are per branch)."""
+    settings = WebRSettings(seed=SEED)
     first = "dup-0"
-    second = next(i for i in branch if i != first and branch[i] == branch[first])
+    branch = plan_of(first, dup_text(900), settings).category.branch
+    second = next(
+        f"dup-{i}" for i in range(1, 40) if plan_of(f"dup-{i}", dup_text(901), settings).category.branch == branch
+    )
     return first, second
 
 
@@ -37,7 +46,7 @@ def test_near_duplicate_of_a_committed_row_is_rejected_after_a_restart(
     out_uri = str(tmp_path / "out")
 
     def doc(doc_id: str, i: int) -> tuple[bytes, bytes]:
-        return doc_id.encode(), json.dumps({"id": doc_id, "text": f"DUPMARK {page(i)}"}).encode()
+        return doc_id.encode(), json.dumps({"id": doc_id, "text": dup_text(i)}).encode()
 
     kafka_topic.produce([*documents(5), doc(first, 900)])
     consumer = Consumer(kafka_topic, out_uri, fake_llm.url, tmp_path, "--stop-after-idle", "3", "--seed", str(SEED))

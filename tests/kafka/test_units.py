@@ -7,7 +7,6 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from kafka.consumer.fetcher import ConsumerRecord
@@ -18,10 +17,11 @@ from consumers.exceptions import InvalidRecord
 from consumers.outcomes import Outcome, PairRow, Rejection, SourceRef, Usage
 from producers.records import Document
 from streamer.kafka.deadletters import DeadLetters
-from streamer.kafka.pipeline import Pipeline
 from streamer.kafka.recovery import clear_uncommitted, committed_rows, dedup_ranges
 from streamer.kafka.settings import KafkaRunConfig, KafkaSettings
 from streamer.metrics import ConsumerMetrics
+from streamer.pipeline import Pipeline
+from streamer.settings import ConsumeSettings
 from streamer.sinks.parquet import ParquetSink, RollPolicy, SinkWriteError, list_outputs, parse_file_name
 from streamer.storage import resolve
 from tests.fixtures.kafka import KafkaTopic
@@ -33,8 +33,24 @@ NOW = datetime(2026, 11, 24, tzinfo=UTC)
 def row(partition: int, offset: int, request: str = "") -> PairRow:
     ref = SourceRef("t", partition, offset, 1_790_000_000_000)
     return PairRow(
-        f"d{partition}-{offset}", "pid", "instr", "answer", request or f"request {partition} {offset}", "WI",
-        "WI_all", "persona", None, "m", "v1", 0, 10, False, Usage(3, 10, 5, 0, None), ref, NOW, page_hash=f"h{offset}",
+        f"d{partition}-{offset}",
+        "pid",
+        "instr",
+        "answer",
+        request or f"request {partition} {offset}",
+        "WI",
+        "WI_all",
+        "persona",
+        None,
+        "m",
+        "v1",
+        0,
+        10,
+        False,
+        Usage(3, 10, 5, 0, None),
+        ref,
+        NOW,
+        page_hash=f"h{offset}",
     )
 
 
@@ -48,9 +64,16 @@ def test_settings_defaults_and_refusals() -> None:
         KafkaSettings(bootstrap_servers="b:9092", topic="pages", dlq_topic="pages")
     with pytest.raises(ValidationError):
         KafkaSettings(topic="pages", session_timeout_ms=10)
-    wide = SimpleNamespace(
-        bootstrap_servers="b:9092", topic="pages", group_id="g", roll_interval_ms=60_000, output="s3://b/p",
-        s3_endpoint_url="http://s3", roll_records=500, in_flight_docs=32, base_url="ignored",
+    wide = ConsumeSettings(
+        bootstrap_servers="b:9092",
+        topic="pages",
+        group_id="g",
+        roll_interval_ms=60_000,
+        output="s3://b/p",
+        s3_endpoint_url="http://s3",
+        roll_records=500,
+        max_in_flight_docs=32,
+        base_url="ignored",
     )
     config = KafkaRunConfig.from_settings(wide)
     assert (config.kafka.group_id, config.output, config.max_in_flight_docs) == ("g", "s3://b/p", 32)
@@ -79,8 +102,11 @@ def test_new_owner_clears_uncommitted_files_and_recalls_committed_rows(tmp_path:
     sink = ParquetSink(location, RollPolicy(max_records=5))
     for p in (0, 1):
         for o in range(12):
-            outcome: Outcome = row(p, o) if o != 3 else Rejection(
-                f"d{p}-{o}", "request", "refused", "", SourceRef("t", p, o, 1_790_000_000_000), NOW)
+            outcome: Outcome = (
+                row(p, o)
+                if o != 3
+                else Rejection(f"d{p}-{o}", "request", "refused", "", SourceRef("t", p, o, 1_790_000_000_000), NOW)
+            )
             sink.add("t", p, o, outcome)
     sink.flush()
     assert len(list_outputs(location, "t")) == 8  # 3 ranges x 2 partitions, plus 2 rejection files
@@ -110,19 +136,29 @@ def test_dedup_recall_loads_only_what_the_index_lacks_and_restarts_when_it_knows
 class ReversedProcessor:
     """Finishes documents in reverse arrival order, so the window must restore offset order."""
 
-    def __init__(self) -> None:
-        self.admitted: list[tuple[int, int]] = []
-
     async def process(self, doc: Document, ref: SourceRef, *, seq: int) -> Outcome:
         await asyncio.sleep(0.05 * (10 - ref.offset % 10))
         return row(ref.partition, ref.offset)
+
+    def reject_invalid(self, error: InvalidRecord, ref: SourceRef, raw: bytes | None) -> Rejection:
+        return Rejection(None, "input", error.reason, error.detail, ref, NOW, payload=raw)
+
+
+class AdmitLog:
+    """A dedup stage that admits everything and records the order outcomes reached it in."""
+
+    def __init__(self) -> None:
+        self.admitted: list[tuple[int, int]] = []
 
     def admit(self, outcome: Outcome) -> Outcome:
         self.admitted.append((outcome.ref.partition, outcome.ref.offset))
         return outcome
 
-    def reject_invalid(self, error: InvalidRecord, ref: SourceRef, raw: bytes | None) -> Rejection:
-        return Rejection(None, "input", error.reason, error.detail, ref, NOW, payload=raw)
+    def recall(self, branch: str, request: str, page_hash: str) -> None:
+        raise AssertionError("nothing is recalled in this test")
+
+    def reset(self) -> None:
+        raise AssertionError("nothing is reset in this test")
 
 
 def record(partition: int, offset: int, value: bytes) -> ConsumerRecord:
@@ -132,10 +168,12 @@ def record(partition: int, offset: int, value: bytes) -> ConsumerRecord:
 async def test_outcomes_leave_in_offset_order_and_only_durable_offsets_are_committable(
     tmp_path: Path, kafka_topic: KafkaTopic
 ) -> None:
-    processor = ReversedProcessor()
+    dedup = AdmitLog()
     sink = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=4))
     dead = DeadLetters(kafka_topic.bootstrap, kafka_topic.name + ".dlq")
-    pipe = Pipeline("t", processor, sink, dead, ConsumerMetrics(CollectorRegistry()), max_in_flight=8)
+    pipe = Pipeline[ConsumerRecord](
+        "t", ReversedProcessor(), sink, dead, ConsumerMetrics(CollectorRegistry()), max_in_flight=8, dedup=dedup
+    )
     try:
         pipe.open(0, 100)
         good = b'{"id": "x", "text": "a page"}'
@@ -150,7 +188,7 @@ async def test_outcomes_leave_in_offset_order_and_only_durable_offsets_are_commi
             pipe.wake.clear()
             async with pipe.lock:
                 await pipe.emit()
-        assert processor.admitted == [(0, o) for o in (100, 101, 102, 103, 105, 106, 107)]
+        assert dedup.admitted == [(0, o) for o in (100, 101, 102, 103, 105, 106, 107)]
         async with pipe.lock:
             assert await pipe.checkpoint(flush=False) == {0: 104}, "the first file rolled at 4 records"
         await pipe.deliver_dead_letters()
@@ -168,8 +206,11 @@ async def test_outcomes_leave_in_offset_order_and_only_durable_offsets_are_commi
 
 def test_sink_write_during_an_outage_retries_until_aborted(s3_bucket: S3Bucket) -> None:
     """`retry_deadline_s=None`: a write waits out a dead store, and gives up only when told to."""
-    sink = ParquetSink(resolve(s3_bucket.uri(), s3_endpoint_url=s3_bucket.endpoint_url),
-                       RollPolicy(max_records=10), retry_deadline_s=None)
+    sink = ParquetSink(
+        resolve(s3_bucket.uri(), s3_endpoint_url=s3_bucket.endpoint_url),
+        RollPolicy(max_records=10),
+        retry_deadline_s=None,
+    )
     sink.setup()
     sink.add("t", 0, 0, row(0, 0))
     s3_bucket.server.stop()

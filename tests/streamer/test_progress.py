@@ -1,7 +1,7 @@
 from datetime import UTC, datetime
 
 from consumers.outcomes import Rejection, SourceRef, Usage
-from streamer.batch import RunSummary
+from streamer.metrics import RunSummary
 from streamer.progress import Progress
 
 
@@ -9,8 +9,17 @@ def test_bar_follows_the_run_summary(capsys) -> None:
     summary = RunSummary()
     progress = Progress(total=3, enabled=True)
     for i in range(3):
-        summary.count(Rejection(f"d{i}", "request", "refused_request", "", SourceRef("s", 0, i), datetime.now(UTC),
-                                usage=Usage(2, 100, 20)))
+        summary.count(
+            Rejection(
+                f"d{i}",
+                "request",
+                "refused_request",
+                "",
+                SourceRef("s", 0, i),
+                datetime.now(UTC),
+                usage=Usage(2, 100, 20),
+            )
+        )
         progress.update(summary)
     progress.close()
     err = capsys.readouterr().err

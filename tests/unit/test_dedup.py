@@ -1,4 +1,7 @@
-from consumers.webr.dedup import DedupIndex
+from datetime import UTC, datetime
+
+from consumers.outcomes import PairRow, Rejection, SourceRef, Usage
+from consumers.webr.dedup import DedupIndex, DedupStage
 
 BASE = (
     "Turn the article about credit unions into a briefing for a city councillor with five bullet points, "
@@ -30,3 +33,54 @@ def test_rebuilt_index_keeps_earlier_decisions() -> None:
     index.add_existing("WR", "Why do rates rise?", "p9")
     assert index.check_and_add("WI", BASE, "p2") == "near_duplicate_request"
     assert index.check_and_add("WR", "Something else entirely about gardening tools", "p9") == "duplicate_page"
+
+
+def pair(offset: int, request: str, branch: str = "WI", page: str = "p") -> PairRow:
+    return PairRow(
+        f"d{offset}",
+        "pid",
+        "instr",
+        "answer",
+        request,
+        branch,
+        f"{branch}_all",
+        "persona",
+        "https://x.test",
+        "m",
+        "v1",
+        0,
+        10,
+        False,
+        Usage(3, 100, 20, 0, 0.5, 4),
+        SourceRef("t", 0, offset),
+        datetime.now(UTC),
+        page_hash=page,
+    )
+
+
+def test_stage_rejects_a_near_duplicate_at_dedup_keeping_its_usage_and_source() -> None:
+    stage = DedupStage()
+    first = pair(1, BASE)
+    assert stage.admit(first) is first
+    duplicate = stage.admit(pair(2, BASE + " please", page="q"))
+    assert isinstance(duplicate, Rejection)
+    assert (duplicate.doc_id, duplicate.stage, duplicate.reason) == ("d2", "dedup", "near_duplicate_request")
+    assert duplicate.usage == Usage(3, 100, 20, 0, 0.5, 4), "the calls paid for a duplicate stay accounted"
+    assert duplicate.ref == SourceRef("t", 0, 2) and duplicate.source_url == "https://x.test"
+    assert duplicate.detail == (BASE + " please")[:200]
+    wr = stage.admit(pair(3, "Why do rates rise?", branch="WR", page="same"))
+    assert isinstance(wr, PairRow)
+    again = stage.admit(pair(4, "Who pays for the stadium?", branch="WR", page="same"))
+    assert isinstance(again, Rejection) and again.reason == "duplicate_page"
+    rejected = Rejection("d5", "request", "refused_request", "", SourceRef("t", 0, 5), datetime.now(UTC))
+    assert stage.admit(rejected) is rejected, "only pairs are judged"
+    assert len(stage) == 2
+
+
+def test_stage_recalls_committed_rows_and_forgets_everything_on_reset() -> None:
+    stage = DedupStage()
+    stage.recall("WI", BASE, "p1")
+    assert isinstance(stage.admit(pair(1, BASE)), Rejection)
+    stage.reset()
+    assert len(stage) == 0
+    assert isinstance(stage.admit(pair(1, BASE)), PairRow)

@@ -1,7 +1,12 @@
-"""Per-partition flow of records: backlog -> ordered window (the engine) -> dedup -> sink -> commit offsets.
+"""The one path of every run: backlog -> ordered window (the engine) -> dedup -> sink -> commit offsets.
+
+Kafka runs (`streamer.kafka.runtime`) and file runs (`streamer.files`) both drive a `Pipeline`: a source feeds
+records per partition with `accept()`, the driver calls `dispatch()`, `emit()` and `checkpoint()`, and commits
+what `checkpoint()` names (a file run has nothing to commit). Ordering, dedup, rejections with their payload,
+dead letters and metrics (hence progress) happen here and nowhere else.
 
 Everything here runs on the asyncio loop; blocking sink I/O goes to one thread so writes stay in order. The
-`lock` serialises what touches the sink and the dedup index (emitting, checkpoints, rebalances): the runtime
+`lock` serialises what touches the sink and the dedup stage (emitting, checkpoints, rebalances): the runtime
 holds it around those calls and never around a call that needs the consumer thread.
 
 Commit order (Quix's checkpoint, Kafka Connect's S3 sink), driven by the runtime: `checkpoint()` flushes the sink
@@ -15,16 +20,16 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
-
-from kafka.consumer.fetcher import ConsumerRecord
+from typing import Any, Generic, Protocol, TypeVar
 
 from consumers.exceptions import InvalidRecord
 from consumers.outcomes import Outcome, Rejection, SourceRef
 from producers.records import Document, parse_message
-from streamer.kafka.deadletters import DeadLetters, SourceMessage
+from streamer.engine import Dedup, Processor
+from streamer.kafka.deadletters import SourceMessage
+from streamer.kafka.recovery import committed_rows, dedup_ranges
 from streamer.kafka.threads import DaemonExecutor
 from streamer.metrics import ConsumerMetrics
 from streamer.sinks.parquet import ParquetSink, WrittenFile
@@ -35,18 +40,60 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Processor(Protocol):
-    """The engine as the runtime uses it (`consumers.webr.processor.DocumentProcessor`)."""
+class Record(Protocol):
+    """One input record of a partition: a Kafka `ConsumerRecord`, or a record of a file (`streamer.files`)."""
 
-    async def process(self, doc: Document, ref: SourceRef, *, seq: int) -> Outcome: ...
+    @property
+    def offset(self) -> int: ...
 
-    def admit(self, outcome: Outcome) -> Outcome: ...
+    @property
+    def key(self) -> bytes | None: ...
 
-    def reject_invalid(self, error: InvalidRecord, ref: SourceRef, raw: bytes | None) -> Rejection: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def timestamp(self) -> int | None: ...
+
+
+R = TypeVar("R", bound=Record)
+
+
+def parse_value(record: Record) -> Document:
+    """A Kafka record's document: its value is the JSON object (raises `InvalidRecord`)."""
+    return parse_message(record.value)
+
+
+class DeadLetterQueue(Protocol):
+    """Where rejections go besides `_rejected/` (`streamer.kafka.deadletters.DeadLetters`, or `NoDeadLetters`)."""
+
+    def hold(self, source: SourceMessage, rejection: Rejection) -> None: ...
+
+    def release(self, partition: int, end_offset: int) -> int: ...
+
+    def discard(self, partitions: set[int]) -> None: ...
+
+    async def flush(self) -> int: ...
+
+
+class NoDeadLetters:
+    """File runs: rejections are in the output's `_rejected/` files only."""
+
+    def hold(self, source: SourceMessage, rejection: Rejection) -> None:
+        pass
+
+    def release(self, partition: int, end_offset: int) -> int:
+        return 0
+
+    def discard(self, partitions: set[int]) -> None:
+        pass
+
+    async def flush(self) -> int:
+        return 0
 
 
 @dataclass(slots=True)
-class PartitionState:
+class PartitionState(Generic[R]):
     """One owned partition. Offsets: fetched < `next_fetch`; in files < `durable`; committed < `committed`."""
 
     partition: int
@@ -54,7 +101,7 @@ class PartitionState:
     next_fetch: int
     durable: int
     committed: int
-    backlog: deque[ConsumerRecord] = field(default_factory=deque)
+    backlog: deque[R] = field(default_factory=deque)
     sources: dict[int, SourceMessage] = field(default_factory=dict)
     position: int | None = None
     """The consumer's fetch position, reported with `highwater` by a poll that could fetch this partition."""
@@ -85,28 +132,32 @@ class PartitionState:
         return self.committed >= self.next_fetch and not self.backlog and not len(self.window)
 
 
-class Pipeline:
-    """The owned partitions of one topic and the path of their records to durable output."""
+class Pipeline(Generic[R]):
+    """The owned partitions of one stream (a topic, or a file) and the path of their records to durable output."""
 
     def __init__(
         self,
         topic: str,
         processor: Processor,
         sink: ParquetSink,
-        dead_letters: DeadLetters,
+        dead_letters: DeadLetterQueue,
         metrics: ConsumerMetrics,
         *,
         max_in_flight: int,
+        dedup: Dedup,
+        parse: Callable[[R], Document] = parse_value,
     ) -> None:
         self.topic = topic
         self.processor = processor
+        self.dedup = dedup
+        self.parse = parse
         self.sink = sink
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.max_in_flight = max_in_flight
-        self.parts: dict[int, PartitionState] = {}
+        self.parts: dict[int, PartitionState[R]] = {}
         self.indexed: dict[int, int] = {}
-        """Per partition, the offset below which every admitted row is in the processor's dedup index."""
+        """Per partition, the offset below which every admitted row is in the dedup stage."""
         self.revoking: set[int] = set()
         """Partitions on their way out (a rebalance's grace period): nothing starts there and nothing of them is
         committed outside the revocation itself."""
@@ -132,7 +183,7 @@ class Pipeline:
 
     def open(self, partition: int, position: int) -> None:
         window = OrderedWindow(self.max_in_flight, 4 * self.max_in_flight)
-        self.parts[partition] = PartitionState(partition, window, position, position, position)
+        self.parts[partition] = PartitionState[R](partition, window, position, position, position)
         self.metrics.assigned.set(len(self.parts))
         self.metrics.committed.labels(str(partition)).set(position)
 
@@ -153,9 +204,27 @@ class Pipeline:
         self.metrics.assigned.set(len(self.parts))
         return dropped
 
+    async def recall_dedup(self, positions: dict[int, int]) -> None:
+        """Before partitions open at `positions` (hold `lock`): load the committed rows the dedup stage lacks, and
+        start it over if it holds decisions about records that will be processed again."""
+        reset, ranges = dedup_ranges(self.indexed, positions)
+        if reset:
+            log.warning("dedup index holds decisions that were never committed: rebuilding it from the output")
+            self.dedup.reset()
+            self.indexed.clear()
+        location = self.sink.location
+        rows = await self.io(lambda: list(committed_rows(location, self.topic, ranges))) if ranges else []
+        for i, (branch, request, page_hash) in enumerate(rows):
+            self.dedup.recall(branch, request, page_hash)
+            if i % 256 == 255:
+                await asyncio.sleep(0)
+        self.indexed.update(positions)
+        if rows:
+            log.info("dedup index: %d committed rows loaded", len(rows))
+
     # -- intake ----------------------------------------------------------------------------------------------
 
-    def accept(self, partition: int, records: list[ConsumerRecord]) -> int:
+    def accept(self, partition: int, records: Sequence[R]) -> int:
         """Queue fetched records of an owned partition (refetched offsets are ignored)."""
         state = self.parts.get(partition)
         if state is None:
@@ -208,13 +277,13 @@ class Pipeline:
         self.metrics.backlog.set(sum(len(s.backlog) for s in self.parts.values()))
         return started
 
-    def _start(self, state: PartitionState, record: ConsumerRecord) -> None:
+    def _start(self, state: PartitionState[R], record: R) -> None:
         ref = SourceRef(self.topic, state.partition, record.offset, record.timestamp)
         state.sources[record.offset] = SourceMessage(
             self.topic, state.partition, record.offset, record.key, record.value, record.timestamp
         )
         try:
-            doc = parse_message(record.value)
+            doc = self.parse(record)
         except InvalidRecord as exc:
             log.warning(
                 "rejected %s[%d]@%d: %s",
@@ -249,7 +318,7 @@ class Pipeline:
             if state is None:
                 continue
             for offset, outcome in state.window.pop_ready():
-                admitted = self.processor.admit(outcome)
+                admitted = self.dedup.admit(outcome)
                 self.indexed[p] = offset + 1
                 source = state.sources.pop(offset)
                 if isinstance(admitted, Rejection):

@@ -1,0 +1,201 @@
+"""The WebR state machine, branch by branch, with a scripted in-memory chat client (no HTTP, no server)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+
+from consumers.exceptions import InvalidRecord
+from consumers.llm.types import ErrorKind, LLMCallError
+from consumers.outcomes import PairRow, Rejection, SourceRef
+from consumers.webr import prompts
+from consumers.webr.processor import DocumentProcessor, WebRSettings, page_hash
+from consumers.webr.text import normalise
+from producers.records import Document
+from tests.support.chat import Reply, ScriptedChatClient
+from tests.support.documents import marker, page
+from tests.support.plans import plan_of
+
+SEED = 3
+REFUSAL = "I'm sorry, but I can't help with that."
+
+
+def doc_in(branch: str, i: int = 1) -> Document:
+    """A document whose seeded plan falls in `branch` ("WI" or "WR"), carrying `page(i)`."""
+    for n in range(100):
+        doc_id = f"doc-{i}-{n}"
+        if plan_of(doc_id, page(i), WebRSettings(seed=SEED)).category.branch == branch:
+            return Document(doc_id, page(i), url=f"https://news.test/{i}", metadata={"lang": "en"})
+    raise AssertionError(f"no {branch} document in 100 ids")
+
+
+def run(doc: Document, client: ScriptedChatClient, seq: int = 5, **settings: int) -> PairRow | Rejection:
+    processor = DocumentProcessor(client, WebRSettings(seed=SEED, **settings))
+    return asyncio.run(processor.process(doc, SourceRef("t", 2, 40, 1_790_000_000_000), seq=seq))
+
+
+def test_wi_document_is_persona_request_response_with_the_page_leading_every_call() -> None:
+    doc = doc_in("WI")
+    client = ScriptedChatClient(
+        {
+            "persona": ["A harbour reporter"],
+            "request": ['"List the three budget lines the council discussed, with their amounts."'],
+            "response": ["Here is the list:\n- line 18\n- line 19\n- line 20"],
+        }
+    )
+    row = run(doc, client)
+    assert isinstance(row, PairRow)
+    assert client.steps == ["persona", "request", "response"]
+    assert {c.priority for c in client.calls} == {5}, "a document's calls carry its sequence number"
+    for call in client.calls:
+        assert call.user_text.startswith(f"<document>\n{marker(1)}")
+    assert "A harbour reporter" in client.calls[1].user_text
+    assert row.persona == "A harbour reporter"
+    assert row.request == "List the three budget lines the council discussed, with their amounts."  # unquoted
+    assert row.response == "- line 18\n- line 19\n- line 20"  # the "Here is" line dropped
+    assert row.branch == "WI" and row.category.startswith("WI")
+    assert row.request in row.instruction and marker(1) in row.instruction
+    assert row.prompt_id == hashlib.sha256(row.instruction.encode()).hexdigest()
+    assert (row.doc_id, row.source_url, row.model, row.seed) == (doc.doc_id, doc.url, "scripted-model", SEED)
+    assert row.prompt_version == prompts.PROMPT_VERSION
+    assert row.page_hash == page_hash(normalise(doc.text))
+    assert row.page_truncated is False and row.metadata_json == '{"lang":"en"}'
+    assert row.ref == SourceRef("t", 2, 40, 1_790_000_000_000)
+    results = client.results
+    assert row.usage.calls == 3 and row.usage.attempts == 3
+    assert row.usage.prompt_tokens == sum(r.prompt_tokens for r in results)
+    assert row.usage.completion_tokens == sum(r.completion_tokens for r in results)
+    assert row.usage.cost_usd == pytest.approx(sum(r.prompt_tokens + r.completion_tokens for r in results) * 1e-6)
+
+
+def test_wr_document_answers_without_the_page_then_refines_with_it() -> None:
+    doc = doc_in("WR")
+    client = ScriptedChatClient(
+        {
+            "request": ["Why does the ferry route change in winter?"],
+            "rollout": ["Because fewer people travel."],
+            "refine": ["The winter timetable follows the budget line the council cut."],
+        },
+        price_per_token=None,
+    )
+    row = run(doc, client)
+    assert isinstance(row, PairRow)
+    assert client.steps == ["persona", "request", "rollout", "refine"]
+    rollout, refine = client.calls[2], client.calls[3]
+    assert marker(1) not in rollout.user_text and "Why does the ferry route change in winter?" in rollout.user_text
+    assert marker(1) in refine.user_text and "Because fewer people travel." in refine.user_text
+    assert row.branch == "WR"
+    assert row.instruction == row.request == "Why does the ferry route change in winter?"
+    assert row.response == "The winter timetable follows the budget line the council cut."
+    assert row.usage.calls == 4 and row.usage.cost_usd is None  # no price known, none invented
+
+
+@pytest.mark.parametrize(
+    ("branch", "step", "reply", "stage", "reason"),
+    [
+        ("WI", "persona", "  ", "persona", "empty_persona"),
+        ("WI", "request", "", "request", "empty_request"),
+        ("WI", "request", REFUSAL, "request", "refused_request"),
+        ("WI", "response", "", "filter", "empty_response"),
+        ("WI", "response", REFUSAL, "filter", "refused_response"),
+        ("WR", "request", REFUSAL, "request", "refused_request"),
+        ("WR", "rollout", "", "rollout", "empty_rollout"),
+        ("WR", "rollout", REFUSAL, "rollout", "refused_rollout"),
+        ("WR", "refine", "", "filter", "empty_response"),
+        ("WR", "refine", REFUSAL, "filter", "refused_response"),
+    ],
+)
+def test_a_filter_rejects_where_it_stands_and_no_call_follows(
+    branch: str, step: str, reply: str, stage: str, reason: str
+) -> None:
+    client = ScriptedChatClient({step: [reply]})
+    outcome = run(doc_in(branch), client)
+    assert isinstance(outcome, Rejection)
+    assert (outcome.stage, outcome.reason) == (stage, reason)
+    assert client.steps[-1] == step, "the chain stops at the step that failed"
+    assert outcome.usage.calls == len(client.calls), "the calls made before the rejection are accounted"
+    assert outcome.source_url == "https://news.test/1" and outcome.payload is None
+
+
+@pytest.mark.parametrize("kind", list(ErrorKind))
+@pytest.mark.parametrize(("step", "made_before"), [("persona", 0), ("request", 1)])
+def test_a_failed_call_rejects_with_its_kind_and_counts_its_attempts(kind: ErrorKind, step: str, made_before: int):
+    failure = LLMCallError(kind, "no luck", status=503, attempts=4)
+    client = ScriptedChatClient({step: [failure]})
+    outcome = run(doc_in("WI"), client)
+    assert isinstance(outcome, Rejection)
+    assert (outcome.stage, outcome.reason) == (step, f"llm_{kind}")
+    assert outcome.detail == "no luck (status 503, 4 attempts)"
+    assert outcome.usage.calls == made_before
+    assert outcome.usage.attempts == made_before + 4
+
+
+def test_a_bug_in_a_step_becomes_an_internal_error_rejection_not_a_crash() -> None:
+    client = ScriptedChatClient({"rollout": [KeyError("missing")]})
+    outcome = run(doc_in("WR"), client)
+    assert isinstance(outcome, Rejection)
+    assert (outcome.stage, outcome.reason, outcome.detail) == ("rollout", "internal_error", "KeyError: 'missing'")
+
+
+def test_a_huge_page_is_rejected_before_any_call_and_a_long_one_is_cut() -> None:
+    client = ScriptedChatClient()
+    outcome = run(doc_in("WI"), client, max_page_chars=100)
+    assert isinstance(outcome, Rejection)
+    assert (outcome.stage, outcome.reason, outcome.usage.calls) == ("received", "page_too_large", 0)
+    assert client.calls == []
+
+    long_doc = Document("long", "\n".join(page(i) for i in range(1, 30)))
+    row = run(long_doc, client, max_page_tokens=60)
+    assert isinstance(row, PairRow)
+    assert (row.page_truncated, row.page_tokens) == (True, 60)
+    assert marker(29) not in client.calls[0].user_text, "the cut text never reaches the model"
+
+
+async def test_cancelling_a_document_cancels_its_call_and_yields_no_outcome() -> None:
+    hold = asyncio.Event()
+    client = ScriptedChatClient(hold=hold)
+    processor = DocumentProcessor(client, WebRSettings(seed=SEED))
+    task = asyncio.create_task(processor.process(doc_in("WI"), SourceRef("t", 0, 0), seq=1))
+    await asyncio.wait_for(client.called.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert client.results == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "doc_id"),
+    [
+        (b'{"id": "a-7", "text": ""}', "a-7"),
+        (b'{"id": 7}', "7"),
+        (b'{"id": true}', None),
+        (b'{"id": [1]}', None),
+        (b"[1, 2]", None),
+        (b"not json", None),
+        (None, None),
+    ],
+)
+def test_an_invalid_record_keeps_its_payload_and_whatever_id_can_be_read(raw: bytes | None, doc_id: str | None):
+    ref = SourceRef("t", 0, 9)
+    rejection = DocumentProcessor.reject_invalid(InvalidRecord("empty_text", "'text' is empty"), ref, raw)
+    assert (rejection.doc_id, rejection.stage, rejection.reason, rejection.payload) == (
+        doc_id,
+        "input",
+        "empty_text",
+        raw,
+    )
+    assert rejection.ref == ref
+
+
+def test_replies_are_scripted_per_step_in_order() -> None:
+    """The test client itself: queued replies per step, then numbered defaults; errors are raised."""
+    replies: list[Reply] = ["first", ValueError("second")]
+    client = ScriptedChatClient({"request": replies})
+    assert asyncio.run(client.chat([{"role": "user", "content": "x" * 40}], step="request")).text == "first"
+    with pytest.raises(ValueError, match="second"):
+        asyncio.run(client.chat([], step="request"))
+    result = asyncio.run(client.chat([], step="request"))
+    assert (result.text, result.prompt_tokens) == ("request reply 3", 0)
+    assert client.steps == ["request"] * 3 and len(client.results) == 2
