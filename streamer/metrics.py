@@ -9,9 +9,10 @@ always sees one consistent snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -112,6 +113,12 @@ class ConsumerMetrics:
     def outcome(self, outcome: Outcome) -> None:
         """Count one outcome as it is written (in offset order, after dedup)."""
         self.summary.count(outcome)
+
+    def partitions_gone(self, partitions: Iterable[int]) -> None:
+        """Drop the lag of partitions this member no longer owns, so the gauge never shows a stale value."""
+        for p in partitions:
+            with contextlib.suppress(KeyError):
+                self.lag.remove(str(p))
 
     def file_written(self, bytes_written: int) -> None:
         self.summary.file_written(bytes_written)

@@ -202,6 +202,7 @@ class Pipeline(Generic[R]):
         self.sink.discard(keys)
         self.dead_letters.discard({p for _, p in keys})
         self.metrics.assigned.set(len(self.parts))
+        self.metrics.partitions_gone(p for _, p in keys)
         return dropped
 
     async def recall_dedup(self, positions: dict[int, int]) -> None:
