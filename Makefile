@@ -29,13 +29,14 @@ install-tools:
 	@command -v promtool >/dev/null && command -v kubectl >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus kubectl >/dev/null)
 
-test:
-	$(VENV)/bin/ruff check .
+test: lint
 	$(VENV)/bin/python -m pytest -ra
 
+# Style, formatting and the one-way import graph of docs/architecture.md.
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 bench-ratelimit:
 	$(VENV)/bin/python -m bench.ratelimit

@@ -2,7 +2,7 @@
 
     python -m producers.files --bootstrap-servers HOST:PORT --topic T [--partitions N] [--strict] FILE... (- = stdin)
 
-Each record is validated and normalised by `producers.records` (the parser every consumer shares), keyed by its
+Each record is validated and normalised by `core.records` (the parser every consumer shares), keyed by its
 `doc_id` (so one document always lands on the same partition) and sent as `Document.to_json()`. Records repeating
 a `doc_id` already sent in this run are exact duplicates and are skipped. Invalid records are reported with their
 line or array position and counted; `--strict` stops at the first one. The producer is idempotent with acks=all,
@@ -24,8 +24,8 @@ import orjson
 from kafka import KafkaProducer
 from tqdm import tqdm
 
-from producers.records import iter_file
-from streamer.kafka.admin import ensure_topic
+from core.records import iter_file
+from core.topics import ensure_topic
 
 log = logging.getLogger("producers.files")
 

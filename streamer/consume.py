@@ -20,9 +20,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from consumers.exceptions import PipelineError
 from consumers.webr.dedup import DedupStage
 from consumers.webr.processor import DocumentProcessor
+from core.exceptions import PipelineError
 from streamer.cli import add_model_flags
 from streamer.engine import Engine
 from streamer.files import count_records, run_file

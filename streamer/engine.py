@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from consumers.exceptions import InvalidRecord
-from consumers.outcomes import Outcome, Rejection, SourceRef
-from producers.records import Document
+from core.exceptions import InvalidRecord
+from core.outcomes import Outcome, Rejection, SourceRef
+from core.records import Document
 
 if TYPE_CHECKING:
     from consumers.llm.client import ClientStats

@@ -19,15 +19,16 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from consumers.exceptions import InvalidRecord
-from producers.records import Document, iter_file
+from core.exceptions import InvalidRecord
+from core.keys import list_outputs
+from core.markers import advance_marker
+from core.records import Document, iter_file
+from core.storage import Location, resolve
 from streamer.engine import Engine
 from streamer.metrics import ConsumerMetrics, RunSummary
 from streamer.pipeline import NoDeadLetters, Pipeline
 from streamer.settings import ConsumeSettings
-from streamer.sinks.markers import advance_marker
-from streamer.sinks.parquet import ParquetSink, WrittenFile, list_outputs
-from streamer.storage import Location, resolve
+from streamer.sinks.parquet import ParquetSink, WrittenFile
 
 log = logging.getLogger(__name__)
 

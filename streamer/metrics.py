@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from consumers.llm.types import LATENCY_BUCKETS_S
-from consumers.outcomes import Outcome, PairRow
+from core.outcomes import Outcome, PairRow
 
 if TYPE_CHECKING:
     from consumers.llm.client import ClientStats

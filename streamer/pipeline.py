@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from consumers.exceptions import InvalidRecord
-from consumers.outcomes import Outcome, Rejection, SourceRef
-from producers.records import Document, parse_message
+from core.exceptions import InvalidRecord
+from core.outcomes import Outcome, Rejection, SourceRef
+from core.records import Document, parse_message
 from streamer.engine import Dedup, Processor
 from streamer.kafka.deadletters import SourceMessage
 from streamer.kafka.recovery import committed_rows, dedup_ranges

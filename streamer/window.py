@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
-from consumers.outcomes import Outcome
+from core.outcomes import Outcome
 
 
 class OrderedWindow:

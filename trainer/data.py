@@ -20,8 +20,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamer.sinks.schema import MESSAGE
-from streamer.storage import Location
+from core.schema import MESSAGE
+from core.storage import Location
 from trainer.exceptions import DataError, DataFileError
 from trainer.snapshot import BadFile, FileEntry, SnapshotDiff, check_messages_column
 

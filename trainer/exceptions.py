@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumers.exceptions import PipelineError
+from core.exceptions import PipelineError
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from streamer.storage import Location, resolve
+from core.storage import Location, resolve
 from trainer.config import PipelineArgs
 from trainer.data import build_training_set
 from trainer.exceptions import DataError, TrainerError, TrainingFailed

@@ -4,7 +4,7 @@ Writers publish a file under its final name only once it is complete (`Location.
 ignores names starting with `.` or `_` (temporary files, markers, the `_rejected/` subtree) sees only complete
 files. Complete is not final: a consumer's file (`<stream>+<partition>+<start>.parquet`) is rewritten, from
 new LLM calls, when the consumer died before committing its offsets. So a stream's file is taken only when
-its offset range ends at or below its partition's commit marker (`streamer.sinks.markers`); the markers used
+its offset range ends at or below its partition's commit marker (`core.markers`); the markers used
 are recorded in the manifest. Parquet files not named like a stream's are taken as they are.
 
 Each file is identified by its content hash, so a file rewritten under the same key counts as new; the hash
@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from streamer.sinks.markers import Marker, read_markers
-from streamer.sinks.parquet import parse_file_name
-from streamer.storage import Location
+from core.keys import parse_file_name
+from core.markers import Marker, read_markers
+from core.storage import Location
 from trainer.exceptions import DataFileError, EmptySnapshot
 
 log = logging.getLogger(__name__)

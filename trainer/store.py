@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pyarrow import fs as pafs
 
-from streamer.storage import Location
+from core.storage import Location
 from trainer.exceptions import PublishError, StateError
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from consumers.exceptions import PipelineError
+from core.exceptions import PipelineError
 
 Message = dict[str, str]
 

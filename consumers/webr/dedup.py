@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 
 from datasketch import MinHash, MinHashLSH
 
-from consumers.outcomes import Outcome, PairRow, Rejection
 from consumers.webr.state import DocState
+from core.outcomes import Outcome, PairRow, Rejection
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 

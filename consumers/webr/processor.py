@@ -16,16 +16,16 @@ from datetime import UTC, datetime
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumers.exceptions import InvalidRecord
 from consumers.llm.tokens import truncate_to_tokens
 from consumers.llm.types import ChatClient, LLMCallError, Message
-from consumers.outcomes import Outcome, PairRow, Rejection, SourceRef, Usage
 from consumers.webr import prompts
 from consumers.webr.dedup import DedupSettings
 from consumers.webr.plan import Plan, document_rng, draw_plan
 from consumers.webr.state import DocState, DocumentStateMachine
 from consumers.webr.text import clean, is_refusal, normalise, section
-from producers.records import Document
+from core.exceptions import InvalidRecord
+from core.outcomes import Outcome, PairRow, Rejection, SourceRef, Usage
+from core.records import Document
 
 log = logging.getLogger(__name__)
 

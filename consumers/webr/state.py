@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from consumers.exceptions import PipelineError
+from core.exceptions import PipelineError
 
 
 class DocState(StrEnum):

@@ -18,8 +18,8 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 
-from consumers.exceptions import PipelineError
-from consumers.outcomes import Rejection
+from core.exceptions import PipelineError
+from core.outcomes import Rejection
 
 log = logging.getLogger(__name__)
 

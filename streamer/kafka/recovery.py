@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from streamer.sinks.parquet import list_outputs
-from streamer.storage import Location
+from core.keys import list_outputs
+from core.storage import Location
 
 log = logging.getLogger(__name__)
 

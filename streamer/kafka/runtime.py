@@ -28,9 +28,11 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-from consumers.exceptions import PipelineError
+from core.exceptions import PipelineError
+from core.markers import CommitMarkers
+from core.storage import resolve
+from core.topics import ensure_topic, partition_count
 from streamer.engine import Engine
-from streamer.kafka.admin import ensure_topic, partition_count
 from streamer.kafka.bridge import NOT_JOINED, ConsumerBridge, Membership
 from streamer.kafka.deadletters import DeadLetterError, DeadLetters
 from streamer.kafka.recovery import clear_uncommitted
@@ -38,9 +40,7 @@ from streamer.kafka.settings import KafkaRunConfig
 from streamer.kafka.threads import DaemonExecutor
 from streamer.metrics import ConsumerMetrics, LLMStatsCollector, serve
 from streamer.pipeline import Pipeline
-from streamer.sinks.markers import CommitMarkers
 from streamer.sinks.parquet import ParquetSink
-from streamer.storage import resolve
 
 log = logging.getLogger(__name__)
 

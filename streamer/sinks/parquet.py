@@ -13,7 +13,6 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,13 +26,13 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from consumers.outcomes import Outcome, PairRow, Rejection
-from streamer.sinks.schema import pairs_table, rejected_table
-from streamer.storage import TMP_PREFIX, Location
+from core.keys import REJECTED_DIR, date_dir, file_name
+from core.outcomes import Outcome, PairRow, Rejection
+from core.schema import pairs_table, rejected_table
+from core.storage import Location
 
 log = logging.getLogger(__name__)
 
-REJECTED_DIR = "_rejected"
 DEFAULT_ROLL_RECORDS = 1000
 """Input records per file: small enough that a crash redoes little LLM work, large enough for Parquet."""
 
@@ -76,56 +75,6 @@ class _OpenFile:
     @property
     def records(self) -> int:
         return self.next_offset - self.start_offset
-
-
-def file_name(stream: str, partition: int, start_offset: int) -> str:
-    """`<stream>+<partition>+<start offset, zero padded>.parquet`, as Kafka Connect names its objects."""
-    return f"{stream}+{partition}+{start_offset:020d}.parquet"
-
-
-def parse_file_name(name: str) -> tuple[str, int, int] | None:
-    """(stream, partition, start offset) of a name made by `file_name`, or None for any other file."""
-    if not name.endswith(".parquet"):
-        return None
-    parts = name[: -len(".parquet")].rsplit("+", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-        return None
-    return parts[0], int(parts[1]), int(parts[2])
-
-
-@dataclass(frozen=True, slots=True)
-class OutputFile:
-    """A file of a stream's output as found in storage."""
-
-    path: str
-    partition: int
-    start_offset: int
-    rejected: bool
-    temporary: bool = False  # a `.tmp-` file of a local publish killed before its rename
-
-
-def list_outputs(location: Location, stream: str, *, temporaries: bool = False) -> list[OutputFile]:
-    """Every rows and rejections file of `stream`, across date directories (and its temporaries if asked)."""
-    found: list[OutputFile] = []
-    for base, rejected in ((location.path(stream), False), (location.path(REJECTED_DIR, stream), True)):
-        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-        for info in location.fs.get_file_info(selector):
-            if info.type != pafs.FileType.File:
-                continue
-            temporary = info.base_name.startswith(TMP_PREFIX)
-            if temporary and not temporaries:
-                continue
-            parsed = parse_file_name(info.base_name.split("-", 2)[-1] if temporary else info.base_name)
-            if parsed is not None and parsed[0] == stream:
-                found.append(OutputFile(info.path, parsed[1], parsed[2], rejected, temporary))
-    return found
-
-
-def _date_dir(ts_ms: int | None) -> list[str]:
-    """Record-time date partition (`dt=YYYY-MM-DD`); absent for sources without record time (files)."""
-    if ts_ms is None:
-        return []
-    return [f"dt={datetime.fromtimestamp(ts_ms / 1000, tz=UTC):%Y-%m-%d}"]
 
 
 class ParquetSink:
@@ -203,7 +152,7 @@ class ParquetSink:
 
     def _write(self, stream: str, partition: int, current: _OpenFile) -> WrittenFile:
         name = file_name(stream, partition, current.start_offset)
-        date = _date_dir(current.first_ts_ms)
+        date = date_dir(current.first_ts_ms)
         rows_key = self.location.path(stream, *date, name)
         rejected_key = self.location.path(REJECTED_DIR, stream, *date, name)
         meta = {

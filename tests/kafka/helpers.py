@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from streamer.sinks.parquet import REJECTED_DIR
-from streamer.storage import resolve
+from core.keys import REJECTED_DIR
+from core.storage import resolve
 from tests.fixtures.kafka import KafkaTopic, wait_for
 from tests.support.documents import CONSUME, REPO, page
 

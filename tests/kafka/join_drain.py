@@ -14,7 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from tests.fakeopenai import FakeOpenAI
+from bench.fakeopenai import FakeOpenAI
 from tests.fixtures.kafka import TansuBroker, create_topic
 from tests.kafka.scenarios import join_then_drain, llm_attempts
 

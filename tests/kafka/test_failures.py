@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakeopenai import FakeOpenAI
+from bench.fakeopenai import FakeOpenAI
 from tests.fixtures.kafka import KafkaTopic, TansuBroker, create_topic, wait_for
 from tests.fixtures.s3 import S3Bucket
 from tests.kafka.helpers import Consumer, Output, documents, read_output, wait_committed

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fakeopenai import FakeOpenAI
+from bench.fakeopenai import FakeOpenAI
 from tests.fixtures.kafka import KafkaTopic, wait_for
 from tests.kafka.helpers import Consumer, documents
 from tests.support.ports import free_port

@@ -13,17 +13,18 @@ from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from consumers.exceptions import InvalidRecord
-from consumers.outcomes import Outcome, PairRow, Rejection, SourceRef, Usage
-from producers.records import Document
+from core.exceptions import InvalidRecord
+from core.keys import list_outputs, parse_file_name
+from core.outcomes import Outcome, PairRow, Rejection, SourceRef, Usage
+from core.records import Document
+from core.storage import resolve
 from streamer.kafka.deadletters import DeadLetters
 from streamer.kafka.recovery import clear_uncommitted, committed_rows, dedup_ranges
 from streamer.kafka.settings import KafkaRunConfig, KafkaSettings
 from streamer.metrics import ConsumerMetrics
 from streamer.pipeline import Pipeline
 from streamer.settings import ConsumeSettings
-from streamer.sinks.parquet import ParquetSink, RollPolicy, SinkWriteError, list_outputs, parse_file_name
-from streamer.storage import resolve
+from streamer.sinks.parquet import ParquetSink, RollPolicy, SinkWriteError
 from tests.fixtures.kafka import KafkaTopic
 from tests.fixtures.s3 import S3Bucket
 

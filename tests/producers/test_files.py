@@ -12,9 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from core.records import parse_message, text_doc_id
+from core.topics import partition_count
 from producers.files import main, make_parser, make_producer
-from producers.records import parse_message, text_doc_id
-from streamer.kafka.admin import partition_count
 from tests.fixtures.kafka import KafkaTopic, TansuBroker
 
 GOOD = [

@@ -1,6 +1,6 @@
 from datetime import UTC, datetime
 
-from consumers.outcomes import Rejection, SourceRef, Usage
+from core.outcomes import Rejection, SourceRef, Usage
 from streamer.metrics import RunSummary
 from streamer.progress import Progress
 

@@ -6,10 +6,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from consumers.outcomes import PairRow, Rejection, SourceRef, Usage
-from streamer.sinks.parquet import ParquetSink, RollPolicy, file_name
-from streamer.sinks.schema import PAIRS_SCHEMA, REJECTED_SCHEMA
-from streamer.storage import resolve
+from core.keys import file_name
+from core.outcomes import PairRow, Rejection, SourceRef, Usage
+from core.schema import PAIRS_SCHEMA, REJECTED_SCHEMA
+from core.storage import resolve
+from streamer.sinks.parquet import ParquetSink, RollPolicy
 
 NOW = datetime(2026, 11, 24, tzinfo=UTC)
 

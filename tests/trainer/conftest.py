@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from streamer.sinks.markers import advance_marker
-from streamer.sinks.schema import PAIRS_SCHEMA
-from streamer.storage import resolve
+from core.markers import advance_marker
+from core.schema import PAIRS_SCHEMA
+from core.storage import resolve
 from tests.support.tiny_model import build_tiny_chat_model
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from pyarrow import fs as pafs
 
-from consumers.outcomes import PairRow, SourceRef, Usage
+from core.markers import CommitMarkers, advance_marker, marker_path, read_marker, read_markers
+from core.outcomes import PairRow, SourceRef, Usage
+from core.storage import Location, resolve
 from streamer.kafka.recovery import clear_uncommitted
-from streamer.sinks.markers import CommitMarkers, advance_marker, marker_path, read_marker, read_markers
 from streamer.sinks.parquet import ParquetSink, RollPolicy, WrittenFile
-from streamer.storage import Location, resolve
 from trainer.exceptions import EXIT_OK
 from trainer.snapshot import Manifest, diff, take_snapshot
 

@@ -10,8 +10,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from streamer.sinks.markers import advance_marker
-from streamer.storage import resolve
+from core.markers import advance_marker
+from core.storage import resolve
 from trainer.exceptions import EXIT_DATA, EXIT_OK
 from trainer.snapshot import take_snapshot
 

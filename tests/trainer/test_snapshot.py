@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from streamer.storage import resolve
+from core.storage import resolve
 from trainer.data import build_training_set, message_problem
 from trainer.exceptions import DataError, DataFileError, EmptySnapshot
 from trainer.snapshot import Manifest, diff, take_snapshot

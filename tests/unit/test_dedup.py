@@ -1,7 +1,7 @@
 from datetime import UTC, datetime
 
-from consumers.outcomes import PairRow, Rejection, SourceRef, Usage
 from consumers.webr.dedup import DedupIndex, DedupStage
+from core.outcomes import PairRow, Rejection, SourceRef, Usage
 
 BASE = (
     "Turn the article about credit unions into a briefing for a city councillor with five bullet points, "

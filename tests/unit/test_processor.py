@@ -7,13 +7,13 @@ import hashlib
 
 import pytest
 
-from consumers.exceptions import InvalidRecord
 from consumers.llm.types import ErrorKind, LLMCallError
-from consumers.outcomes import PairRow, Rejection, SourceRef
 from consumers.webr import prompts
 from consumers.webr.processor import DocumentProcessor, WebRSettings, page_hash
 from consumers.webr.text import normalise
-from producers.records import Document
+from core.exceptions import InvalidRecord
+from core.outcomes import PairRow, Rejection, SourceRef
+from core.records import Document
 from tests.support.chat import Reply, ScriptedChatClient
 from tests.support.documents import marker, page
 from tests.support.plans import plan_of

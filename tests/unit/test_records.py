@@ -3,8 +3,8 @@ import io
 import orjson
 import pytest
 
-from consumers.exceptions import InvalidRecord
-from producers.records import Document, iter_file, parse_message, parse_record, text_doc_id
+from core.exceptions import InvalidRecord
+from core.records import Document, iter_file, parse_message, parse_record, text_doc_id
 
 
 def test_reference_format_and_optional_fields() -> None:

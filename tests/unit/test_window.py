@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from consumers.outcomes import Outcome
+from core.outcomes import Outcome
 from streamer.window import OrderedWindow
 
 

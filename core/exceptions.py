@@ -5,10 +5,6 @@ class PipelineError(Exception):
     """Root of every error this project raises on purpose."""
 
 
-class ConfigError(PipelineError):
-    """A setting is missing, malformed or contradictory."""
-
-
 class InvalidRecord(PipelineError):
     """An input record cannot become a document; `reason` is a short stable code for dashboards."""
 

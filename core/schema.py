@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from consumers.outcomes import PairRow, Rejection
+from core.outcomes import PairRow, Rejection
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 TIMESTAMP = pa.timestamp("us", tz="UTC")

@@ -16,7 +16,7 @@ from typing import IO, Any
 import ijson
 import orjson
 
-from consumers.exceptions import InvalidRecord
+from core.exceptions import InvalidRecord
 
 TEXT_FIELDS = ("webpage", "text")
 """Where the page text may live: `webpage` is the reference format, `text` what most crawlers emit."""

@@ -29,8 +29,10 @@ class Usage:
     attempts: int = 0
 
     def __add__(self, other: Usage) -> Usage:
-        cost = None if self.cost_usd is None and other.cost_usd is None else (
-            (self.cost_usd or 0.0) + (other.cost_usd or 0.0)
+        cost = (
+            None
+            if self.cost_usd is None and other.cost_usd is None
+            else ((self.cost_usd or 0.0) + (other.cost_usd or 0.0))
         )
         return Usage(
             self.calls + other.calls,

@@ -1,7 +1,7 @@
 """An in-repo OpenAI-compatible test server (aiohttp) with fault injection and per-second rate limits."""
 
-from tests.fakeopenai.faults import REFUSAL_TEXT, Fault, FaultKind
-from tests.fakeopenai.server import FakeOpenAI, Record, SecondStats, ServerConfig, ServerStats
+from bench.fakeopenai.faults import REFUSAL_TEXT, Fault, FaultKind
+from bench.fakeopenai.server import FakeOpenAI, Record, SecondStats, ServerConfig, ServerStats
 
 __all__ = [
     "REFUSAL_TEXT",

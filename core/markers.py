@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import orjson
 from pyarrow import fs as pafs
 
-from streamer.storage import Location
+from core.storage import Location
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Contracts every package shares: documents, outcomes, errors, storage, the output schema and keys."""
