@@ -176,8 +176,9 @@ def _iter_plain(data: bytes | mmap.mmap, pos: int, end: int, base: int) -> Itera
             yield RecordError(base + pos, base + resync, "truncated_record", detail)
             pos = resync
             continue
-        yield _parse(bytes(data[pos:record_end]), base + pos, base + record_end)
-        pos = record_end
+        after = _skip_separators(data, record_end, end)
+        yield _parse(bytes(data[pos:record_end]), base + pos, base + after)
+        pos = after
 
 
 def _skip_separators(data: bytes | mmap.mmap, pos: int, end: int) -> int:
