@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
+from prometheus_client import REGISTRY, CollectorRegistry
 from tqdm import tqdm
 
 from producers.crawl_metrics import CrawlMetrics
@@ -47,6 +48,7 @@ log = logging.getLogger("producers.crawl")
 CRAWL_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
 CHECKPOINT_EVERY = 500
 CHECKPOINT_SECONDS = 2.0
+DEFAULT_FILTERS = FilterConfig()
 
 
 class DeliveryError(Exception):
@@ -258,7 +260,8 @@ def run(args: argparse.Namespace) -> CrawlSummary:
     """Produce the named files, or watch a directory until SIGTERM."""
     ensure_topic(args.bootstrap_servers, args.topic, args.partitions, args.replication_factor)
     summary = CrawlSummary(topic=args.topic)
-    metrics = CrawlMetrics()
+    # A private registry unless served: several runs in one process (tests, the HTTP service) must not collide.
+    metrics = CrawlMetrics(REGISTRY if args.metrics_port is not None else CollectorRegistry())
     if args.metrics_port is not None:
         metrics.serve(args.metrics_port)
     store = StateStore(args.state_dir, max_keys=args.dedup_max_keys, ttl_days=args.dedup_ttl_days)
@@ -343,12 +346,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", required=True, help="where progress and dedup keys live (SQLite)")
     parser.add_argument("--languages", help="keep only these languages, e.g. en,de (default: all)")
     parser.add_argument("--min-language-score", type=float, default=0.0, help="drop pages identified less surely")
-    parser.add_argument("--min-chars", type=int, default=FilterConfig.min_chars)
-    parser.add_argument("--max-chars", type=int, default=FilterConfig.max_chars)
+    parser.add_argument("--min-chars", type=int, default=DEFAULT_FILTERS.min_chars)
+    parser.add_argument("--max-chars", type=int, default=DEFAULT_FILTERS.max_chars)
     parser.add_argument(
         "--min-main-share",
         type=float,
-        default=FilterConfig.min_main_share,
+        default=DEFAULT_FILTERS.min_main_share,
         help="drop pages whose main text is under this share of their visible text (0 = off)",
     )
     parser.add_argument("--no-gopher-quality", dest="gopher_quality", action="store_false")

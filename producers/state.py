@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS files (
 """
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FileProgress:
     """How far a file got: every record before `next_offset` is in Kafka or was dropped with a reason.
 

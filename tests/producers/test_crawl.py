@@ -1,0 +1,214 @@
+"""`python -m producers.crawl` against the real broker: what reaches the topic, what is dropped and why, and that
+each page lands once across reruns, new files with old pages, and a producer killed mid-file."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from producers.crawl import main
+from producers.records import parse_message
+from producers.recovery import FILE_HEADER, RECORD_HEADER
+from tests.fakeopenai import FakeOpenAI
+from tests.fixtures.kafka import KafkaTopic, TansuBroker, wait_for
+from tests.kafka.helpers import Consumer, read_output
+from tests.producers.warcs import (
+    ARTICLES,
+    Page,
+    article_html,
+    crawl_pages,
+    response_record,
+    warcinfo_record,
+    write_warc,
+)
+from tests.support.documents import REPO
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _fresh(broker: TansuBroker, partitions: int = 3) -> KafkaTopic:
+    suffix = uuid.uuid4().hex[:10]
+    return KafkaTopic(f"crawl-{suffix}", f"g-{suffix}", partitions, broker)
+
+
+def _args(topic: KafkaTopic, state: Path, *extra: str) -> list[str]:
+    return [
+        "--bootstrap-servers",
+        topic.bootstrap,
+        "--topic",
+        topic.name,
+        "--state-dir",
+        str(state),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _summary(out: str) -> dict[str, object]:
+    return orjson.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _mixed_crawl(path: Path) -> tuple[Path, list[Page]]:
+    """Five good pages plus what a real crawl also holds: duplicates, a stub, an image and damaged records."""
+    pages = crawl_pages()
+    english = pages[0]
+    same_text = Page("https://mirror.example.net/copy-of-en", english.body).with_id()
+    same_url = Page(english.url, article_html("fr", "Une autre version").encode()).with_id()
+    stub = Page("https://garden.example.org/empty", b"<html><body><nav>Home</nav><p>Soon.</p></body></html>")
+    image = Page("https://garden.example.org/logo.png", b"\x89PNG\r\n\x1a\n" + bytes(200), "image/png")
+    noise = random.Random(3).randbytes(4000)
+    truncated = gzip.compress(response_record(Page("https://x.test/cut", noise).with_id()))[:2000]
+    members = [
+        gzip.compress(warcinfo_record()),
+        *(gzip.compress(response_record(p)) for p in pages[:3]),
+        truncated,
+        gzip.compress(response_record(same_text)),
+        gzip.compress(b"garbage, not a WARC record\r\n\r\n"),
+        gzip.compress(response_record(same_url)),
+        gzip.compress(response_record(stub.with_id())),
+        gzip.compress(response_record(image.with_id())),
+        *(gzip.compress(response_record(p)) for p in pages[3:]),
+    ]
+    path.write_bytes(b"".join(members))
+    return path, pages
+
+
+def test_pages_reach_the_topic_with_metadata_and_every_other_record_is_counted_by_reason(
+    kafka_broker: TansuBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topic = _fresh(kafka_broker)
+    path, pages = _mixed_crawl(tmp_path / "crawl-00001.warc.gz")
+    assert main([*_args(topic, tmp_path / "state"), str(path)]) == 0
+    out, err = capsys.readouterr()
+    summary = _summary(out)
+    assert summary["produced"] == 5
+    assert summary["dropped"] == {"duplicate_text": 1, "duplicate_url": 1, "too_short": 1, "not_html": 1}
+    assert summary["unreadable"] == {"corrupt_gzip": 1, "malformed_record": 1}
+    assert summary["skipped_record_types"] == 1
+    assert err.count("unreadable record at byte ") == 2
+
+    messages = topic.read(5)
+    assert len(messages) == 5
+    by_url = {}
+    for message in messages:
+        doc = parse_message(message.value)
+        assert message.key == doc.doc_id.encode()
+        headers = dict(message.headers)
+        assert headers[FILE_HEADER] == str(path.resolve()).encode()
+        assert headers[RECORD_HEADER].decode() == doc.metadata["warc_record_id"]
+        by_url[doc.url] = doc
+    assert set(by_url) == {p.url for p in pages}
+    german = by_url["https://garden.example.de/de/1"]
+    assert german.metadata["language"] == "de" and german.metadata["language_score"] > 0.9
+    assert german.metadata["crawl_date"] == "2026-11-20T08:15:00Z"
+    assert "Gewächshaus" in german.text and "Privacy" not in german.text
+
+    # The same file again: already done. A new file repeating a page: a duplicate remembered across runs.
+    assert main([*_args(topic, tmp_path / "state"), str(path)]) == 0
+    again = _summary(capsys.readouterr().out)
+    assert (again["files_already_done"], again["produced"]) == (1, 0)
+    repeat = write_warc(tmp_path / "crawl-00002.warc.gz", [response_record(pages[1].with_id())])
+    assert main([*_args(topic, tmp_path / "state"), str(repeat)]) == 0
+    assert _summary(capsys.readouterr().out)["dropped"] == {"duplicate_url": 1}
+
+
+def test_language_selection_on_the_command_line(
+    kafka_broker: TansuBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topic = _fresh(kafka_broker)
+    path = write_warc(tmp_path / "c.warc", [response_record(p) for p in crawl_pages()])
+    assert main([*_args(topic, tmp_path / "state", "--languages", "ru,zh"), str(path)]) == 0
+    summary = _summary(capsys.readouterr().out)
+    assert (summary["produced"], summary["dropped"]) == (2, {"language": 3})
+    langs = sorted(parse_message(m.value).metadata["language"] for m in topic.read(2))
+    assert langs == ["ru", "zh"]
+
+
+def test_warc_to_parquet_rows_with_their_urls(kafka_broker: TansuBroker, fake_llm: FakeOpenAI, tmp_path: Path) -> None:
+    """WARC -> producers.crawl -> Kafka -> streamer.consume (fake OpenAI) -> Parquet: one outcome per page."""
+    topic = _fresh(kafka_broker)
+    path, pages = _mixed_crawl(tmp_path / "crawl.warc.gz")
+    produce = subprocess.run(
+        [sys.executable, "-m", "producers.crawl", *_args(topic, tmp_path / "state"), str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert produce.returncode == 0, produce.stderr
+    consumer = Consumer(topic, str(tmp_path / "out"), fake_llm.url, tmp_path, "--stop-after-idle", "3")
+    try:
+        assert consumer.start().wait(180) == 0, consumer.log()[-3000:]
+    finally:
+        consumer.stop()
+    output = read_output(str(tmp_path / "out"), topic.name)
+    assert sum(output.doc_ids.values()) == 5 and set(output.doc_ids.values()) == {1}
+    assert output.rows, output.rejected
+    urls = {p.url for p in pages}
+    for row in output.rows:
+        assert row["source_url"] in urls
+        metadata = json.loads(row["metadata"])
+        assert metadata["warc_record_id"].startswith("urn:uuid:")
+        assert metadata["language"] in ARTICLES
+
+
+def _many_pages(n: int) -> list[Page]:
+    """n distinct English pages (a numbered report line keeps their texts apart)."""
+    pages = []
+    for i in range(n):
+        extra = f"<p>Report {i}: the committee counted {i * 7 + 3} volunteers and {i % 11} new plots.</p>"
+        html = article_html("en", f"Garden report {i}", extra=extra)
+        pages.append(Page(f"https://garden.example.org/report/{i}", html.encode()).with_id())
+    return pages
+
+
+def _progress(state: Path) -> int:
+    db = state / "producer-state.sqlite3"
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db, timeout=10) as conn:
+        row = conn.execute("SELECT next_offset FROM files").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_killed_mid_file_and_restarted_every_record_lands_once(kafka_broker: TansuBroker, tmp_path: Path) -> None:
+    """SIGKILL after the first checkpoint; the rerun resumes there and finds what the dead run sent unacknowledged."""
+    topic = _fresh(kafka_broker)
+    pages = _many_pages(1500)
+    path = write_warc(tmp_path / "big.warc.gz", [response_record(p) for p in pages])
+    cmd = [sys.executable, "-m", "producers.crawl", *_args(topic, tmp_path / "state", "--linger-ms", "50"), str(path)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: _progress(tmp_path / "state") > 0 or proc.poll() is not None, 120, "a first checkpoint")
+        assert proc.poll() is None, "finished before it could be killed: make the file bigger"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = _progress(tmp_path / "state")
+    assert 0 < killed_at < path.stat().st_size
+
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = _summary(rerun.stdout)
+    assert f"resuming at byte {killed_at}" in rerun.stderr
+
+    messages = topic.read(len(pages) + 10, timeout=30)
+    ids = Counter(dict(m.headers)[RECORD_HEADER].decode() for m in messages)
+    assert set(ids) == {p.record_id for p in pages}
+    assert [rid for rid, count in ids.items() if count > 1] == []
+    assert summary["dropped"] == {}
+    # The rerun read only what was after the checkpoint; what it did not send it found already in the topic.
+    assert summary["records"] == int(summary["produced"]) + int(summary["recovered"]) < len(pages)
