@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from itertools import islice
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "wuu", "yue"})
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
