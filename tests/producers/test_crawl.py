@@ -10,6 +10,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -33,6 +35,7 @@ from tests.producers.warcs import (
     write_warc,
 )
 from tests.support.documents import REPO
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -212,3 +215,67 @@ def test_killed_mid_file_and_restarted_every_record_lands_once(kafka_broker: Tan
     assert summary["dropped"] == {}
     # The rerun read only what was after the checkpoint; what it did not send it found already in the topic.
     assert summary["records"] == int(summary["produced"]) + int(summary["recovered"]) < len(pages)
+
+
+def test_watch_mode_takes_each_settled_file_once_and_serves_metrics(kafka_broker: TansuBroker, tmp_path: Path) -> None:
+    """A `.tmp` file is never read; once renamed and settled it is produced; a restarted watcher skips it."""
+    topic = _fresh(kafka_broker)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "producers.crawl",
+        *_args(topic, tmp_path / "state"),
+        "--watch",
+        str(incoming),
+        "--settle-seconds",
+        "0.5",
+        "--poll-seconds",
+        "0.2",
+        "--metrics-port",
+        str(port),
+    ]
+    pages = crawl_pages()
+    watcher = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        partial = write_warc(incoming / "a.warc.gz.tmp", [response_record(p) for p in pages[:3]], gzipped=True)
+        time.sleep(1.5)
+        assert _metric(port, 'webr_producer_records_total{outcome="produced",reason=""}') == 0.0
+        partial.rename(incoming / "a.warc.gz")
+        write_warc(incoming / "b.warc", [response_record(p) for p in pages[3:]])
+        wait_for(
+            lambda: _metric(port, 'webr_producer_records_total{outcome="produced",reason=""}') == 5.0,
+            60,
+            "five pages produced",
+        )
+        assert _metric(port, "webr_producer_files_total") == 2.0
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        out, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == 0, err
+    assert _summary(out)["produced"] == 5
+    assert sorted(dict(m.headers)[RECORD_HEADER].decode() for m in topic.read(5)) == sorted(p.record_id for p in pages)
+
+    restarted = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _metric(port, "webr_producer_last_poll_timestamp_seconds"), 60, "a directory poll")
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        out, err = restarted.communicate(timeout=60)
+    assert restarted.returncode == 0, err
+    assert (_summary(out)["files"], _summary(out)["produced"]) == (0, 0)
+
+
+def _metric(port: int, sample: str) -> float | None:
+    """One sample's value from the watcher's /metrics, or None while it is not up yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            body = response.read().decode()
+    except OSError:
+        return None
+    for line in body.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0 if sample.startswith("webr_producer_records_total") else None
