@@ -21,220 +21,26 @@ import logging
 import signal
 import sys
 import time
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import orjson
-from kafka import KafkaProducer
-from kafka.producer.future import FutureRecordMetadata
 from prometheus_client import REGISTRY, CollectorRegistry
-from tqdm import tqdm
 
+from producers.crawl_file import CrawlContext, CrawlSummary, DeliveryError, FileRun
 from producers.crawl_metrics import CrawlMetrics
 from producers.files import add_producer_arguments, make_producer
 from producers.filters import FilterConfig
 from producers.language import LanguageIdentifier
-from producers.pages import PageOptions, text_key, to_page, url_key, wanted_languages
-from producers.recovery import FILE_HEADER, RECORD_HEADER, end_offsets, sent_records
-from producers.state import FileProgress, StateStore
-from producers.warc_records import CrawlRecord, RecordError, iter_warc
+from producers.pages import PageOptions, wanted_languages
+from producers.state import StateStore
 from streamer.kafka.admin import ensure_topic
 
 log = logging.getLogger("producers.crawl")
 
 CRAWL_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
-CHECKPOINT_EVERY = 500
-CHECKPOINT_SECONDS = 2.0
 DEFAULT_FILTERS = FilterConfig()
-
-
-class DeliveryError(Exception):
-    """Kafka refused a message after the producer's own retries: the run stops, progress stays before it."""
-
-
-@dataclass(slots=True)
-class CrawlSummary:
-    """What one run did; printed as one JSON line on stdout."""
-
-    topic: str
-    files: int = 0
-    files_already_done: int = 0
-    records: int = 0
-    produced: int = 0
-    recovered: int = 0
-    skipped_record_types: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    unreadable: dict[str, int] = field(default_factory=dict)
-    failed_files: int = 0
-    seconds: float = 0.0
-
-    def count(self, table: dict[str, int], reason: str) -> None:
-        table[reason] = table.get(reason, 0) + 1
-
-
-@dataclass(slots=True)
-class _Entry:
-    """One record in file order: resolved at once (dropped) or when its send is acknowledged."""
-
-    next_offset: int
-    future: FutureRecordMetadata | None = None
-    keys: tuple[tuple[str, bytes], ...] = ()
-
-
-@dataclass
-class CrawlContext:
-    """Everything a file run needs, built once per process."""
-
-    args: argparse.Namespace
-    producer: KafkaProducer
-    store: StateStore
-    langid: LanguageIdentifier
-    options: PageOptions
-    summary: CrawlSummary
-    metrics: CrawlMetrics
-    dedup: frozenset[str]
-    stopping: bool = False
-
-
-class FileRun:
-    """Produce one file from its recorded progress on; `run()` returns True when the file is complete."""
-
-    def __init__(self, ctx: CrawlContext, path: Path) -> None:
-        self.ctx = ctx
-        self.path = path
-        self.key = str(path.resolve())
-        self.size = path.stat().st_size
-        self.pending: deque[_Entry] = deque()
-        self.in_flight: set[tuple[str, bytes]] = set()
-        self.acked_keys: list[tuple[str, bytes]] = []
-        self.progress: FileProgress | None = None
-        self.last_checkpoint = time.monotonic()
-        self.resolved_since = 0
-
-    def run(self) -> bool:
-        ctx = self.ctx
-        progress = ctx.store.progress(self.key)
-        if progress is not None and progress.done:
-            ctx.summary.files_already_done += 1
-            return True
-        ctx.summary.files += 1
-        recovered: dict[str, tuple[int, int]] = {}
-        if progress is None:
-            scan_from = end_offsets(ctx.args.bootstrap_servers, ctx.args.topic)
-            progress = FileProgress(self.key, self.size, 0, False, scan_from)
-        else:
-            recovered = sent_records(ctx.args.bootstrap_servers, ctx.args.topic, progress.scan_from, self.key)
-            log.warning(
-                "%s: resuming at byte %d; %d records found sent", self.path, progress.next_offset, len(recovered)
-            )
-        self.progress = progress
-        bar = tqdm(
-            total=self.size,
-            initial=progress.next_offset,
-            unit="B",
-            unit_scale=True,
-            desc=self.path.name,
-            disable=None if ctx.args.progress else True,
-        )
-        try:
-            for item in iter_warc(self.path, progress.next_offset):
-                if ctx.stopping:
-                    break
-                ctx.summary.records += 1
-                self.pending.append(self._handle(item, recovered))
-                self._drain(bar, block=False)
-            ctx.producer.flush()
-            self._drain(bar, block=True)
-            done = not ctx.stopping
-            self._checkpoint(done=done)
-            if done:
-                ctx.metrics.files.inc()
-            return done
-        finally:
-            bar.close()
-
-    def _handle(self, item: Any, recovered: dict[str, tuple[int, int]]) -> _Entry:
-        ctx = self.ctx
-        if isinstance(item, RecordError):
-            ctx.summary.count(ctx.summary.unreadable, item.reason)
-            ctx.metrics.record("unreadable", item.reason)
-            print(f"{self.path}: unreadable record at {item.location}: {item.reason}: {item.detail}", file=sys.stderr)
-            return _Entry(item.next_offset)
-        if not isinstance(item, CrawlRecord):
-            ctx.summary.skipped_record_types += 1
-            ctx.metrics.record("skipped", item.record_type)
-            return _Entry(item.next_offset)
-        page = to_page(item, ctx.langid, ctx.options)
-        if page.document is None:
-            return self._drop(item, page.reason or "dropped")
-        doc = page.document
-        keys = self._dedup_keys(doc.text, doc.url)
-        for kind, key in keys:
-            if (kind, key) in self.in_flight or ctx.store.seen(kind, key):
-                return self._drop(item, f"duplicate_{kind}")
-        if item.record_id in recovered:
-            ctx.summary.recovered += 1
-            ctx.metrics.record("recovered", "sent_before_crash")
-            partition, offset = recovered[item.record_id]
-            assert self.progress is not None
-            self.progress.scan_from[partition] = max(self.progress.scan_from.get(partition, 0), offset + 1)
-            self.acked_keys.extend(keys)
-            return _Entry(item.next_offset)
-        headers = [(FILE_HEADER, self.key.encode()), (RECORD_HEADER, item.record_id.encode())]
-        future = ctx.producer.send(ctx.args.topic, key=doc.doc_id.encode(), value=doc.to_json(), headers=headers)
-        self.in_flight.update(keys)
-        return _Entry(item.next_offset, future, keys)
-
-    def _dedup_keys(self, text: str, url: str | None) -> tuple[tuple[str, bytes], ...]:
-        keys: list[tuple[str, bytes]] = []
-        if "url" in self.ctx.dedup and url:
-            keys.append(("url", url_key(url)))
-        if "text" in self.ctx.dedup:
-            keys.append(("text", text_key(text)))
-        return tuple(keys)
-
-    def _drop(self, item: CrawlRecord, reason: str) -> _Entry:
-        self.ctx.summary.count(self.ctx.summary.dropped, reason)
-        self.ctx.metrics.record("dropped", reason)
-        return _Entry(item.next_offset)
-
-    def _drain(self, bar: tqdm, block: bool) -> None:
-        """Resolve the head of the queue in file order; checkpoint now and then."""
-        assert self.progress is not None
-        while self.pending:
-            head = self.pending[0]
-            if head.future is not None:
-                if not head.future.is_done and not block:
-                    break
-                try:
-                    metadata = head.future.get(timeout=self.ctx.args.delivery_timeout_s)
-                except Exception as exc:
-                    self._checkpoint(done=False)
-                    raise DeliveryError(f"{self.path}: send failed: {exc}") from exc
-                self.ctx.summary.produced += 1
-                self.ctx.metrics.record("produced", "")
-                partition = metadata.partition
-                self.progress.scan_from[partition] = max(self.progress.scan_from.get(partition, 0), metadata.offset + 1)
-                self.acked_keys.extend(head.keys)
-            self.pending.popleft()
-            if head.next_offset > self.progress.next_offset:
-                bar.update(head.next_offset - self.progress.next_offset)
-                self.progress.next_offset = head.next_offset
-            self.resolved_since += 1
-        if self.resolved_since >= CHECKPOINT_EVERY or time.monotonic() - self.last_checkpoint > CHECKPOINT_SECONDS:
-            self._checkpoint(done=False)
-
-    def _checkpoint(self, done: bool) -> None:
-        assert self.progress is not None
-        self.progress.done = done
-        self.ctx.store.checkpoint(self.progress, self.acked_keys)
-        self.in_flight.difference_update(self.acked_keys)
-        self.acked_keys = []
-        self.resolved_since = 0
-        self.last_checkpoint = time.monotonic()
 
 
 def settled_files(directory: Path, sizes: dict[Path, tuple[int, float]], settle_s: float) -> list[Path]:
@@ -290,7 +96,7 @@ def run(args: argparse.Namespace) -> CrawlSummary:
             for name in args.files:
                 if ctx.stopping:
                     break
-                _run_file(ctx, Path(name))
+                _run_file(ctx, Path(name), wait=True)
     finally:
         producer.flush()
         producer.close()
@@ -299,14 +105,21 @@ def run(args: argparse.Namespace) -> CrawlSummary:
     return summary
 
 
-def _run_file(ctx: CrawlContext, path: Path) -> None:
+def _run_file(ctx: CrawlContext, path: Path, wait: bool) -> bool:
+    """Produce one file; False if another producer holds it (after waiting for it, when `wait`)."""
     try:
-        FileRun(ctx, path).run()
+        while not FileRun(ctx, path).run():
+            if not wait or ctx.stopping:
+                return False
+            log.warning("%s: another producer holds it; waiting", path)
+            time.sleep(min(1.0, ctx.args.claim_ttl_s / 4))
+        return True
     except DeliveryError:
         raise
     except OSError as exc:
         ctx.summary.failed_files += 1
         print(f"{path}: cannot be read: {exc}", file=sys.stderr)
+        return True
 
 
 def _watch(ctx: CrawlContext, directory: Path) -> None:
@@ -316,8 +129,7 @@ def _watch(ctx: CrawlContext, directory: Path) -> None:
         for path in settled_files(directory, sizes, ctx.args.settle_seconds):
             if ctx.stopping:
                 break
-            if str(path.resolve()) not in done:
-                _run_file(ctx, path)
+            if str(path.resolve()) not in done and _run_file(ctx, path, wait=False):
                 done.add(str(path.resolve()))
         ctx.metrics.polled()
         deadline = time.monotonic() + ctx.args.poll_seconds
@@ -362,6 +174,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settle-seconds", type=float, default=5.0, help="--watch: file unchanged this long")
     parser.add_argument("--poll-seconds", type=float, default=5.0, help="--watch: directory poll interval")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    parser.add_argument(
+        "--claim-ttl-s",
+        type=float,
+        default=60.0,
+        help="a file's lease: another producer takes over a dead holder's file after this long",
+    )
     parser.add_argument("--delivery-timeout-s", type=float, default=300.0, help="wait this long for one ack")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_producer_arguments(parser)

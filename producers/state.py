@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, next_offset INTEGER NOT NULL, done INTEGER NOT NULL,
     scan_from TEXT NOT NULL, updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS claims (path TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL NOT NULL);
 """
 
 
@@ -75,6 +76,26 @@ class StateStore:
             return None
         scan_from = {int(p): int(o) for p, o in orjson.loads(row[4]).items()}
         return FileProgress(row[0], row[1], row[2], bool(row[3]), scan_from)
+
+    def claim(self, path: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew the lease on a file; False while another live producer holds it.
+
+        One producer per file at a time is what makes resuming safe: the resumed run must know that no one else
+        is still sending that file's records. A holder renews at every checkpoint; a dead one's lease runs out.
+        """
+        now = time.time()
+        with self._transaction():
+            row = self._db.execute("SELECT owner, until FROM claims WHERE path = ?", (path,)).fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                return False
+            self._db.execute(
+                "INSERT OR REPLACE INTO claims (path, owner, until) VALUES (?, ?, ?)", (path, owner, now + ttl_s)
+            )
+        return True
+
+    def release(self, path: str, owner: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM claims WHERE path = ? AND owner = ?", (path, owner))
 
     def done_paths(self) -> set[str]:
         return {row[0] for row in self._db.execute("SELECT path FROM files WHERE done = 1")}

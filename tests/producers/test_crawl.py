@@ -180,17 +180,22 @@ def _progress(state: Path) -> int:
     db = state / "producer-state.sqlite3"
     if not db.exists():
         return 0
-    with sqlite3.connect(db, timeout=10) as conn:
-        row = conn.execute("SELECT next_offset FROM files").fetchone()
+    try:
+        with sqlite3.connect(db, timeout=10) as conn:
+            row = conn.execute("SELECT next_offset FROM files").fetchone()
+    except sqlite3.OperationalError:  # the producer has not created its tables yet
+        return 0
     return int(row[0]) if row else 0
 
 
 def test_killed_mid_file_and_restarted_every_record_lands_once(kafka_broker: TansuBroker, tmp_path: Path) -> None:
-    """SIGKILL after the first checkpoint; the rerun resumes there and finds what the dead run sent unacknowledged."""
+    """SIGKILL after the first checkpoint; once the dead run's lease lapses the rerun resumes at the checkpoint and
+    finds in the topic what the dead run sent unacknowledged."""
     topic = _fresh(kafka_broker)
     pages = _many_pages(1500)
     path = write_warc(tmp_path / "big.warc.gz", [response_record(p) for p in pages])
-    cmd = [sys.executable, "-m", "producers.crawl", *_args(topic, tmp_path / "state", "--linger-ms", "50"), str(path)]
+    options = _args(topic, tmp_path / "state", "--linger-ms", "50", "--claim-ttl-s", "3")
+    cmd = [sys.executable, "-m", "producers.crawl", *options, str(path)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_for(lambda: _progress(tmp_path / "state") > 0 or proc.poll() is not None, 120, "a first checkpoint")
@@ -207,6 +212,7 @@ def test_killed_mid_file_and_restarted_every_record_lands_once(kafka_broker: Tan
     assert rerun.returncode == 0, rerun.stderr
     summary = _summary(rerun.stdout)
     assert f"resuming at byte {killed_at}" in rerun.stderr
+    assert "another producer holds it; waiting" in rerun.stderr
 
     messages = topic.read(len(pages) + 10, timeout=30)
     ids = Counter(dict(m.headers)[RECORD_HEADER].decode() for m in messages)
@@ -215,6 +221,26 @@ def test_killed_mid_file_and_restarted_every_record_lands_once(kafka_broker: Tan
     assert summary["dropped"] == {}
     # The rerun read only what was after the checkpoint; what it did not send it found already in the topic.
     assert summary["records"] == int(summary["produced"]) + int(summary["recovered"]) < len(pages)
+
+
+def test_two_producers_on_the_same_files_send_each_record_once(kafka_broker: TansuBroker, tmp_path: Path) -> None:
+    """Processes sharing a state directory take turns on a file (a lease), so none is sent twice."""
+    topic = _fresh(kafka_broker)
+    pages = _many_pages(300)
+    files = [write_warc(tmp_path / f"part-{i}.warc.gz", [response_record(p) for p in pages[i::2]]) for i in (0, 1)]
+    cmd = [sys.executable, "-m", "producers.crawl", *_args(topic, tmp_path / "state"), *map(str, files)]
+    procs = [
+        subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    summaries = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+        summaries.append(_summary(out))
+    assert sum(int(s["produced"]) for s in summaries) == len(pages)
+    assert sum(int(s["files"]) + int(s["files_already_done"]) for s in summaries) == 4
+    ids = Counter(dict(m.headers)[RECORD_HEADER].decode() for m in topic.read(len(pages) + 10, timeout=20))
+    assert set(ids) == {p.record_id for p in pages} and set(ids.values()) == {1}
 
 
 def test_watch_mode_takes_each_settled_file_once_and_serves_metrics(kafka_broker: TansuBroker, tmp_path: Path) -> None:
