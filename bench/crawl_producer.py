@@ -75,8 +75,18 @@ def kafka_rate(broker: TansuBroker, path: Path, runs: int, state_root: Path) -> 
     for _ in range(runs):
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         args = make_parser().parse_args(
-            ["--bootstrap-servers", broker.bootstrap, "--topic", topic, "--state-dir",
-             str(state_root / uuid.uuid4().hex), "--no-progress", "--dedup", "", str(path)]
+            [
+                "--bootstrap-servers",
+                broker.bootstrap,
+                "--topic",
+                topic,
+                "--state-dir",
+                str(state_root / uuid.uuid4().hex),
+                "--no-progress",
+                "--dedup",
+                "",
+                str(path),
+            ]
         )
         cpu, wall = time.process_time(), time.monotonic()
         summary = crawl_run(args)
