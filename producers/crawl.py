@@ -10,8 +10,8 @@ unreadable one is reported with its byte offset and reading goes on.
 
 A file's progress is written to the state store only for records Kafka acknowledged, in file order; a run killed
 mid-file resumes after the last acknowledged record, and first reads the topic for messages the dead run sent
-but never saw acknowledged (producers.recovery), so no record lands twice. `--watch` polls a directory for new
-`*.warc[.gz]` / `*.wet[.gz]` files, takes each once its size and mtime have settled, and runs until SIGTERM.
+but never saw acknowledged (producers.recovery), so no record lands twice. `--watch` polls a directory or an S3
+prefix for new `*.warc[.gz]` / `*.wet[.gz]` files (producers.crawl_sources) and runs until SIGTERM.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from producers.crawl_file import CrawlContext, CrawlSummary, DeliveryError, FileRun
 from producers.crawl_metrics import CrawlMetrics
+from producers.crawl_sources import CrawlSource, open_source
 from producers.files import add_producer_arguments, make_producer
 from producers.filters import FilterConfig
 from producers.language import LanguageIdentifier
@@ -39,27 +40,7 @@ from streamer.kafka.admin import ensure_topic
 
 log = logging.getLogger("producers.crawl")
 
-CRAWL_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
 DEFAULT_FILTERS = FilterConfig()
-
-
-def settled_files(directory: Path, sizes: dict[Path, tuple[int, float]], settle_s: float) -> list[Path]:
-    """Crawl files whose size and mtime did not change since the last poll and are `settle_s` old.
-
-    Files still being written are never read: a writer that names its output `*.tmp`/`*.open` and renames it is
-    never seen early, and one that appends in place is seen only once it stopped growing.
-    """
-    ready: list[Path] = []
-    now = time.time()
-    for path in sorted(directory.iterdir()):
-        if not path.is_file() or not path.name.endswith(CRAWL_SUFFIXES):
-            continue
-        stat = path.stat()
-        current = (stat.st_size, stat.st_mtime)
-        if sizes.get(path) == current and now - stat.st_mtime >= settle_s:
-            ready.append(path)
-        sizes[path] = current
-    return ready
 
 
 def run(args: argparse.Namespace) -> CrawlSummary:
@@ -91,7 +72,8 @@ def run(args: argparse.Namespace) -> CrawlSummary:
     started = time.monotonic()
     try:
         if args.watch:
-            _watch(ctx, Path(args.watch))
+            source = open_source(args.watch, Path(args.state_dir), args.settle_seconds, args.s3_endpoint_url)
+            _watch(ctx, source)
         else:
             for name in args.files:
                 if ctx.stopping:
@@ -105,10 +87,10 @@ def run(args: argparse.Namespace) -> CrawlSummary:
     return summary
 
 
-def _run_file(ctx: CrawlContext, path: Path, wait: bool) -> bool:
+def _run_file(ctx: CrawlContext, path: Path, wait: bool, key: str | None = None) -> bool:
     """Produce one file; False if another producer holds it (after waiting for it, when `wait`)."""
     try:
-        while not FileRun(ctx, path).run():
+        while not FileRun(ctx, path, key).run():
             if not wait or ctx.stopping:
                 return False
             log.warning("%s: another producer holds it; waiting", path)
@@ -118,19 +100,21 @@ def _run_file(ctx: CrawlContext, path: Path, wait: bool) -> bool:
         raise
     except OSError as exc:
         ctx.summary.failed_files += 1
-        print(f"{path}: cannot be read: {exc}", file=sys.stderr)
+        print(f"{key or path}: cannot be read: {exc}", file=sys.stderr)
         return True
 
 
-def _watch(ctx: CrawlContext, directory: Path) -> None:
-    sizes: dict[Path, tuple[int, float]] = {}
+def _watch(ctx: CrawlContext, source: CrawlSource) -> None:
     done = ctx.store.done_paths()
     while not ctx.stopping:
-        for path in settled_files(directory, sizes, ctx.args.settle_seconds):
+        for key in source.ready():
             if ctx.stopping:
                 break
-            if str(path.resolve()) not in done and _run_file(ctx, path, wait=False):
-                done.add(str(path.resolve()))
+            if key in done:
+                continue
+            with source.local(key) as path:
+                if _run_file(ctx, path, wait=False, key=key):
+                    done.add(key)
         ctx.metrics.polled()
         deadline = time.monotonic() + ctx.args.poll_seconds
         while not ctx.stopping and time.monotonic() < deadline:
@@ -150,7 +134,8 @@ def filter_config(args: argparse.Namespace) -> FilterConfig:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m producers.crawl", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", metavar="FILE", help="WARC or WET files, gzipped or not")
-    parser.add_argument("--watch", metavar="DIR", help="poll DIR for new crawl files until SIGTERM")
+    parser.add_argument("--watch", metavar="DIR|s3://B/P", help="poll for new crawl files until SIGTERM")
+    parser.add_argument("--s3-endpoint-url", help="S3-compatible store for an s3:// --watch (MinIO, Ceph)")
     parser.add_argument("--bootstrap-servers", required=True, help="HOST:PORT[,HOST:PORT...]")
     parser.add_argument("--topic", required=True)
     parser.add_argument("--partitions", type=int, default=3, help="partitions when the topic is created (default 3)")

@@ -89,10 +89,11 @@ class CrawlContext:
 class FileRun:
     """Produce one file from its recorded progress on; `run()` returns True when the file is complete."""
 
-    def __init__(self, ctx: CrawlContext, path: Path) -> None:
+    def __init__(self, ctx: CrawlContext, path: Path, key: str | None = None) -> None:
+        """`key` names the file in the state store and the message headers (default: its absolute path)."""
         self.ctx = ctx
         self.path = path
-        self.key = str(path.resolve())
+        self.key = key or str(path.resolve())
         self.size = path.stat().st_size
         self.pending: deque[_Entry] = deque()
         self.in_flight: set[tuple[str, bytes]] = set()

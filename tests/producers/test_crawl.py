@@ -24,6 +24,7 @@ from producers.records import parse_message
 from producers.recovery import FILE_HEADER, RECORD_HEADER
 from tests.fakeopenai import FakeOpenAI
 from tests.fixtures.kafka import KafkaTopic, TansuBroker, wait_for
+from tests.fixtures.s3 import S3Bucket
 from tests.kafka.helpers import Consumer, read_output
 from tests.producers.warcs import (
     ARTICLES,
@@ -305,3 +306,41 @@ def _metric(port: int, sample: str) -> float | None:
         if line.startswith(sample + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0 if sample.startswith("webr_producer_records_total") else None
+
+
+def test_watch_an_s3_prefix(kafka_broker: TansuBroker, s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """Objects under the prefix are produced once, under their s3:// URI; the spool copy is removed."""
+    topic = _fresh(kafka_broker)
+    pages = crawl_pages()
+    body = write_warc(tmp_path / "x.warc.gz", [response_record(p) for p in pages]).read_bytes()
+    client = s3_bucket.server.client()
+    client.put_object(Bucket=s3_bucket.name, Key="crawl/2026/x.warc.gz", Body=body)
+    client.put_object(Bucket=s3_bucket.name, Key="crawl/2026/notes.txt", Body=b"not a crawl file")
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "producers.crawl",
+        *_args(topic, tmp_path / "state"),
+        "--watch",
+        s3_bucket.uri("crawl"),
+        "--s3-endpoint-url",
+        s3_bucket.endpoint_url,
+        "--poll-seconds",
+        "0.2",
+        "--metrics-port",
+        str(port),
+    ]
+    watcher = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _metric(port, "webr_producer_files_total") == 1.0, 60, "the object produced")
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        out, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == 0, err
+    assert _summary(out)["produced"] == 5
+    key = f"s3://{s3_bucket.name}/crawl/2026/x.warc.gz"
+    messages = topic.read(5)
+    assert {dict(m.headers)[FILE_HEADER].decode() for m in messages} == {key}
+    assert sorted(dict(m.headers)[RECORD_HEADER].decode() for m in messages) == sorted(p.record_id for p in pages)
+    assert list((tmp_path / "state" / "spool").iterdir()) == []
