@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> CrawlSummary:
     def stop(_signum: int, _frame: object) -> None:
         ctx.stopping = True
 
-    signal.signal(signal.SIGTERM, stop)
+    previous = signal.signal(signal.SIGTERM, stop)
     started = time.monotonic()
     try:
         if args.watch:
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> CrawlSummary:
                     break
                 _run_file(ctx, Path(name), wait=True)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         producer.flush()
         producer.close()
         store.close()

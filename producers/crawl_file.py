@@ -18,7 +18,6 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
@@ -29,7 +28,7 @@ from producers.language import LanguageIdentifier
 from producers.pages import PageOptions, text_key, to_page, url_key
 from producers.recovery import FILE_HEADER, RECORD_HEADER, end_offsets, sent_records
 from producers.state import FileProgress, StateStore
-from producers.warc_records import CrawlRecord, RecordError, iter_warc
+from producers.warc_records import CrawlRecord, Item, RecordError, iter_warc
 
 log = logging.getLogger("producers.crawl")
 
@@ -154,7 +153,7 @@ class FileRun:
         finally:
             bar.close()
 
-    def _handle(self, item: Any, recovered: dict[str, tuple[int, int]]) -> _Entry:
+    def _handle(self, item: Item, recovered: dict[str, tuple[int, int]]) -> _Entry:
         ctx = self.ctx
         if isinstance(item, RecordError):
             ctx.summary.count(ctx.summary.unreadable, item.reason)

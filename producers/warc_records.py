@@ -97,7 +97,12 @@ def _iter_gzip(data: mmap.mmap, pos: int) -> Iterator[Item]:
         if error is not None:
             resync = data.find(GZIP_MAGIC, pos + 1)
             next_offset = end if resync < 0 else resync
-            yield RecordError(pos, next_offset, error[0], error[1])
+            reason = error[0]
+            if reason in ("truncated_gzip", "corrupt_gzip"):
+                # Inflating a cut member runs on into the next member's bytes, where it may fail or not: whether
+                # another member follows is what tells a cut in mid-file from a file that ends early.
+                reason = "corrupt_gzip" if resync >= 0 else "truncated_gzip"
+            yield RecordError(pos, next_offset, reason, error[1])
             pos = next_offset
             continue
         next_offset = pos + consumed
