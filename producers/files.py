@@ -212,12 +212,17 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--partitions", type=int, default=3, help="partitions when the topic is created (default 3)")
     parser.add_argument("--replication-factor", type=int, default=1)
     parser.add_argument("--strict", action="store_true", help="stop at the first invalid record (exit 2)")
+    add_producer_arguments(parser)
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return parser
+
+
+def add_producer_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Kafka producer's flags, shared by every producer CLI (`make_producer` reads them)."""
     parser.add_argument("--compression", default="gzip", choices=["gzip", "snappy", "lz4", "zstd", "none"])
     parser.add_argument("--linger-ms", type=int, default=20, help="wait this long to fill a batch")
     parser.add_argument("--batch-size", type=int, default=256 << 10, help="bytes per partition batch")
     parser.add_argument("--max-request-size", type=int, default=8 << 20, help="largest message, in bytes")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

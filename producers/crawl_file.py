@@ -1,0 +1,236 @@
+"""One crawl file to Kafka, in file order, with progress recorded only for what Kafka acknowledged.
+
+`FileRun` resolves records strictly in file order: a dropped record is resolved at once, a sent one when Kafka
+acknowledges it. Every `CHECKPOINT_EVERY` records or `CHECKPOINT_SECONDS` the state store gets, in one
+transaction, the file's new offset, the dedup keys of the acknowledged documents and the per-partition offsets
+from which a resumed run must look for unacknowledged messages (producers.recovery).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka import KafkaProducer
+from kafka.producer.future import FutureRecordMetadata
+from tqdm import tqdm
+
+from producers.crawl_metrics import CrawlMetrics
+from producers.language import LanguageIdentifier
+from producers.pages import PageOptions, text_key, to_page, url_key
+from producers.recovery import FILE_HEADER, RECORD_HEADER, end_offsets, sent_records
+from producers.state import FileProgress, StateStore
+from producers.warc_records import CrawlRecord, Item, RecordError, iter_warc
+
+log = logging.getLogger("producers.crawl")
+
+CHECKPOINT_EVERY = 500
+CHECKPOINT_SECONDS = 2.0
+
+
+class DeliveryError(Exception):
+    """Kafka refused a message after the producer's own retries: the run stops, progress stays before it."""
+
+
+@dataclass(slots=True)
+class CrawlSummary:
+    """What one run did; printed as one JSON line on stdout."""
+
+    topic: str
+    files: int = 0
+    files_already_done: int = 0
+    records: int = 0
+    produced: int = 0
+    recovered: int = 0
+    skipped_record_types: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    unreadable: dict[str, int] = field(default_factory=dict)
+    failed_files: int = 0
+    seconds: float = 0.0
+
+    def count(self, table: dict[str, int], reason: str) -> None:
+        table[reason] = table.get(reason, 0) + 1
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One record in file order: resolved at once (dropped) or when its send is acknowledged."""
+
+    next_offset: int
+    future: FutureRecordMetadata | None = None
+    keys: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass
+class CrawlContext:
+    """Everything a file run needs, built once per process."""
+
+    args: argparse.Namespace
+    producer: KafkaProducer
+    store: StateStore
+    langid: LanguageIdentifier
+    options: PageOptions
+    summary: CrawlSummary
+    metrics: CrawlMetrics
+    dedup: frozenset[str]
+    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+    stopping: bool = False
+
+
+class FileRun:
+    """Produce one file from its recorded progress on; `run()` returns True when the file is complete."""
+
+    def __init__(self, ctx: CrawlContext, path: Path, key: str | None = None) -> None:
+        """`key` names the file in the state store and the message headers (default: its absolute path)."""
+        self.ctx = ctx
+        self.path = path
+        self.key = key or str(path.resolve())
+        self.size = path.stat().st_size
+        self.pending: deque[_Entry] = deque()
+        self.in_flight: set[tuple[str, bytes]] = set()
+        self.acked_keys: list[tuple[str, bytes]] = []
+        self.progress: FileProgress | None = None
+        self.last_checkpoint = time.monotonic()
+        self.resolved_since = 0
+
+    def run(self) -> bool:
+        """Produce the file if no other producer holds it: True when it is complete (now or before)."""
+        ctx = self.ctx
+        if not ctx.store.claim(self.key, ctx.owner, ctx.args.claim_ttl_s):
+            return False
+        try:
+            return self._run_claimed()
+        finally:
+            ctx.store.release(self.key, ctx.owner)
+
+    def _run_claimed(self) -> bool:
+        ctx = self.ctx
+        progress = ctx.store.progress(self.key)
+        if progress is not None and progress.done:
+            ctx.summary.files_already_done += 1
+            return True
+        ctx.summary.files += 1
+        recovered: dict[str, tuple[int, int]] = {}
+        if progress is None:
+            scan_from = end_offsets(ctx.args.bootstrap_servers, ctx.args.topic)
+            progress = FileProgress(self.key, self.size, 0, False, scan_from)
+        else:
+            recovered = sent_records(ctx.args.bootstrap_servers, ctx.args.topic, progress.scan_from, self.key)
+            log.warning(
+                "%s: resuming at byte %d; %d records found sent", self.path, progress.next_offset, len(recovered)
+            )
+        self.progress = progress
+        bar = tqdm(
+            total=self.size,
+            initial=progress.next_offset,
+            unit="B",
+            unit_scale=True,
+            desc=self.path.name,
+            disable=None if ctx.args.progress else True,
+        )
+        try:
+            for item in iter_warc(self.path, progress.next_offset):
+                if ctx.stopping:
+                    break
+                ctx.summary.records += 1
+                self.pending.append(self._handle(item, recovered))
+                self._drain(bar, block=False)
+            ctx.producer.flush()
+            self._drain(bar, block=True)
+            done = not ctx.stopping
+            self._checkpoint(done=done)
+            if done:
+                ctx.metrics.files.inc()
+            return done
+        finally:
+            bar.close()
+
+    def _handle(self, item: Item, recovered: dict[str, tuple[int, int]]) -> _Entry:
+        ctx = self.ctx
+        if isinstance(item, RecordError):
+            ctx.summary.count(ctx.summary.unreadable, item.reason)
+            ctx.metrics.record("unreadable", item.reason)
+            print(f"{self.path}: unreadable record at {item.location}: {item.reason}: {item.detail}", file=sys.stderr)
+            return _Entry(item.next_offset)
+        if not isinstance(item, CrawlRecord):
+            ctx.summary.skipped_record_types += 1
+            ctx.metrics.record("skipped", item.record_type)
+            return _Entry(item.next_offset)
+        page = to_page(item, ctx.langid, ctx.options)
+        if page.document is None:
+            return self._drop(item, page.reason or "dropped")
+        doc = page.document
+        keys = self._dedup_keys(doc.text, doc.url)
+        for kind, key in keys:
+            if (kind, key) in self.in_flight or ctx.store.seen(kind, key):
+                return self._drop(item, f"duplicate_{kind}")
+        if item.record_id in recovered:
+            ctx.summary.recovered += 1
+            ctx.metrics.record("recovered", "sent_before_crash")
+            partition, offset = recovered[item.record_id]
+            assert self.progress is not None
+            self.progress.scan_from[partition] = max(self.progress.scan_from.get(partition, 0), offset + 1)
+            self.acked_keys.extend(keys)
+            return _Entry(item.next_offset)
+        headers = [(FILE_HEADER, self.key.encode()), (RECORD_HEADER, item.record_id.encode())]
+        future = ctx.producer.send(ctx.args.topic, key=doc.doc_id.encode(), value=doc.to_json(), headers=headers)
+        self.in_flight.update(keys)
+        return _Entry(item.next_offset, future, keys)
+
+    def _dedup_keys(self, text: str, url: str | None) -> tuple[tuple[str, bytes], ...]:
+        keys: list[tuple[str, bytes]] = []
+        if "url" in self.ctx.dedup and url:
+            keys.append(("url", url_key(url)))
+        if "text" in self.ctx.dedup:
+            keys.append(("text", text_key(text)))
+        return tuple(keys)
+
+    def _drop(self, item: CrawlRecord, reason: str) -> _Entry:
+        self.ctx.summary.count(self.ctx.summary.dropped, reason)
+        self.ctx.metrics.record("dropped", reason)
+        return _Entry(item.next_offset)
+
+    def _drain(self, bar: tqdm, block: bool) -> None:
+        """Resolve the head of the queue in file order; checkpoint now and then."""
+        assert self.progress is not None
+        while self.pending:
+            head = self.pending[0]
+            if head.future is not None:
+                if not head.future.is_done and not block:
+                    break
+                try:
+                    metadata = head.future.get(timeout=self.ctx.args.delivery_timeout_s)
+                except Exception as exc:
+                    self._checkpoint(done=False)
+                    raise DeliveryError(f"{self.path}: send failed: {exc}") from exc
+                self.ctx.summary.produced += 1
+                self.ctx.metrics.record("produced", "")
+                partition = metadata.partition
+                self.progress.scan_from[partition] = max(self.progress.scan_from.get(partition, 0), metadata.offset + 1)
+                self.acked_keys.extend(head.keys)
+            self.pending.popleft()
+            if head.next_offset > self.progress.next_offset:
+                bar.update(head.next_offset - self.progress.next_offset)
+                self.progress.next_offset = head.next_offset
+            self.resolved_since += 1
+        if self.resolved_since >= CHECKPOINT_EVERY or time.monotonic() - self.last_checkpoint > CHECKPOINT_SECONDS:
+            self._checkpoint(done=False)
+
+    def _checkpoint(self, done: bool) -> None:
+        assert self.progress is not None
+        if not self.ctx.store.claim(self.key, self.ctx.owner, self.ctx.args.claim_ttl_s):
+            raise DeliveryError(f"{self.path}: lease lost to another producer (stalled longer than --claim-ttl-s)")
+        self.progress.done = done
+        self.ctx.store.checkpoint(self.progress, self.acked_keys)
+        self.in_flight.difference_update(self.acked_keys)
+        self.acked_keys = []
+        self.resolved_since = 0
+        self.last_checkpoint = time.monotonic()
