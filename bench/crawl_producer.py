@@ -26,14 +26,14 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from devtools.tansu import TansuBroker
+from devtools.warcs import Page, response_record, warc_record
 from producers.crawl import make_parser
 from producers.crawl import run as crawl_run
 from producers.extract import extract_html
 from producers.language import LanguageIdentifier
 from producers.pages import PageOptions, to_page
 from producers.warc_records import CrawlRecord, iter_warc
-from tests.fixtures.kafka import TansuBroker
-from tests.producers.warcs import Page, response_record, warc_record
 
 TEMPLATE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <script>window.dataLayer=window.dataLayer||[];function gtag(){{dataLayer.push(arguments);}}</script>

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench.fakeopenai import FakeOpenAI, ServerConfig, ServerStats
 from consumers.llm.client import ClientStats, OpenAIChatClient
 from consumers.llm.settings import LLMSettings, Sampling
 from consumers.llm.tokens import count_tokens
+from devtools.fakeopenai import FakeOpenAI, ServerConfig, ServerStats
 
 # Common English words with a few long ones, commas, numbers and short sentences: about five characters per
 # token, like the crawled pages of data/web_en_1k.json (4.97), so characters / 4 overstates tokens as it does there.

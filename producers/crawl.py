@@ -28,6 +28,7 @@ from pathlib import Path
 import orjson
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from core.topics import ensure_topic
 from producers.crawl_file import CrawlContext, CrawlSummary, DeliveryError, FileRun
 from producers.crawl_metrics import CrawlMetrics
 from producers.crawl_sources import CrawlSource, open_source
@@ -36,7 +37,6 @@ from producers.filters import FilterConfig
 from producers.language import LanguageIdentifier
 from producers.pages import PageOptions, wanted_languages
 from producers.state import StateStore
-from streamer.kafka.admin import ensure_topic
 
 log = logging.getLogger("producers.crawl")
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from pyarrow import fs as pafs
 
-from streamer.storage import Location, resolve
+from core.storage import Location, resolve
 
 CRAWL_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
 _COPY_CHUNK = 8 << 20

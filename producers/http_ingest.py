@@ -28,10 +28,10 @@ from aiohttp import web
 from kafka import KafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-from consumers.exceptions import InvalidRecord
+from core.exceptions import InvalidRecord
+from core.records import Document, parse_record
+from core.topics import ensure_topic
 from producers.files import add_producer_arguments, make_producer
-from producers.records import Document, parse_record
-from streamer.kafka.admin import ensure_topic
 
 RETRY_AFTER_S = 1
 

@@ -13,10 +13,10 @@ import unicodedata
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
+from core.records import Document, text_doc_id
 from producers.extract import TEXT_TYPES, decode, extract_html, is_html
 from producers.filters import FilterConfig, check
 from producers.language import LanguageIdentifier
-from producers.records import Document, text_doc_id
 from producers.warc_records import CrawlRecord
 
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)

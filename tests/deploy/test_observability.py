@@ -51,7 +51,7 @@ def exported_series() -> set[str]:
     """Every series name a consumer's /metrics can carry: its registry plus the LLM client's collector."""
     registry = CollectorRegistry()
     ConsumerMetrics(registry)
-    registry.register(LLMStatsCollector(lambda: ClientStats()))
+    registry.register(LLMStatsCollector(ClientStats()))
     names = set()
     for family in registry.collect():
         names.update(family.name + suffix for suffix in SAMPLE_SUFFIXES[family.type])

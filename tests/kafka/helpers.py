@@ -16,7 +16,8 @@ from pyarrow import fs as pafs
 
 from core.keys import REJECTED_DIR
 from core.storage import resolve
-from tests.fixtures.kafka import KafkaTopic, wait_for
+from devtools.tansu import wait_for
+from tests.fixtures.kafka import KafkaTopic
 from tests.support.documents import CONSUME, REPO, page
 
 SESSION_TIMEOUT_MS = 3000

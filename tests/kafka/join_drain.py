@@ -14,8 +14,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench.fakeopenai import FakeOpenAI
-from tests.fixtures.kafka import TansuBroker, create_topic
+from devtools.fakeopenai import FakeOpenAI
+from devtools.tansu import TansuBroker
+from tests.fixtures.kafka import create_topic
 from tests.kafka.scenarios import join_then_drain, llm_attempts
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.fakeopenai import FakeOpenAI
 from consumers.webr.processor import WebRSettings
+from devtools.fakeopenai import FakeOpenAI
 from tests.fixtures.kafka import KafkaTopic
 from tests.kafka.helpers import Consumer, documents, page, read_output
 from tests.support.plans import plan_of

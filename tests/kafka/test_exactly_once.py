@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.fakeopenai import FakeOpenAI
 from core.markers import marker_path, read_markers
 from core.storage import Location, resolve
+from devtools.fakeopenai import FakeOpenAI
 from tests.fixtures.kafka import KafkaTopic
 from tests.fixtures.s3 import S3Bucket
 from tests.kafka.helpers import Consumer, documents, read_output, sleep_until, wait_committed

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.fakeopenai import FakeOpenAI
-from tests.fixtures.kafka import KafkaTopic, TansuBroker, create_topic, wait_for
+from devtools.fakeopenai import FakeOpenAI
+from devtools.tansu import TansuBroker, wait_for
+from tests.fixtures.kafka import KafkaTopic, create_topic
 from tests.fixtures.s3 import S3Bucket
 from tests.kafka.helpers import Consumer, Output, documents, read_output, wait_committed
 

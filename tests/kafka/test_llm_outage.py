@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.fakeopenai import FakeOpenAI
+from devtools.fakeopenai import FakeOpenAI
 from tests.fixtures.kafka import KafkaTopic
 from tests.kafka.helpers import Consumer, documents, read_output, wait_committed
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.fakeopenai import FakeOpenAI
-from tests.fixtures.kafka import KafkaTopic, wait_for
+from devtools.fakeopenai import FakeOpenAI
+from devtools.ports import free_port
+from devtools.tansu import wait_for
+from tests.fixtures.kafka import KafkaTopic
 from tests.kafka.helpers import Consumer, documents
-from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(120)
 

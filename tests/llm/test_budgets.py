@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.fakeopenai import FakeOpenAI
 from consumers.llm.budgets import LEARN_AFTER, StepBudgets
 from consumers.llm.client import OpenAIChatClient
 from consumers.llm.settings import LLMSettings, Sampling
+from devtools.fakeopenai import FakeOpenAI
 
 
 def test_each_step_learns_its_own_budget_within_the_ceiling() -> None:

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from bench.fakeopenai import REFUSAL_TEXT, FakeOpenAI, Fault
 from consumers.llm.breaker import CircuitBreaker
 from consumers.llm.client import OpenAIChatClient
 from consumers.llm.settings import LLMSettings, Sampling
 from consumers.llm.types import ErrorKind, LLMCallError
+from devtools.fakeopenai import REFUSAL_TEXT, FakeOpenAI, Fault
 
 KEY = "sk-test-7f3a9c1d2e5b8a4f"
 MessagesFor = Callable[[str], list[dict[str, str]]]

@@ -11,8 +11,8 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from bench.fakeopenai import REFUSAL_TEXT, FakeOpenAI, Fault, FaultKind
 from consumers.llm.tokens import count_tokens, messages_tokens
+from devtools.fakeopenai import REFUSAL_TEXT, FakeOpenAI, Fault, FaultKind
 
 
 def _messages(text: str) -> list[dict[str, str]]:

@@ -19,14 +19,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from producers.crawl import main
-from producers.records import parse_message
-from producers.recovery import FILE_HEADER, RECORD_HEADER
-from tests.fakeopenai import FakeOpenAI
-from tests.fixtures.kafka import KafkaTopic, TansuBroker, wait_for
-from tests.fixtures.s3 import S3Bucket
-from tests.kafka.helpers import Consumer, read_output
-from tests.producers.warcs import (
+from core.records import parse_message
+from devtools.fakeopenai import FakeOpenAI
+from devtools.ports import free_port
+from devtools.tansu import TansuBroker, wait_for
+from devtools.warcs import (
     ARTICLES,
     Page,
     article_html,
@@ -35,8 +32,12 @@ from tests.producers.warcs import (
     warcinfo_record,
     write_warc,
 )
+from producers.crawl import main
+from producers.recovery import FILE_HEADER, RECORD_HEADER
+from tests.fixtures.kafka import KafkaTopic
+from tests.fixtures.s3 import S3Bucket
+from tests.kafka.helpers import Consumer, read_output
 from tests.support.documents import REPO
-from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(300)
 

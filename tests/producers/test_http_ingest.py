@@ -17,11 +17,12 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 from kafka import KafkaProducer
 
+from core.records import parse_message, text_doc_id
+from devtools.ports import free_port
+from devtools.tansu import TansuBroker, wait_for
 from producers.http_ingest import Ingest, IngestSettings, make_app
-from producers.records import parse_message, text_doc_id
-from tests.fixtures.kafka import KafkaTopic, TansuBroker, wait_for
+from tests.fixtures.kafka import KafkaTopic
 from tests.support.documents import REPO
-from tests.support.ports import free_port
 
 TOKEN = "test-token-1"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from devtools.warcs import ARTICLES, article_html, crawl_pages
 from producers.extract import extract_html
 from producers.filters import FilterConfig, check
 from producers.language import LanguageIdentifier
 from producers.pages import PageOptions, text_key, to_page, url_key
 from producers.warc_records import CrawlRecord
-from tests.producers.warcs import ARTICLES, article_html, crawl_pages
 
 PROSE = "\n\n".join(ARTICLES["en"])
 

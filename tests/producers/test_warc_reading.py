@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from producers.extract import choose_charset
-from producers.warc_records import CrawlRecord, OtherRecord, RecordError, iter_warc
-from tests.producers.warcs import (
+from devtools.warcs import (
     Page,
     crawl_pages,
     request_record,
@@ -19,6 +17,8 @@ from tests.producers.warcs import (
     warcinfo_record,
     write_warc,
 )
+from producers.extract import choose_charset
+from producers.warc_records import CrawlRecord, OtherRecord, RecordError, iter_warc
 
 
 @pytest.mark.parametrize("name", ["pages.warc", "pages.warc.gz"])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.fakeopenai import FakeOpenAI, Fault
 from consumers.webr.prompts import PROMPT_VERSION
+from devtools.fakeopenai import FakeOpenAI, Fault
 from tests.support.documents import marker, page, read_outcomes, run_consume, write_jsonl
 
 SECRET = "sk-test-NEVER-LOG-THIS-1234567890"

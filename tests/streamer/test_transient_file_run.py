@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.fakeopenai import FakeOpenAI, FaultKind
+from devtools.fakeopenai import FakeOpenAI, FaultKind
 from tests.support.documents import page, read_outcomes, run_consume, write_jsonl
 
 

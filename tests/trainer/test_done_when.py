@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.fakeopenai import FakeOpenAI
+from devtools.fakeopenai import FakeOpenAI
 from tests.support.documents import page, run_consume, write_jsonl
 
 from .conftest import REPO, Dirs

@@ -1,7 +1,7 @@
 """An OpenAI-compatible chat server on aiohttp for tests and benchmarks, with faults and rate limits on demand.
 
 It runs on its own event loop in a background thread, so synchronous and asynchronous tests (and a benchmark
-driving a subprocess) can all use it; `python -m bench.fakeopenai` runs it standalone. Every request is recorded
+driving a subprocess) can all use it; `python -m devtools.fakeopenai` runs it standalone. Every request is recorded
 with the reply it got, so a test can tell which call produced what.
 
 Order of decisions for one POST /v1/chat/completions:
@@ -26,10 +26,10 @@ from typing import Any
 
 from aiohttp import web
 
-from bench.fakeopenai.faults import REFUSAL_TEXT, Fault, FaultKind
-from bench.fakeopenai.limits import WindowLimiter, estimate_prompt_tokens, go_duration
-from bench.fakeopenai.replies import PrefixCache, default_reply
 from consumers.llm.tokens import count_tokens, messages_tokens, truncate_to_tokens
+from devtools.fakeopenai.faults import REFUSAL_TEXT, Fault, FaultKind
+from devtools.fakeopenai.limits import WindowLimiter, estimate_prompt_tokens, go_duration
+from devtools.fakeopenai.replies import PrefixCache, default_reply
 
 Messages = list[dict[str, str]]
 Responder = Callable[[Messages], "str | Fault | None"]

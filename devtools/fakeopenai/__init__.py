@@ -1,7 +1,7 @@
 """An in-repo OpenAI-compatible test server (aiohttp) with fault injection and per-second rate limits."""
 
-from bench.fakeopenai.faults import REFUSAL_TEXT, Fault, FaultKind
-from bench.fakeopenai.server import FakeOpenAI, Record, SecondStats, ServerConfig, ServerStats
+from devtools.fakeopenai.faults import REFUSAL_TEXT, Fault, FaultKind
+from devtools.fakeopenai.server import FakeOpenAI, Record, SecondStats, ServerConfig, ServerStats
 
 __all__ = [
     "REFUSAL_TEXT",

@@ -1,4 +1,4 @@
-"""Run the fake OpenAI server standalone: `python -m bench.fakeopenai --port 8000 --rpm 600 --tpm 400000`."""
+"""Run the fake OpenAI server standalone: `python -m devtools.fakeopenai --port 8000 --rpm 600 --tpm 400000`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import contextlib
 import signal
 import threading
 
-from bench.fakeopenai.faults import FaultKind
-from bench.fakeopenai.server import FakeOpenAI, ServerConfig
+from devtools.fakeopenai.faults import FaultKind
+from devtools.fakeopenai.server import FakeOpenAI, ServerConfig
 
 
 def _fault_rate(text: str) -> tuple[FaultKind, float]:
@@ -21,7 +21,7 @@ def _fault_rate(text: str) -> tuple[FaultKind, float]:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.fakeopenai", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.fakeopenai", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--model", default="gpt-4o-mini")
