@@ -20,9 +20,7 @@ RUN apt-get update \
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY streamer/ streamer/
-COPY consumers/ consumers/
-COPY producers/ producers/
+COPY core/ core/
 COPY trainer/ trainer/
 # torch first, from the CUDA index, so the project's extra does not resolve it to another build.
 # hadolint ignore=SC2086

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,28 @@ def test_context_keeps_secrets_and_virtualenvs_out() -> None:
             if name == "COPY" and "--from" not in args:
                 copied.update(part.rstrip("/") for part in args.split()[:-1])
     assert copied == allowed
+
+
+def copied_packages(path: Path) -> set[str]:
+    return {args.split()[0].rstrip("/") for name, args in instructions(path) if name == "COPY" and "--from" not in args}
+
+
+def imported_packages(module: str) -> set[str]:
+    """Top-level packages of ours that `module` imports, transitively (run in a fresh interpreter)."""
+    ours = ("core", "producers", "consumers", "streamer", "trainer", "devtools", "bench", "tests")
+    code = f"import sys, {module}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return set(loaded.split()) & set(ours)
+
+
+@pytest.mark.parametrize(
+    ("image", "entry_points"),
+    [
+        ("pipeline", ["streamer.consume", "producers.files", "producers.crawl", "producers.http_ingest"]),
+        ("trainer", ["trainer.run"]),
+    ],
+)
+def test_each_image_copies_every_package_its_entry_points_import(image: str, entry_points: list[str]) -> None:
+    (dockerfile,) = [d for d in DOCKERFILES if d.name.startswith(image)]
+    needed = set().union(*(imported_packages(m) for m in entry_points))
+    assert needed <= copied_packages(dockerfile), f"{dockerfile.name} misses {needed - copied_packages(dockerfile)}"
