@@ -22,6 +22,7 @@ from consumers.outcomes import Outcome, PairRow, Rejection, SourceRef, Usage
 from consumers.webr import prompts
 from consumers.webr.dedup import DedupIndex, DedupSettings
 from consumers.webr.plan import Plan, document_rng, draw_plan
+from consumers.webr.quality import Flaw, QualitySettings, inspect_pair, inspect_persona
 from consumers.webr.state import DocState, DocumentStateMachine
 from consumers.webr.text import clean, is_refusal, normalise, section
 from producers.records import Document
@@ -40,6 +41,7 @@ class WebRSettings(BaseModel):
     keep_whole_probability: float = Field(default=0.5, ge=0.0, le=1.0)
     dedup_threshold: float = Field(default=0.7, gt=0.0, le=1.0)
     dedup_num_perm: int = Field(default=128, ge=16)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
 
     def dedup(self) -> DedupSettings:
         return DedupSettings(threshold=self.dedup_threshold, num_perm=self.dedup_num_perm)
@@ -63,6 +65,12 @@ class _Run:
     seq: int
     machine: DocumentStateMachine
     usage: Usage = field(default_factory=Usage)
+
+
+def _reject_flaw(flaw: Flaw | None) -> None:
+    """Output-quality filters (consumers/webr/quality.py) reject before dedup, like WebR's own filters."""
+    if flaw is not None:
+        raise _Rejected(flaw.reason, flaw.detail)
 
 
 def page_hash(text: str) -> str:
@@ -112,6 +120,7 @@ class DocumentProcessor:
         persona = clean(await self._call(run, prompts.persona_messages(page)))
         if not persona:
             raise _Rejected("empty_persona", "the model returned no author profile")
+        _reject_flaw(inspect_persona(persona, self.settings.quality))
 
         m.advance(DocState.SECTIONED)
         part = section(page, rng, self.settings.keep_whole_probability)
@@ -143,6 +152,7 @@ class DocumentProcessor:
 
         m.advance(DocState.FILTER)
         self._require(response, "response")
+        _reject_flaw(inspect_pair(request, response, part.text, self.settings.quality))
         return self._row(run, plan, persona, request, instruction, response, page, page_tokens, truncated)
 
     @staticmethod
