@@ -21,6 +21,8 @@ from streamer.sinks.parquet import DEFAULT_ROLL_RECORDS, RollPolicy
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("webr_config_file", default=None)
 
+_QUALITY = QualitySettings()  # the filters' defaults, declared once in consumers/webr/quality.py
+
 
 class ConsumeSettings(BaseSettings, KafkaSettings):
     """Every option of a consume run (the Kafka ones come from `KafkaSettings`). Descriptions are the `--help`."""
@@ -78,19 +80,28 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
     )
     # output quality (consumers/webr/quality.py): each check rejects with its own reason
     max_repetition: float = Field(
-        default=0.3, gt=0, le=1,
+        default=_QUALITY.max_repetition, gt=0, le=1,
         description="reject a persona, request or response whose repeated sentences or 5-word phrases exceed "
         "this share of it (repetitive_*)",
     )
-    min_request_words: int = Field(default=3, ge=0, description="shorter requests are rejected (short_request)")
-    max_request_words: int = Field(default=400, gt=0, description="longer requests are rejected (long_request)")
-    min_response_words: int = Field(default=3, ge=0, description="shorter responses are rejected (short_response)")
-    max_response_words: int = Field(default=3000, gt=0, description="longer responses are rejected (long_response)")
+    min_request_words: int = Field(
+        default=_QUALITY.min_request_words, ge=0, description="shorter requests are rejected (short_request)"
+    )
+    max_request_words: int = Field(
+        default=_QUALITY.max_request_words, gt=0, description="longer requests are rejected (long_request)"
+    )
+    min_response_words: int = Field(
+        default=_QUALITY.min_response_words, ge=0, description="shorter responses are rejected (short_response)"
+    )
+    max_response_words: int = Field(
+        default=_QUALITY.max_response_words, gt=0, description="longer responses are rejected (long_response)"
+    )
     response_language: bool = Field(
-        default=True, description="reject a response not in its page's language (wrong_language_response)"
+        default=_QUALITY.response_language,
+        description="reject a response not in its page's language (wrong_language_response)",
     )
     max_request_copy: float = Field(
-        default=0.6, gt=0, le=1,
+        default=_QUALITY.max_request_copy, gt=0, le=1,
         description="reject a request whose words are more than this share copied from the page (copied_request)",
     )
     max_in_flight_docs: int | None = Field(

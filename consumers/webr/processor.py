@@ -22,7 +22,7 @@ from consumers.outcomes import Outcome, PairRow, Rejection, SourceRef, Usage
 from consumers.webr import prompts
 from consumers.webr.dedup import DedupIndex, DedupSettings
 from consumers.webr.plan import Plan, document_rng, draw_plan
-from consumers.webr.quality import Flaw, QualitySettings, inspect_pair, inspect_persona
+from consumers.webr.quality import Flaw, QualitySettings, inspect_persona, inspect_request, inspect_response
 from consumers.webr.state import DocState, DocumentStateMachine
 from consumers.webr.text import clean, is_refusal, normalise, section
 from producers.records import Document
@@ -137,6 +137,7 @@ class DocumentProcessor:
             )
         )
         self._require(request, "request")
+        _reject_flaw(inspect_request(request, part.text, self.settings.quality))
 
         if plan.category.is_wi:
             m.advance(DocState.RESPONSE)
@@ -152,7 +153,7 @@ class DocumentProcessor:
 
         m.advance(DocState.FILTER)
         self._require(response, "response")
-        _reject_flaw(inspect_pair(request, response, part.text, self.settings.quality))
+        _reject_flaw(inspect_response(response, part.text, self.settings.quality))
         return self._row(run, plan, persona, request, instruction, response, page, page_tokens, truncated)
 
     @staticmethod

@@ -153,14 +153,20 @@ def inspect_persona(persona: str, settings: QualitySettings) -> Flaw | None:
     return repetition(persona, "persona", settings.max_repetition)
 
 
-def inspect_pair(request: str, response: str, page: str, settings: QualitySettings) -> Flaw | None:
-    """The first flaw of a finished pair, cheapest checks first; None when it may be kept."""
+def inspect_request(request: str, page: str, settings: QualitySettings) -> Flaw | None:
+    """Checked as soon as the request exists, so a looping request costs no response call."""
     s = settings
     return (
         length(request, "request", s.min_request_words, s.max_request_words)
-        or length(response, "response", s.min_response_words, s.max_response_words)
         or repetition(request, "request", s.max_repetition)
-        or repetition(response, "response", s.max_repetition)
         or copied_request(request, page, s.max_request_copy)
+    )
+
+
+def inspect_response(response: str, page: str, settings: QualitySettings) -> Flaw | None:
+    s = settings
+    return (
+        length(response, "response", s.min_response_words, s.max_response_words)
+        or repetition(response, "response", s.max_repetition)
         or (wrong_language(response, page) if s.response_language else None)
     )

@@ -11,10 +11,9 @@ import pytest
 from consumers.webr.quality import (
     QualitySettings,
     copied_request,
-    inspect_pair,
     inspect_persona,
-    length,
-    repetition,
+    inspect_request,
+    inspect_response,
     wrong_language,
 )
 from consumers.webr.text import clean, normalise
@@ -34,17 +33,9 @@ def _verdict(record: dict) -> str | None:
     if record["step"] == "persona":
         flaw = inspect_persona(text, s)
     elif record["step"].startswith("request"):
-        flaw = (
-            length(text, "request", s.min_request_words, s.max_request_words)
-            or repetition(text, "request", s.max_repetition)
-            or copied_request(text, page, s.max_request_copy)
-        )
+        flaw = inspect_request(text, page, s)
     else:
-        flaw = (
-            length(text, "response", s.min_response_words, s.max_response_words)
-            or repetition(text, "response", s.max_repetition)
-            or wrong_language(text, page)
-        )
+        flaw = inspect_response(text, page, s)
     return flaw.reason if flaw else None
 
 
@@ -79,30 +70,31 @@ def test_a_persona_that_says_the_same_thing_three_times_is_rejected() -> None:
 def test_a_response_that_repeats_one_sentence_is_rejected_and_one_restatement_is_not() -> None:
     sentence = "Turn the compost heap every two weeks so that air reaches the middle."
     looped = " ".join([sentence] * 3)
-    assert repetition(looped, "response", 0.3).reason == "repetitive_response"
+    assert inspect_response(looped, PAGES["demo-01-compost"], DEFAULTS).reason == "repetitive_response"
     fine = (
         f"{sentence} Keep it as damp as a wrung-out sponge, and leave out meat and cooked food, which draw rats. "
         "In autumn spread the finished compost on the beds, or dig it in before the spring planting."
     )
-    assert repetition(fine, "response", 0.3) is None
+    assert inspect_response(fine, PAGES["demo-01-compost"], DEFAULTS) is None
 
 
 def test_length_bounds_of_request_and_response() -> None:
     s = QualitySettings(min_request_words=3, max_request_words=10, min_response_words=2, max_response_words=5)
     page = PAGES["demo-01-compost"]
-    assert inspect_pair("Why?", "Because air helps.", page, s).reason == "short_request"
-    assert inspect_pair("one two three four five six seven eight nine ten eleven", "Fine.", page, s).reason == (
+    assert inspect_request("Why?", page, s).reason == "short_request"
+    assert inspect_request("one two three four five six seven eight nine ten eleven", page, s).reason == (
         "long_request"
     )
-    assert inspect_pair("How do I compost?", "Mix.", page, s).reason == "short_response"
-    assert inspect_pair("How do I compost?", "Mix greens and browns and turn it.", page, s).reason == "long_response"
-    assert inspect_pair("How do I compost?", "Mix greens, browns.", page, s) is None
+    assert inspect_request("How do I compost?", page, s) is None
+    assert inspect_response("Mix.", page, s).reason == "short_response"
+    assert inspect_response("Mix greens and browns and turn it.", page, s).reason == "long_response"
+    assert inspect_response("Mix greens, browns.", page, s) is None
 
 
 def test_a_request_that_pastes_the_page_back_is_rejected() -> None:
     page = PAGES["demo-03-library-hours"]
     pasted = page.split("\n\n")[1]  # the first paragraph after the title, verbatim
-    flaw = copied_request(pasted, page, DEFAULTS.max_request_copy)
+    flaw = inspect_request(pasted, page, DEFAULTS)
     assert flaw is not None
     assert flaw.reason == "copied_request"
     quoting = "Write a notice for parents about the Sunday opening, quoting 'open from 10 am to 4 pm' once."
@@ -117,10 +109,8 @@ def test_a_response_in_another_language_than_its_page() -> None:
     assert flaw.reason == "wrong_language_response"
     assert "response in en" in flaw.detail and "page in fr" in flaw.detail
     assert wrong_language("Oui.", french_page) is None  # too short to tell
-    request = "Summarise the market news for a newsletter in four sentences."
-    off = QualitySettings(response_language=False)
-    assert inspect_pair(request, english, french_page, off) is None
-    assert inspect_pair(request, english, french_page, DEFAULTS).reason == "wrong_language_response"
+    assert inspect_response(english, french_page, QualitySettings(response_language=False)) is None
+    assert inspect_response(english, french_page, DEFAULTS).reason == "wrong_language_response"
 
 
 def test_settings_refuse_thresholds_out_of_range() -> None:
@@ -128,3 +118,12 @@ def test_settings_refuse_thresholds_out_of_range() -> None:
         QualitySettings(max_repetition=0)
     with pytest.raises(ValueError, match="max_request_copy"):
         QualitySettings(max_request_copy=1.5)
+
+
+def test_consume_flags_reach_the_filters_and_defaults_are_the_filters_own() -> None:
+    from streamer.settings import ConsumeSettings
+
+    flags = {"source": "pages.jsonl", "output": "out", "max_repetition": 0.5, "response_language": False}
+    quality = ConsumeSettings.load(flags).webr().quality
+    assert quality == QualitySettings(max_repetition=0.5, response_language=False)
+    assert ConsumeSettings.load({"source": "pages.jsonl", "output": "out"}).webr().quality == QualitySettings()
