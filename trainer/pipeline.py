@@ -171,6 +171,8 @@ def _why_not_resume(plan: Plan, fp: str, latest_run: str | None, work: WorkDir) 
         return f"the latest model moved ({plan.parent_run} -> {latest_run}) since it was planned"
     if not work.train_file.is_file():
         return "its training set is missing"
+    if plan.training_set.get("heldout_rows") and not work.heldout_file.is_file():
+        return "its held-out rows are missing"
     return None
 
 
