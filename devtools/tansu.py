@@ -46,8 +46,14 @@ class TansuBroker:
 
     def start(self) -> None:
         cmd = [
-            str(TANSU), "broker", "--listener-url", self.url, "--advertised-listener-url", self.url,
-            "--storage-engine", self.storage,
+            str(TANSU),
+            "broker",
+            "--listener-url",
+            self.url,
+            "--advertised-listener-url",
+            self.url,
+            "--storage-engine",
+            self.storage,
         ]
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)

@@ -15,10 +15,13 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from consumers.llm.settings import OPENAI_BASE_URL, Backend, LLMSettings, Sampling
 from consumers.webr.processor import WebRSettings
+from consumers.webr.quality import QualitySettings
 from streamer.kafka.settings import KafkaSettings
 from streamer.sinks.parquet import DEFAULT_ROLL_RECORDS, RollPolicy
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("webr_config_file", default=None)
+
+_QUALITY = QualitySettings()  # the filters' defaults, declared once in consumers/webr/quality.py
 
 
 class ConsumeSettings(BaseSettings, KafkaSettings):
@@ -74,6 +77,32 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
     max_page_tokens: int = Field(default=4096, gt=0, description="pages are cut to this many tokens (recorded)")
     max_page_chars: int = Field(
         default=1_000_000, gt=0, description="pages longer than this many characters are rejected (page_too_large)"
+    )
+    # output quality (consumers/webr/quality.py): each check rejects with its own reason
+    max_repetition: float = Field(
+        default=_QUALITY.max_repetition, gt=0, le=1,
+        description="reject a persona, request or response whose repeated sentences or 5-word phrases exceed "
+        "this share of it (repetitive_*)",
+    )
+    min_request_words: int = Field(
+        default=_QUALITY.min_request_words, ge=0, description="shorter requests are rejected (short_request)"
+    )
+    max_request_words: int = Field(
+        default=_QUALITY.max_request_words, gt=0, description="longer requests are rejected (long_request)"
+    )
+    min_response_words: int = Field(
+        default=_QUALITY.min_response_words, ge=0, description="shorter responses are rejected (short_response)"
+    )
+    max_response_words: int = Field(
+        default=_QUALITY.max_response_words, gt=0, description="longer responses are rejected (long_response)"
+    )
+    response_language: bool = Field(
+        default=_QUALITY.response_language,
+        description="reject a response not in its page's language (wrong_language_response)",
+    )
+    max_request_copy: float = Field(
+        default=_QUALITY.max_request_copy, gt=0, le=1,
+        description="reject a request whose words are more than this share copied from the page (copied_request)",
     )
     max_in_flight_docs: int | None = Field(
         default=None, gt=0, description="documents being processed at once (default: 2 x max-concurrency)"
@@ -134,8 +163,9 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
         return base.model_copy(update={"sampling": sampling})
 
     def webr(self) -> WebRSettings:
+        quality = QualitySettings(**{name: getattr(self, name) for name in QualitySettings.model_fields})
         return WebRSettings(
-            seed=self.seed, max_page_tokens=self.max_page_tokens, max_page_chars=self.max_page_chars
+            seed=self.seed, max_page_tokens=self.max_page_tokens, max_page_chars=self.max_page_chars, quality=quality
         )
 
     def roll_policy(self) -> RollPolicy:

@@ -66,6 +66,28 @@ class PipelineArgs:
         default=False,
         metadata={"help": "Skip unreadable Parquet files (listed in the metadata) instead of failing the run."},
     )
+    eval_gate: bool = field(
+        default=True,
+        metadata={
+            "help": "Promote a candidate only if it is not worse than the model it replaces (the latest, else the "
+            "base model) on held-out rows; a rejected candidate is kept in the work dir, exit code 6."
+        },
+    )
+    eval_holdout_fraction: float = field(
+        default=0.05, metadata={"help": "Share of documents held out of training for the gate (by id hash)."}
+    )
+    eval_max_rows: int = field(default=200, metadata={"help": "At most this many held-out rows."})
+    eval_max_loss_increase: float = field(
+        default=0.02, metadata={"help": "Refuse a candidate whose held-out loss is higher by more than this share."}
+    )
+    eval_instructions: bool = field(
+        default=False,
+        metadata={"help": "Also score the shipped instruction-following prompts by generation (slower)."},
+    )
+    eval_max_instruction_drop: float = field(
+        default=0.1, metadata={"help": "Refuse a candidate whose instruction score is lower by more than this."}
+    )
+    eval_max_new_tokens: int = field(default=192, metadata={"help": "Tokens generated per instruction prompt."})
     code_revision: str | None = field(
         default=None, metadata={"help": "Revision recorded in the metadata; default: `git rev-parse HEAD` if any."}
     )
@@ -84,6 +106,12 @@ class PipelineArgs:
             raise TrainerConfigError(f"model_dtype must be auto, float32 or bfloat16, got {self.model_dtype!r}")
         if self.lora_r < 1 or self.lora_alpha < 1 or not 0 <= self.lora_dropout < 1:
             raise TrainerConfigError("LoRA needs lora_r >= 1, lora_alpha >= 1 and 0 <= lora_dropout < 1")
+        if not 0 <= self.eval_holdout_fraction < 1:
+            raise TrainerConfigError(f"eval_holdout_fraction must be in [0, 1), got {self.eval_holdout_fraction}")
+        if self.eval_max_rows < 1 or self.eval_max_new_tokens < 1:
+            raise TrainerConfigError("eval_max_rows and eval_max_new_tokens must be >= 1")
+        if self.eval_max_loss_increase < 0 or not 0 <= self.eval_max_instruction_drop <= 1:
+            raise TrainerConfigError("eval_max_loss_increase must be >= 0 and eval_max_instruction_drop in [0, 1]")
         if not self.lora_target_modules:
             raise TrainerConfigError("lora_target_modules must name at least one module")
 

@@ -98,6 +98,7 @@ class TrainingSet:
     skipped: dict[str, int]
     skipped_examples: list[dict[str, object]]
     bad_files: list[dict[str, str]]
+    heldout_rows: int = 0  # moved out by trainer.holdout for the evaluation gate
 
 
 class _Writer:

@@ -10,6 +10,7 @@ EXIT_USAGE = 2
 EXIT_DATA = 3
 EXIT_TRAINING = 4
 EXIT_PUBLISH = 5
+EXIT_REJECTED = 6  # the evaluation gate refused the candidate: nothing published, `latest` unchanged
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock, try again later
 
 

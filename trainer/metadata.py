@@ -43,6 +43,7 @@ def build_metadata(
             "snapshot": plan.manifest["rows"],
             "new_in_snapshot": plan.new_rows_in_manifest,
             "trained": tset["rows"],
+            "heldout": tset.get("heldout_rows", 0),
             "from_new_files": tset["rows_from_new_files"],
             "from_old_files": tset["rows_from_old_files"],
             "skipped": tset["skipped"],

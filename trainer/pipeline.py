@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 from core.storage import Location, resolve
 from trainer.config import PipelineArgs
 from trainer.data import build_training_set
-from trainer.exceptions import DataError, TrainerError, TrainingFailed
+from trainer.exceptions import EXIT_OK, EXIT_REJECTED, DataError, TrainerError, TrainingFailed
+from trainer.gate import evaluate_candidate
+from trainer.holdout import split_holdout
 from trainer.lock import RunLock
 from trainer.metadata import build_metadata
 from trainer.snapshot import BadFile, Manifest, SnapshotDiff, diff, take_snapshot
@@ -32,11 +34,13 @@ _RUN_PREFIX = "run:"
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """How a run ended when it did not fail: `published` or `nothing_to_do`, with the facts for the summary."""
+    """How a run ended when it did not fail: `published`, `nothing_to_do` or `rejected` (by the evaluation gate,
+    with `exit_code` EXIT_REJECTED), with the facts for the summary."""
 
     status: str
     message: str
     facts: dict[str, object] = field(default_factory=dict)
+    exit_code: int = EXIT_OK
 
 
 class _FailedOnMain(TrainerError):
@@ -96,6 +100,14 @@ def _decide(pipeline: PipelineArgs, cfg: WebrSFTConfig, work: WorkDir, store: Mo
         len(changes.new),
         since,
     )
+    rejected = work.rejected_run(manifest.snapshot_id, fp)
+    if rejected is not None:
+        return Result(
+            "nothing_to_do",
+            f"snapshot {manifest.snapshot_id[:12]} was trained as run {rejected} and refused by the evaluation gate "
+            f"(kept in {work.rejected / rejected}); waiting for new data",
+            {"snapshot": manifest.snapshot_id[:12], "rejected_run": rejected, "latest": latest and latest[0]},
+        )
     if changes.new_rows < pipeline.min_new_rows:
         return Result(
             "nothing_to_do",
@@ -127,6 +139,10 @@ def _freeze_plan(
         seed=manifest.snapshot_id,
         skip_bad_files=pipeline.skip_bad_files,
     )
+    if pipeline.eval_gate:
+        training_set = split_holdout(
+            training_set, work.heldout_file, pipeline.eval_holdout_fraction, pipeline.eval_max_rows
+        )
     tset = asdict(training_set)
     tset["bad_files"] = [asdict(b) for b in bad_files] + tset["bad_files"]
     now = datetime.now(UTC)
@@ -155,6 +171,8 @@ def _why_not_resume(plan: Plan, fp: str, latest_run: str | None, work: WorkDir) 
         return f"the latest model moved ({plan.parent_run} -> {latest_run}) since it was planned"
     if not work.train_file.is_file():
         return "its training set is missing"
+    if plan.training_set.get("heldout_rows") and not work.heldout_file.is_file():
+        return "its held-out rows are missing"
     return None
 
 
@@ -202,6 +220,16 @@ def _execute(
     if not is_main:
         _barrier(cfg)
         return Result("published", f"rank {cfg.process_index} done", facts)
+    verdict = evaluate_candidate(plan, pipeline, cfg, work, store) if pipeline.eval_gate else None
+    if verdict is not None:
+        facts.update(verdict.facts())
+        if not verdict.promoted:
+            kept = work.keep_rejected(plan.run_id)
+            work.clear_pending()
+            _barrier(cfg)
+            message = f"run {plan.run_id} refused by the evaluation gate: {'; '.join(verdict.reasons)}; kept in {kept}"
+            log.error("%s", message)
+            return Result("rejected", message, {**facts, "kept": str(kept)}, EXIT_REJECTED)
     uri = store.publish(work.final, plan.run_id)
     work.clear_pending()
     _barrier(cfg)

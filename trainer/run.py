@@ -5,7 +5,8 @@
 
 Prints one summary line on stdout (`trainer: status=... key=value ...`); logs go to stderr. Exit codes: 0 published
 or nothing to do, 1 unexpected error, 2 bad settings, 3 bad data, 4 training failed, 5 publishing failed,
-75 another run holds the lock. docs/trainer.md has the details.
+6 the evaluation gate refused the candidate (kept in the work dir, nothing published), 75 another run holds
+the lock. docs/trainer.md has the details.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from trainer.exceptions import EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, TrainerConfigError, TrainerError
+from trainer.exceptions import EXIT_UNEXPECTED, EXIT_USAGE, TrainerConfigError, TrainerError
 
 if TYPE_CHECKING:
     from transformers import HfArgumentParser
@@ -159,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("unexpected failure")
         status, code, message, facts = "error", EXIT_UNEXPECTED, f"{type(exc).__name__}: {exc}", {}
     else:
-        status, code, message, facts = result.status, EXIT_OK, result.message, result.facts
+        status, code, message, facts = result.status, result.exit_code, result.message, result.facts
     if cfg.process_index == 0:
         print(summary_line(status, code, message, facts), flush=True)
     return code

@@ -57,6 +57,7 @@ def fingerprint(pipeline: PipelineArgs, training: dict[str, object]) -> str:
         "replay_ratio": pipeline.replay_ratio,
         "model_dtype": pipeline.model_dtype,
         "lora": pipeline.lora_settings(),
+        "holdout": (pipeline.eval_holdout_fraction, pipeline.eval_max_rows) if pipeline.eval_gate else None,
         "training": training,
     }
     return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
@@ -71,9 +72,11 @@ class WorkDir:
         self.pending = root / "pending"
         self.plan_file = self.pending / "plan.json"
         self.train_file = self.pending / "train.parquet"
+        self.heldout_file = self.pending / "heldout.parquet"
         self.checkpoints = self.pending / "checkpoints"
         self.final = self.pending / "final"
         self.models = root / "models"
+        self.rejected = root / "rejected"
 
     def load_plan(self) -> Plan | None:
         if not self.plan_file.is_file():
@@ -105,3 +108,23 @@ class WorkDir:
     def clear_pending(self) -> None:
         shutil.rmtree(self.pending, ignore_errors=True)
         shutil.rmtree(self.models, ignore_errors=True)
+
+    def keep_rejected(self, run_id: str) -> Path:
+        """Move a candidate the evaluation gate refused (model, metadata, plan) out of the way, for inspection."""
+        dest = self.rejected / run_id
+        shutil.rmtree(dest, ignore_errors=True)
+        self.rejected.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.plan_file, self.final / "plan.json")
+        os.replace(self.final, dest)
+        return dest
+
+    def rejected_run(self, snapshot_id: str, fp: str) -> str | None:
+        """The id of a rejected run of this snapshot with these settings: training it again would be wasted."""
+        for plan_file in sorted(self.rejected.glob("*/plan.json")):
+            try:
+                plan = json.loads(plan_file.read_text())
+            except (OSError, ValueError):
+                continue
+            if plan.get("manifest", {}).get("snapshot_id") == snapshot_id and plan.get("fingerprint") == fp:
+                return str(plan["run_id"])
+        return None

@@ -21,6 +21,7 @@ from consumers.llm.types import ChatClient, LLMCallError, Message
 from consumers.webr import prompts
 from consumers.webr.dedup import DedupSettings
 from consumers.webr.plan import Plan, document_rng, draw_plan
+from consumers.webr.quality import Flaw, QualitySettings, inspect_persona, inspect_request, inspect_response
 from consumers.webr.state import DocState, DocumentStateMachine
 from consumers.webr.text import clean, is_refusal, normalise, section
 from core.exceptions import InvalidRecord
@@ -41,6 +42,7 @@ class WebRSettings(BaseModel):
     keep_whole_probability: float = Field(default=0.5, ge=0.0, le=1.0)
     dedup_threshold: float = Field(default=0.7, gt=0.0, le=1.0)
     dedup_num_perm: int = Field(default=128, ge=16)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
 
     def dedup(self) -> DedupSettings:
         return DedupSettings(threshold=self.dedup_threshold, num_perm=self.dedup_num_perm)
@@ -64,6 +66,12 @@ class _Run:
     seq: int
     machine: DocumentStateMachine
     usage: Usage = field(default_factory=Usage)
+
+
+def _reject_flaw(flaw: Flaw | None) -> None:
+    """Output-quality filters (consumers/webr/quality.py) reject before dedup, like WebR's own filters."""
+    if flaw is not None:
+        raise _Rejected(flaw.reason, flaw.detail)
 
 
 def page_hash(text: str) -> str:
@@ -112,6 +120,7 @@ class DocumentProcessor:
         persona = clean(await self._call(run, prompts.persona_messages(page)))
         if not persona:
             raise _Rejected("empty_persona", "the model returned no author profile")
+        _reject_flaw(inspect_persona(persona, self.settings.quality))
 
         m.advance(DocState.SECTIONED)
         part = section(page, rng, self.settings.keep_whole_probability)
@@ -132,6 +141,7 @@ class DocumentProcessor:
             )
         )
         self._require(request, "request")
+        _reject_flaw(inspect_request(request, part.text, self.settings.quality))
 
         if plan.category.is_wi:
             m.advance(DocState.RESPONSE)
@@ -147,6 +157,7 @@ class DocumentProcessor:
 
         m.advance(DocState.FILTER)
         self._require(response, "response")
+        _reject_flaw(inspect_response(response, part.text, self.settings.quality))
         return self._row(run, plan, persona, request, instruction, response, page, page_tokens, truncated)
 
     @staticmethod

@@ -44,6 +44,11 @@ TINY = [
 ]
 
 
+def rows_used(meta: dict[str, Any]) -> int:
+    """Rows a run trained on plus the rows it held out for the evaluation gate: every valid row of its snapshot."""
+    return int(meta["rows"]["trained"]) + int(meta["rows"]["heldout"])
+
+
 def chat(i: int) -> list[dict[str, str]]:
     return [
         {"role": "user", "content": f"Explain garden number {i} to a new reader."},

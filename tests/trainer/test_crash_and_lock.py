@@ -14,7 +14,7 @@ from pathlib import Path
 from trainer.exceptions import EXIT_LOCKED, EXIT_OK
 from trainer.lock import RunLock
 
-from .conftest import Dirs, trainer_process, write_pairs
+from .conftest import Dirs, rows_used, trainer_process, write_pairs
 
 Run = Callable[[list[str]], tuple[int, str]]
 
@@ -58,12 +58,14 @@ def test_killed_run_resumes_from_its_last_checkpoint(dirs: Dirs, run_inprocess: 
     assert resumed >= step
     assert meta["training"]["global_step"] == 100
     assert meta["snapshot_id"] == plan["manifest"]["snapshot_id"]
-    assert meta["rows"]["trained"] == 8
+    assert rows_used(meta) == 8
     assert not (dirs.work / "pending").exists()
 
-    code, line = run_inprocess(dirs.args())  # the rows that came meanwhile are new now
+    # The rows that came meanwhile are new now. Two steps from the base model lose to the 100-step model above on
+    # held-out loss: the gate would rightly refuse it, and this test is about the rows, so it is off here.
+    code, line = run_inprocess(dirs.args("--eval-gate", "false"))
     assert code == EXIT_OK, line
-    assert json.loads((dirs.out / dirs.latest() / "training_metadata.json").read_text())["rows"]["trained"] == 12
+    assert rows_used(json.loads((dirs.out / dirs.latest() / "training_metadata.json").read_text())) == 12
 
 
 def test_lock_turns_a_concurrent_run_away_and_dies_with_its_holder(

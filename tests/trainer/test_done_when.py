@@ -13,7 +13,7 @@ from pathlib import Path
 from devtools.fakeopenai import FakeOpenAI
 from tests.support.documents import page, run_consume, write_jsonl
 
-from .conftest import REPO, Dirs
+from .conftest import REPO, Dirs, rows_used
 
 
 def consume(source: Path, output: Path, server: FakeOpenAI) -> None:
@@ -64,7 +64,7 @@ def train(dirs: Dirs) -> tuple[int, str]:
 
 def trained_rows(dirs: Dirs) -> int:
     meta = json.loads((dirs.out / str(dirs.latest()) / "training_metadata.json").read_text())
-    return int(meta["rows"]["trained"])
+    return rows_used(meta)
 
 
 def test_consume_then_train_skip_consume_more_train_again(dirs: Dirs, fake_llm: FakeOpenAI, tmp_path: Path) -> None:

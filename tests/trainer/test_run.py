@@ -15,7 +15,7 @@ from core.storage import resolve
 from trainer.exceptions import EXIT_DATA, EXIT_OK
 from trainer.snapshot import take_snapshot
 
-from .conftest import Dirs, chat, pairs_table, write_pairs, write_rows
+from .conftest import Dirs, chat, pairs_table, rows_used, write_pairs, write_rows
 
 Run = Callable[[list[str]], tuple[int, str]]
 
@@ -52,7 +52,7 @@ def test_first_run_publishes_second_skips_new_data_trains_again(dirs: Dirs, run_
     snapshot, _ = take_snapshot(resolve(str(dirs.data)))
     assert meta["snapshot_id"] == snapshot.snapshot_id
     assert [f["path"] for f in meta["manifest"]["files"]] == [f.path for f in snapshot.files]
-    assert meta["rows"]["snapshot"] == meta["rows"]["trained"] == 6
+    assert meta["rows"]["snapshot"] == rows_used(meta) == 6
     assert len(meta["data_sha256"]) == 64
     assert meta["hyperparameters"]["training"]["max_steps"] == 2
     assert meta["hyperparameters"]["training"]["learning_rate"] == 1e-4
@@ -80,7 +80,7 @@ def test_first_run_publishes_second_skips_new_data_trains_again(dirs: Dirs, run_
     meta2 = metadata(dirs.out / second)
     assert meta2["parent_run"] == first
     assert meta2["rows"]["new_in_snapshot"] == 4
-    assert meta2["rows"]["trained"] == 10  # retrain: the base model on all rows
+    assert rows_used(meta2) == 10  # retrain: the base model on all rows
     assert meta2["start_model"] == str(dirs.model)
 
 
@@ -129,7 +129,7 @@ def test_malformed_rows_are_skipped_and_reported(dirs: Dirs, run_inprocess: Run)
     assert code == EXIT_OK
     assert "skipped_rows=2" in line
     meta = metadata(dirs.out / dirs.latest())
-    assert meta["rows"]["trained"] == 3
+    assert rows_used(meta) == 3
     assert meta["rows"]["skipped"] == {"messages_empty": 1, "last_turn_not_assistant": 1}
 
 
@@ -147,17 +147,17 @@ def test_corrupt_file_fails_cleanly_or_is_skipped_when_asked(dirs: Dirs, run_inp
     assert code == EXIT_OK
     meta = metadata(dirs.out / dirs.latest())
     assert [b["path"] for b in meta["bad_files"]] == ["webr/0/webr+0+00000000000000000004.parquet"]
-    assert meta["rows"]["trained"] == 4
+    assert rows_used(meta) == 4
 
 
 def test_prompts_longer_than_max_length_are_reported_or_refused(dirs: Dirs, run_inprocess: Run) -> None:
     long_prompt = [{"role": "user", "content": "the garden " * 200}, {"role": "assistant", "content": "Yes."}]
     (dirs.data / "webr/0").mkdir(parents=True)
     pq.write_table(pairs_table([chat(0), long_prompt, chat(2)]), dirs.data / "webr/0/a.parquet")
-    code, line = run_inprocess(dirs.args())
+    code, line = run_inprocess(dirs.args("--eval-gate", "false"))  # else the long row is the one held out
     assert code == EXIT_OK, line
     meta = metadata(dirs.out / dirs.latest())
-    assert (meta["rows"]["trained"], meta["rows"]["without_loss_tokens"]) == (3, 1)
+    assert (rows_used(meta), meta["rows"]["without_loss_tokens"]) == (3, 1)
 
     write_pairs(dirs.data, 10, 2)
     code, line = run_inprocess(dirs.args("--max-length", "8"))  # no row keeps an assistant token

