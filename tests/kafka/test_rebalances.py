@@ -28,9 +28,12 @@ pytestmark = pytest.mark.timeout(300)
 STOP_BOUND_S = STOP_COMMIT_TIMEOUT_S + LEAVE_TIMEOUT_S + DEAD_LETTERS_CLOSE_TIMEOUT_S + TASKS_STOP_TIMEOUT_S + 2 + 5
 """Everything a stopping process still does, each step bounded: the last commit, stopping the loops, leaving the
 group, closing the dead-letter producer, the default executor's threads (2 s), plus 5 s to start Python's exit."""
-EXIT_BOUND_S = 25.0
+EXIT_BOUND_S = 40.0
 """How long after the topic is drained (plus the idle time) the last member may still be there: leaving one after
-another costs a rebalance each (tansu delays every rejoin by 3 s), plus a heartbeat to confirm and one to linger."""
+another costs a rebalance each (tansu delays every follower's rejoin by 3 s, and took up to 8 s on a loaded
+machine), plus a heartbeat to confirm and one to linger, and the group's leader leaves last, one rebalance after
+the last other member (measured: up to 36.7 s with two busy loops on two cores, 15 s before the leader left last
+on an idle one)."""
 
 
 def assert_exactly_once(out: Output, docs: list[tuple[bytes, bytes]]) -> None:
@@ -133,7 +136,7 @@ def test_a_member_never_given_a_stable_assignment_warns_and_exits_1(
     kafka_topic.produce(documents(3))
     wedge_group(kafka_topic)
     llm = fake_llm_factory(latency_s=0.05)
-    flags = ("--stop-after-idle", "2", "--max-poll-interval-ms", "4000", "--rebalance-grace-s", "1")
+    flags = ("--stop-after-idle", "2", "--max-poll-interval-ms", "12000", "--rebalance-grace-s", "1")
     member = Consumer(kafka_topic, str(tmp_path / "out"), llm.url, tmp_path, *flags)
     consumers.append(member.start())
     started = time.monotonic()
@@ -142,8 +145,8 @@ def test_a_member_never_given_a_stable_assignment_warns_and_exits_1(
     log = member.log()
     print(f"exit {rc} after {took:.1f}s")
     assert rc == 1, log[-3000:]
-    assert "no stable group membership for" in log and "the rebalance is not completing" in log, log[-3000:]
-    give_up_s = 4 + 3 * SESSION_TIMEOUT_MS / 1000
+    assert "no stable group membership for" in log and "still rebalancing" in log, log[-3000:]
+    give_up_s = 12 + 3 * SESSION_TIMEOUT_MS / 1000
     assert give_up_s < took < give_up_s + STOP_BOUND_S, log[-3000:]
     assert not any(kafka_topic.committed().values())
 
