@@ -51,12 +51,13 @@ def test_four_members_drain_six_uneven_partitions_and_all_exit_zero(
     tmp_path: Path,
     consumers: list[Consumer],
 ) -> None:
-    """The member with the least work finishes first and leaves; its leaving revokes the others' partitions. Each
-    member must still see its (new) partitions through to their end before it leaves, so the group processes all
-    240 documents exactly once and every member exits 0."""
+    """Members with little work finish first and leave (the group's leader last of all: at least one of the two
+    members with little work is not the leader); each leaving revokes the others' partitions. Each member must
+    still see its (new) partitions through to their end before it leaves, so the group processes all 240
+    documents exactly once and every member exits 0."""
     topic = make_topic(6)
     llm = fake_llm_factory(latency_s=(0.1, 0.4))
-    sizes = [5, 10, 25, 40, 70, 90]
+    sizes = [5, 10, 15, 20, 80, 110]  # range-assigned to four members: 15, 35, 80 and 110 documents
     docs: list[tuple[bytes, bytes]] = []
     for p, n in enumerate(sizes):
         part = documents(n, start=len(docs))
