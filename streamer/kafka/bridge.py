@@ -8,7 +8,10 @@ I/O thread, which is also where rebalance listeners run; a listener must not blo
 
 Each poll also reports where this member stands: per owned partition its fetch position and the high watermark of
 the last fetch (the end offset; None until a fetch since the partition was sought), and the group membership
-(generation, stable or not, assignment). `confirm_settled()` is the last check before an idle member leaves.
+(generation, stable or not, assignment, leader of how many members). `confirm_settled()` is the last check before
+an idle member leaves; the group's leader leaves only once it is alone (tansu 0.6 loses a leader that leaves while
+the group is forming, and then never completes a rebalance again). A member that the broker keeps without a stable
+membership for longer than a rebalance may take says so, then gives up (`GroupStuckError`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from typing import Any, Protocol
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.coordinator.base import MemberState
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.future import Future as KafkaFuture
 
 from streamer.kafka.settings import KafkaSettings
@@ -41,6 +45,20 @@ COMMIT_TIMEOUT_MS = 10_000
 and polling must go on."""
 RECONNECT_BACKOFF_MAX_MS = 5_000
 """kafka-python backs off up to 30 s between reconnects by default; a restarted broker should be found sooner."""
+OFFSET_CALL_TIMEOUT_MS = 10_000
+"""`committed()` and `position()` (preparing new partitions) wait at most this long for the coordinator, then fail
+and are retried: without a timeout they wait for good, holding the consumer thread and so every poll."""
+STUCK_WARN_SESSIONS = 5
+"""Without a stable membership (coordinator reachable) for the rebalance grace period plus this many session
+timeouts, the member logs a warning, and again every as many (tansu's rebalances took up to 14 s = grace + 3
+sessions with the tests' 3 s sessions on a loaded machine)."""
+STUCK_EXIT_SESSIONS = 3
+"""... and gives up (exit 1) after the max poll interval (the longest a Kafka broker waits for members to rejoin)
+plus this many session timeouts."""
+
+
+class GroupStuckError(Exception):
+    """The coordinator answers, but has not given this member a stable assignment for longer than a rebalance takes."""
 
 
 def _unstick_parked_records(consumer: KafkaConsumer) -> None:
@@ -79,9 +97,33 @@ class Membership:
     stable: bool
     """Joined, and no rebalance running or announced (by a heartbeat) as far as this member knows."""
     assigned: frozenset[int]
+    led: int = 0
+    """As the group's leader, the number of members (itself included) it assigned partitions to; 0 otherwise."""
 
 
 NOT_JOINED = Membership(-1, False, frozenset())
+
+
+class _CountingAssignor(AbstractPartitionAssignor):
+    """Delegates to a kafka-python assignor and reports how many members it assigns to (only a leader assigns)."""
+
+    def __init__(self, inner: type[AbstractPartitionAssignor], seen: Callable[[int], None]) -> None:
+        self._inner = inner
+        self._seen = seen
+
+    @property
+    def name(self) -> str:
+        return str(self._inner.name)
+
+    def assign(self, cluster: Any, members: Any) -> Any:
+        self._seen(len(members))
+        return self._inner.assign(cluster, members)
+
+    def metadata(self, topics: Any) -> Any:
+        return self._inner.metadata(topics)
+
+    def on_assignment(self, assignment: Any, generation: int) -> None:
+        self._inner.on_assignment(assignment, generation)
 
 
 @dataclass(slots=True)
@@ -136,6 +178,7 @@ class _Listener(AsyncConsumerRebalanceListener):
         ok = True
         try:
             await bridge.consumer.commit_async(bridge.commit_map(offsets))
+            log.info("committed on revocation %s", offsets, extra={"offsets": offsets})
         except KafkaError as exc:
             ok = False
             log.warning("commit on revocation failed (the next owner reprocesses from the last commit): %s", exc)
@@ -174,6 +217,13 @@ class ConsumerBridge:
         self._consumer: KafkaConsumer | None = None
         self._closing = False
         """Set on the consumer thread once an idle member decided to leave: no poll may start a rejoin after it."""
+        self._led = 0
+        """Members in the last assignment this member made as leader (set on kafka-python's I/O thread)."""
+        self._waiting_alone = -2
+        """The generation in which an idle leader last said it waits for the other members to leave."""
+        self._unsettled_since: float | None = None
+        """time.monotonic() since when this member has had no stable membership while its coordinator was known."""
+        self._next_stuck_warning = 0.0
 
     @property
     def consumer(self) -> KafkaConsumer:
@@ -233,10 +283,15 @@ class ConsumerBridge:
             max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
             reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
             # Eager protocols: every rebalance revokes everything first, which the dedup rebuild relies on.
-            partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
+            partition_assignment_strategy=tuple(
+                _CountingAssignor(a, self._note_led) for a in (RangePartitionAssignor, RoundRobinPartitionAssignor)
+            ),
         )
         consumer.subscribe([self.topic], listener=_Listener(self))
         return consumer
+
+    def _note_led(self, members: int) -> None:
+        self._led = members
 
     async def poll(self, allowed: set[int], timeout_ms: int) -> Polled:
         """Fetch from the partitions in `allowed` (all others paused); records, partition ends and membership."""
@@ -261,7 +316,9 @@ class ConsumerBridge:
         ends = {
             tp.partition: (_fetch_position(c, tp), c.highwater(tp)) for tp in c.assignment() if tp.topic == self.topic
         }
-        return Polled(records, ends, self._membership())
+        member = self._membership()
+        self._watch(member)
+        return Polled(records, ends, member)
 
     def _membership(self) -> Membership:
         """On the consumer thread. kafka-python keeps "a heartbeat said the group is rebalancing" (rejoin needed) in
@@ -278,7 +335,41 @@ class ConsumerBridge:
             and not coordinator.need_rejoin()
         )
         assigned = frozenset(tp.partition for tp in c.assignment() if tp.topic == self.topic)
-        return Membership(meta.generation_id, stable, assigned)
+        led = self._led if coordinator._is_leader else 0
+        return Membership(meta.generation_id, stable, assigned, led)
+
+    def _watch(self, member: Membership) -> None:
+        """On the consumer thread, after a poll: a member the coordinator keeps rebalancing for longer than any
+        rebalance takes must not wait silently for good (tansu 0.6 can lose a group's leader and then never
+        complete a rebalance). Time without a reachable coordinator (a broker away) does not count."""
+        now = time.monotonic()
+        if member.stable or self.consumer._coordinator.coordinator_id is None:
+            self._unsettled_since = None
+            return
+        s = self.settings
+        session_s = s.session_timeout_ms / 1000
+        warn_every = s.rebalance_grace_s + STUCK_WARN_SESSIONS * session_s
+        give_up = s.max_poll_interval_ms / 1000 + STUCK_EXIT_SESSIONS * session_s
+        if self._unsettled_since is None:
+            self._unsettled_since = now
+            self._next_stuck_warning = now + warn_every
+            return
+        stuck = now - self._unsettled_since
+        if stuck >= give_up:
+            raise GroupStuckError(
+                f"no stable group membership for {stuck:.0f}s (generation {member.generation}) although the "
+                "coordinator answers: the broker does not complete the rebalance"
+            )
+        if now >= self._next_stuck_warning:
+            self._next_stuck_warning = now + warn_every
+            log.warning(
+                "no stable group membership for %.0fs (generation %d, assigned %s), still rebalancing; giving up "
+                "(exit 1) after %.0fs",
+                stuck,
+                member.generation,
+                sorted(member.assigned),
+                give_up,
+            )
 
     async def confirm_settled(self, member: Membership, since: float) -> bool:
         """Whether the group is still as `member` says and a heartbeat sent after `since` (time.monotonic()) came
@@ -294,6 +385,14 @@ class ConsumerBridge:
         if not (since < sent <= received):
             return False
         if self._membership() != member:
+            return False
+        if member.led > 1:
+            # tansu 0.6 keeps a leader that leaves while the group is forming (after another member left or joined)
+            # as the leader of the next generation; nobody can complete a rebalance after that, for good. Other
+            # members leave first, each a rebalance this member leads; alone, it leaves a formed group.
+            if self._waiting_alone != member.generation:
+                self._waiting_alone = member.generation
+                log.info("idle, and leading %d members: leaving once the others have left", member.led)
             return False
         self._closing = True
         return True
@@ -312,14 +411,17 @@ class ConsumerBridge:
         positions: dict[int, int] = {}
         for p in sorted(partitions & owned):
             tp = TopicPartition(self.topic, p)
-            committed = c.committed(tp)
+            committed = c.committed(tp, timeout_ms=OFFSET_CALL_TIMEOUT_MS)
             if committed is not None:
                 c.seek(tp, committed)
             elif self.settings.auto_offset_reset == "earliest":
                 c.seek_to_beginning(tp)
             else:
                 c.seek_to_end(tp)
-            positions[p] = c.position(tp)
+            position = c.position(tp, timeout_ms=OFFSET_CALL_TIMEOUT_MS)
+            if position is None:
+                raise KafkaTimeoutError(f"no position for partition {p} in {OFFSET_CALL_TIMEOUT_MS} ms")
+            positions[p] = position
             _forget_highwater(c, tp)
         return positions
 

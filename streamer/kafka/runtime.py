@@ -238,7 +238,8 @@ class KafkaRuntime:
             if written or self.pipeline.uncommitted:
                 self._commit_wanted.set()
             if await self._idle_exit():
-                linger = self.kafka.heartbeat_interval_ms / 1000
+                # A leader that assigned to itself alone has nobody to wait for.
+                linger = self.kafka.heartbeat_interval_ms / 1000 if self._member.led != 1 else 0.0
                 log.info(
                     "idle for %.0fs, every owned partition (%s) read to its end and committed, group stable "
                     "(generation %d): leaving in %.1fs",

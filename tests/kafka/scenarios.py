@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from kafka import KafkaConsumer
+
+from devtools.tansu import wait_for
 from tests.fixtures.kafka import KafkaTopic
-from tests.kafka.helpers import Consumer, Output, documents, read_output, wait_committed
+from tests.kafka.helpers import SESSION_TIMEOUT_MS, Consumer, Output, documents, read_output, wait_committed
 
 
 def log_time(event: dict) -> float:
@@ -116,3 +120,69 @@ def join_then_drain(
         for m in group:
             m.stop()
     return GroupRun(messages, read_output(out_uri, topic.name), group, exits, last_commit_time(group), started)
+
+
+class _PlainMember(threading.Thread):
+    """A kafka-python consumer of the topic's group, polling on its own thread until `halt()`."""
+
+    def __init__(self, topic: KafkaTopic, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=topic.bootstrap,
+            group_id=topic.group_id,
+            client_id=name,
+            enable_auto_commit=False,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=SESSION_TIMEOUT_MS // 3,
+        )
+        self.consumer.subscribe([topic.name])
+        self._halt = threading.Event()
+        self.settled = False
+        """Assigned partitions in a stable generation, with no rebalance announced."""
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.consumer.poll(timeout_ms=100)
+            coordinator = self.consumer._coordinator
+            self.settled = bool(self.consumer.assignment()) and coordinator.stable() and not coordinator.need_rejoin()
+
+    @property
+    def leader(self) -> bool:
+        return bool(self.consumer._coordinator._is_leader)
+
+    def halt(self) -> None:
+        """Stop polling (heartbeats go on: it stays a member, but cannot rejoin)."""
+        self._halt.set()
+        self.join(30)
+
+    def leave(self) -> None:
+        self.halt()
+        self.consumer.close(autocommit=False)
+
+
+def wedge_group(topic: KafkaTopic) -> None:
+    """Leave `topic`'s group in the state tansu 0.6 never rebalances out of, with plain kafka-python consumers.
+
+    Three members form the group; a follower leaves (the group is forming again) and then the leader leaves before
+    it rejoined. tansu keeps the departed leader as the leader of the forming group: every JoinGroup answers with
+    it, every follower's SyncGroup with "rebalance in progress", and no member is ever assigned again. Checked here
+    on the third member, which then leaves too (the group stays wedged, empty)."""
+    members = [_PlainMember(topic, f"plain-{i}") for i in range(3)]
+    for m in members:
+        m.start()
+    try:
+        wait_for(lambda: all(m.settled for m in members), 60, "three plain members to form the group")
+        leader = next(m for m in members if m.leader)
+        follower, last = (m for m in members if m is not leader)
+        leader.halt()
+        follower.leave()
+        leader.leave()
+        time.sleep(SESSION_TIMEOUT_MS / 1000)  # the last member's heartbeat has announced the rebalance
+        deadline = time.monotonic() + 10
+        while not last.settled and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not last.settled, "tansu completed the rebalance: the group did not wedge"
+    finally:
+        for m in members:
+            if m.is_alive():
+                m.leave()
