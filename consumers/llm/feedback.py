@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Mapping
 
 from consumers.llm.errors import parse_duration
@@ -51,15 +52,18 @@ class LimitFeedback:
         increase: float = 0.02,
         backoff: float = 0.7,
         guard: float = 0.05,
+        lead: float = 0.02,
     ) -> None:
         self.limiter = limiter
         self.growth = growth
         self.increase = increase
         self.backoff = backoff
         self.guard = guard
+        self.lead = lead
         self.window_s = 1.0
         self._slow_start = True
         self._window_end: float | None = None
+        self._ends: deque[float] = deque(maxlen=32)
         self._last_cut = -math.inf
         self._last_step = -math.inf
         self._bucket_semantics = False
@@ -70,7 +74,9 @@ class LimitFeedback:
         """Every answer from the server, with its headers and the time (loop clock) its request was sent."""
         h = {k.lower(): v for k, v in headers.items()} if headers else {}
         self._learn_limits(h)
-        if rate_limited:
+        if self.limiter.takes_turns:
+            pass  # whole windows of its own: a 429 is a moment of overlap (a rebalance), not too large a share
+        elif rate_limited:
             self._cut(sent_at)
         else:
             self._grow(sent_at)
@@ -115,10 +121,15 @@ class LimitFeedback:
         return (end, room) if end is not None else None
 
     def _align(self, end: float) -> None:
+        """Each answer dates a window's end a little early (by the request's way to the server); a request held
+        up in this process (a busy event loop) dates it very early, and modulo the window that can read as late.
+        The estimate is the upper envelope of the last answers' phases less the latest tenth of them."""
         w = self.window_s
-        if self._window_end is None or (end - self._window_end) % w < 0.5 * w:
-            self._window_end = end
-            self.limiter.align(end, w, self.guard * w)
+        ref = end if self._window_end is None else self._window_end
+        self._ends.append(end)
+        phases = sorted((e - ref + w / 2) % w - w / 2 for e in self._ends)
+        self._window_end = ref + phases[len(phases) - 1 - len(phases) // 10]
+        self.limiter.align(self._window_end, w, self.guard * w, self.lead * w)
 
     def _cut(self, now: float) -> None:
         if now - self._last_cut < self.window_s:

@@ -52,6 +52,7 @@ class _SlidingBudget:
         self.used = 0.0
         self.boundary: float | None = None  # one of the server's window boundaries (loop time)
         self.guard_s = 0.0
+        self.lead_s = 0.0
         self._entries: deque[_Entry] = deque()
 
     def _next_boundary(self, at: float) -> float:
@@ -59,11 +60,14 @@ class _SlidingBudget:
         return self.boundary + math.floor((at - self.boundary) / self.window_s + 1.0) * self.window_s
 
     def admissible_at(self, now: float) -> float:
-        """`now`, or the next window's start when `now` is in the guard band at the end of a server window."""
+        """`now`, or later when `now` is in the guard bands at the start or end of a server window."""
         if self.boundary is None:
             return now
         edge = self._next_boundary(now)
-        return edge + _EXPIRY_SLACK_S if edge - now < self.guard_s else now
+        if edge - now < self.guard_s:
+            return edge + self.lead_s + _EXPIRY_SLACK_S
+        start = edge - self.window_s
+        return start + self.lead_s + _EXPIRY_SLACK_S if now - start < self.lead_s else now
 
     def expire(self, now: float) -> None:
         while self._entries and self._entries[0].until <= now + _EXPIRY_SLACK_S:
@@ -202,7 +206,7 @@ class RateLimiter:
             new = self._budget(per_minute, self._slice_s, self._headroom)
             if old is not None and new is not None:
                 new._entries, new.used = old._entries, old.used
-                new.boundary, new.guard_s = old.boundary, old.guard_s
+                new.boundary, new.guard_s, new.lead_s = old.boundary, old.guard_s, old.lead_s
             setattr(self, name, new)
         self.requests_per_minute, self.tokens_per_minute = requests_per_minute, tokens_per_minute
         self.set_scale(self.scale)
@@ -279,14 +283,15 @@ class RateLimiter:
         if seconds > 0:
             self.hold_until(asyncio.get_running_loop().time() + min(seconds, self._max_cooldown_s))
 
-    def align(self, boundary: float, window_s: float, guard_s: float) -> None:
+    def align(self, boundary: float, window_s: float, guard_s: float, lead_s: float = 0.0) -> None:
         """Use the server's enforcement windows (`window_s` long, one ending at `boundary`, loop time) instead of
-        sliding ones: calls then fill each server window exactly, and none is sent in its last `guard_s`."""
+        sliding ones: calls then fill each server window exactly, and none is sent in its first `lead_s` or last
+        `guard_s`, where it could arrive in the window before or after."""
         for budget in (self._requests, self._tokens):
             if budget is not None and abs(budget.window_s - window_s) < 1e-6:
-                budget.boundary, budget.guard_s = boundary, guard_s
+                budget.boundary, budget.guard_s, budget.lead_s = boundary, guard_s, lead_s
         if self._turns is not None:
-            self.set_scale(self.scale)  # whole windows in turn instead of a fraction of each
+            self.set_scale(1.0)  # whole windows in turn instead of a fraction of each
 
     def report_room(self, room: dict[str, float], until: float) -> None:
         """What the server says is left of its current window (by dimension: "requests", "tokens"), until

@@ -62,17 +62,17 @@ async def test_a_call_that_would_not_fit_the_room_left_waits_for_the_next_window
     assert 0.3 <= waited <= 0.6
 
 
-async def test_calls_fill_the_servers_windows_and_skip_their_last_moments() -> None:
+async def test_calls_fill_the_servers_windows_and_skip_their_first_and_last_moments() -> None:
     limiter = RateLimiter(None, 60 * 1000)  # 1,000 tokens a one-second window
-    feedback = LimitFeedback(limiter, initial_scale=1.0, guard=0.1)
+    feedback = LimitFeedback(limiter, initial_scale=1.0, guard=0.1, lead=0.05)
     loop = asyncio.get_running_loop()
     now = loop.time()
     feedback.on_answer(_headers(remaining_tokens=1000, reset_ms=950, limit=60 * 1000), now)  # ends at now + 0.95
     await limiter.acquire(600)
     started = loop.time()
     await limiter.acquire(600)  # the window is used up: the next one starts at now + 0.95, not a second later
-    assert 0.85 <= loop.time() - started <= 0.97  # a sliding window would have waited a whole second
-    assert loop.time() - now >= 0.95 - 0.01
+    assert 0.85 <= loop.time() - started <= 1.02  # a sliding window would have waited a whole second
+    assert loop.time() - now >= 0.95 + 0.05 - 0.01  # not in the first moments of the next window either
 
 
 def test_per_minute_bucket_headers_leave_the_windows_alone() -> None:
