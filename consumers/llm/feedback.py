@@ -9,19 +9,21 @@ answers are the only channel they share: `x-ratelimit-limit-*` (the real limit),
   were given.
 - **The server's windows.** A reset is at most one window long, so the window's length is the longest reset
   seen, in whole seconds; `sent_at + reset` dates the end of the current one (a little early, by the request's
-  trip to the server: the latest estimate is the best). The limiter then fills the server's own windows rather
-  than sliding ones that straddle them, and sends nothing in the last `guard` of a window, where a request could
-  arrive in the next one.
+  trip to the server: the latest of recent estimates is the best, less outliers). The limiter then fills the
+  server's own windows rather than sliding ones that straddle them, and sends nothing in the first `lead` or the
+  last `guard` of a window, where a request could arrive in the window before or after.
 - **Room left.** What an answer says is left of the window (less what this process sent since) holds back any
   call that would not fit until the window ends: it would be refused.
 - **Share (AIMD).** The limiter's `scale` starts at `initial_scale`, so N processes starting together do not open
   with a storm of 429s, and grows by `growth` per window (slow start) until the first 429, then by `increase` per
   window without one; a 429 multiplies it by `backoff` (once per window). Processes that back off alike and grow
-  alike converge on equal shares whose sum hovers at the limit.
+  alike converge on equal shares whose sum hovers at the limit. A group member that takes whole windows in turn
+  (`RateLimiter.set_share`) keeps its scale at 1: it needs no probing.
 
 What this cannot do: a refused request is not charged, so demand that the server refused is invisible to the
 others, and with calls a third of a window's token budget (WebR pages against 400k tokens per minute enforced
-per second) uncoordinated processes collide; `docs/llm-client.md` has the measured trade-off. Where N is known,
+per second) uncoordinated processes collide; `docs/llm-client.md` has the measured trade-off. Kafka group
+members know their share (their partitions) and take turns instead; for other processes where N is known,
 `--rate-limit-share 1/N` is exact.
 """
 

@@ -9,8 +9,9 @@ capacity is not (after an idle spell it lets through twice the slice in one serv
 
 Token estimates are reserved before a call and settled with what the call really cost afterwards, so the ledger
 converges on the truth. A 429 puts the whole limiter into a shared cooldown: every waiting call backs off, not
-only the one that was refused. Waiters are served strictly by (priority, arrival): a lower priority number first.
-There is no polling: the head waiter sleeps on a timer set to the exact moment enough budget expires.
+only the one that was refused. The head waiter, by (priority, arrival), goes first; the room it leaves goes to
+the waiters that fill it best. There is no polling: the head sleeps on a timer set to the moment enough budget
+expires. Members of a group that know their share (`set_share`) take the server's windows in turn.
 """
 
 from __future__ import annotations

@@ -81,3 +81,24 @@ def test_per_minute_bucket_headers_leave_the_windows_alone() -> None:
     feedback.on_answer(_headers(remaining_tokens=390_000, reset_ms=1500), 0.0)  # far more than one window's budget
     assert limiter.tokens_per_minute == TPM
     assert all(b is None or b.boundary is None for b in (limiter._tokens, limiter._requests))
+
+
+def test_the_window_phase_follows_the_latest_answers_and_ignores_a_held_up_request() -> None:
+    limiter = RateLimiter(None, TPM)
+    feedback = LimitFeedback(limiter, initial_scale=1.0)
+    for i in range(20):  # each dates the end of a window at k + 0.5, a little early by its way to the server
+        feedback.on_answer(_headers(remaining_tokens=3000, reset_ms=500 - (i % 5)), 10.0 + i)
+    feedback.on_answer(_headers(remaining_tokens=3000, reset_ms=500), 40.3)  # sent 0.7 s before it left
+    boundary = limiter._tokens.boundary
+    assert boundary is not None and abs((boundary - 0.5) % 1.0) < 0.003
+
+
+async def test_a_member_with_its_own_windows_keeps_its_whole_share_through_a_429() -> None:
+    limiter = RateLimiter(None, TPM)
+    feedback = LimitFeedback(limiter, initial_scale=0.3)
+    limiter.set_share({0, 1}, 6)
+    now = asyncio.get_running_loop().time()
+    feedback.on_answer(_headers(remaining_tokens=3000, reset_ms=500), now)
+    assert limiter.takes_turns and limiter.scale == 1.0
+    feedback.on_answer(_headers(remaining_tokens=0, reset_ms=400), now + 0.1, rate_limited=True)
+    assert limiter.scale == 1.0  # an overlap while the group rebalances, not too large a share
