@@ -54,7 +54,7 @@ class LimitFeedback:
         increase: float = 0.02,
         backoff: float = 0.7,
         guard: float = 0.05,
-        lead: float = 0.02,
+        lead: float = 0.05,
     ) -> None:
         self.limiter = limiter
         self.growth = growth
@@ -74,6 +74,7 @@ class LimitFeedback:
 
     def on_answer(self, headers: Mapping[str, str] | None, sent_at: float, *, rate_limited: bool = False) -> None:
         """Every answer from the server, with its headers and the time (loop clock) its request was sent."""
+        self.limiter.heard_from_server()
         h = {k.lower(): v for k, v in headers.items()} if headers else {}
         self._learn_limits(h)
         if self.limiter.takes_turns:

@@ -183,6 +183,8 @@ class RateLimiter:
         self.tokens_per_minute = tokens_per_minute
         self.scale = 1.0
         self._turns: tuple[frozenset[int], int] | None = None
+        self._heard = False  # whether the server has answered anything yet
+        self._probe_at = -math.inf  # when the last call went out while a member waits for its first answer
         self._wall_offset = time.time() - time.monotonic()  # the loop's clock is time.monotonic()
         self._room: dict[str, float] = {}
         self._room_until = 0.0
@@ -228,12 +230,21 @@ class RateLimiter:
         Once the server's windows are known (`align`), the members take turns: this one sends only in the
         windows whose number (counted on the wall clock, which all members share) modulo `total` is in `owned`,
         and has each of them whole, so no two members ever charge one window. Before that, and where the
-        server refills a per-minute bucket, it uses len(owned) / total of the limits. The adaptive scale starts
-        over at 1: a known share needs no probing. Nothing owned: back to sharing by the server's answers alone.
+        server refills a per-minute bucket, it uses len(owned) / total of the limits, and until the server's
+        first answer it sends one call a window (members starting together would otherwise collide before any
+        answer dates the windows). The adaptive scale starts over at 1: a known share needs no probing. Nothing
+        owned: back to sharing by the server's answers alone.
         """
         turns = frozenset(p % total for p in owned) if total > 0 else frozenset()
         self._turns = (turns, total) if turns else None
         self.set_scale(1.0)
+
+    def heard_from_server(self) -> None:
+        """The server answered (whatever it said): a member no longer waits for its first answer."""
+        if not self._heard:
+            self._heard = True
+            if self._waiters:
+                self._wake()
 
     @property
     def takes_turns(self) -> bool:
@@ -334,7 +345,7 @@ class RateLimiter:
             raise
 
     def _ready_at(self, tokens: int, now: float) -> float:
-        at = self._open_at(max(now, self._cooldown_until, self._room_ready_at(tokens, now)))
+        at = self._open_at(max(now, self._cooldown_until, self._room_ready_at(tokens, now), self._first_answer_at()))
         if self._requests is not None:
             self._requests.expire(now)
             at = max(at, self._requests.ready_at(1, now))
@@ -343,7 +354,14 @@ class RateLimiter:
             at = max(at, self._tokens.ready_at(tokens, now))
         return at
 
+    def _first_answer_at(self) -> float:
+        if self._turns is None or self._heard:
+            return -math.inf
+        budget = self._tokens or self._requests
+        return self._probe_at + (budget.window_s if budget is not None else self._slice_s)
+
     def _admit(self, tokens: int, now: float) -> Reservation:
+        self._probe_at = now
         if now < self._room_until:
             self._room = {d: left - (1 if d == "requests" else tokens) for d, left in self._room.items()}
         if self._requests is not None:
@@ -394,7 +412,7 @@ class RateLimiter:
         which ones share a window decides how full it gets; admitting by arrival alone left 10-15% of most
         windows unused. The head keeps its time, so big calls are never starved. Returns how many went.
         """
-        if now < self._cooldown_until or self._open_at(now) > now:
+        if now < max(self._cooldown_until, self._first_answer_at()) or self._open_at(now) > now:
             return 0  # a cooldown, another member's window, or the end of a server window: nothing goes out now
         candidates = [w for w in sorted(self._waiters) if not w.future.done() and w is not head]
         slots = float(len(candidates))

@@ -242,6 +242,7 @@ async def test_members_take_whole_windows_in_turn_by_their_share() -> None:
 async def test_a_share_before_the_servers_windows_are_known_is_a_fraction_of_each() -> None:
     limiter = RateLimiter(None, 6000)  # 100 tokens per second
     limiter.set_share({0, 5}, 4)  # 5 is 1 of 4: two of four shares, 50 tokens per second
+    limiter.heard_from_server()
     t0 = _now()
     await limiter.acquire(30)
     await limiter.acquire(30)
@@ -249,3 +250,15 @@ async def test_a_share_before_the_servers_windows_are_known_is_a_fraction_of_eac
     limiter.set_share(set(), 4)  # owning nothing: the whole limit again, shared by the server's answers
     await limiter.acquire(40)
     assert _now() - t0 < 1.5
+
+
+async def test_a_member_sends_one_call_a_window_until_the_server_first_answers() -> None:
+    limiter = RateLimiter(None, 60_000)  # 1,000 tokens per second
+    limiter.set_share({0}, 3)
+    t0 = _now()
+    await limiter.acquire(100)
+    second = asyncio.create_task(_timed_tokens(limiter, 100, priority=0))
+    await asyncio.sleep(0.3)
+    assert not second.done()  # 333 tokens of share left, but no answer has dated the windows yet
+    limiter.heard_from_server()
+    assert await second - t0 < 0.4
