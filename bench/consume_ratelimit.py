@@ -1,14 +1,17 @@
 """The whole `python -m streamer.consume` under OpenAI-style limits: capacity used, 429s, calls per document.
 
     python -m bench.consume_ratelimit --source ../shared/data/web_en_1k.json --docs 60 --runs 3
-    python -m bench.consume_ratelimit --consumers 3 --docs 180      # three processes, one organisation's limit
+    python -m bench.consume_ratelimit --kafka --consumers 3 --docs 180   # one group of three, one limit
+    python -m bench.consume_ratelimit --consumers 3 --docs 180           # three file runs, one limit
 
 Takes the first `--docs` pages of a file in the reference format, gives them `id`s, starts the fake OpenAI
 server with `--rpm`/`--tpm` enforced per second (as OpenAI enforces per-minute limits in slices), and runs
-`--consumers` CLI processes at once on equal slices of the pages, each told the whole limit (as users do: nobody
-tells a process how many others share the organisation's limit). Throughput is read from the server's own
-per-second accounting (what it charged) in steady state. By default no `--backend` is given and the server's
-loopback host is not OpenAI's, so the run has vLLM semantics (per-step max_tokens), as for a gateway.
+`--consumers` CLI processes at once, each told the whole limit (as users do: nobody tells a process how many
+others share the organisation's limit): file runs on equal slices of the pages, or with `--kafka` members of
+one consumer group on a topic of `--partitions` in tansu, fed once every member owns its partitions.
+Throughput is read from the server's own per-second accounting (what it charged) in steady state. By default
+no `--backend` is given and the server's loopback host is not OpenAI's, so the run has vLLM semantics (per-step
+max_tokens), as for a gateway.
 Targets: one consumer >= 95% of the binding limit with <= 1% of requests answered 429; three >= 90% with
 <= 2%; every document ends as exactly one row or one rejection, none for a rate limit.
 """
