@@ -52,9 +52,9 @@ bench-ratelimit:
 bench-consume:
 	$(VENV)/bin/python -m bench.consume_ratelimit $(BENCH_ARGS)
 
-# Three consumer processes, each told the whole 600 rpm / 400k tpm: the share of the limit and of 429s together.
+# Three members of one Kafka group (tansu, 6 partitions), each told the whole 600 rpm / 400k tpm.
 bench-shared-limit:
-	$(VENV)/bin/python -m bench.consume_ratelimit --consumers 3 --docs 180 $(BENCH_ARGS)
+	$(VENV)/bin/python -m bench.consume_ratelimit --kafka --consumers 3 --docs 180 $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

@@ -35,10 +35,13 @@ class StepBudgets:
             return self.default_tokens
         return min(self.ceiling, max(FLOOR_TOKENS, math.ceil(MARGIN * max(seen))))
 
-    def expected(self, step: str) -> int | None:
-        """Mean completion tokens of the step's recent replies (None before any)."""
+    def largest(self, step: str) -> int | None:
+        """The largest of the step's recent replies (None before any): what to reserve where nothing caps it.
+
+        The server charges the real completion on arrival; reserving the mean earned a 429 for every call longer
+        than it once windows were filled to the estimate. The surplus comes back when the call settles."""
         seen = self._seen.get(step)
-        return math.ceil(sum(seen) / len(seen)) if seen else None
+        return max(seen) if seen else None
 
     def observe(self, step: str, completion_tokens: int) -> None:
         self._seen.setdefault(step, deque(maxlen=HISTORY)).append(completion_tokens)

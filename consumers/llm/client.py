@@ -253,11 +253,11 @@ class OpenAIChatClient:
 
     def _completion_estimate(self, state: _CallState) -> int:
         """Completion tokens to reserve: the max_tokens sent (servers charge it on arrival, as OpenAI does),
-        else the mean of the step's recent replies."""
+        else the largest of the step's recent replies (the surplus comes back when the call settles)."""
         if state.max_tokens:
             return state.max_tokens
-        expected = self._steps.expected(state.step)
-        return expected if expected is not None else self._initial_completion_estimate
+        largest = self._steps.largest(state.step)
+        return largest if largest is not None else self._initial_completion_estimate
 
     def _on_failure(self, failure: Failure, headers: Mapping[str, str] | None, sent_at: float) -> None:
         if headers is not None:

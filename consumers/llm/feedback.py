@@ -9,19 +9,21 @@ answers are the only channel they share: `x-ratelimit-limit-*` (the real limit),
   were given.
 - **The server's windows.** A reset is at most one window long, so the window's length is the longest reset
   seen, in whole seconds; `sent_at + reset` dates the end of the current one (a little early, by the request's
-  trip to the server: the latest estimate is the best). The limiter then fills the server's own windows rather
-  than sliding ones that straddle them, and sends nothing in the last `guard` of a window, where a request could
-  arrive in the next one.
+  trip to the server: the latest of recent estimates is the best, less outliers). The limiter then fills the
+  server's own windows rather than sliding ones that straddle them, and sends nothing in the first `lead` or the
+  last `guard` of a window, where a request could arrive in the window before or after.
 - **Room left.** What an answer says is left of the window (less what this process sent since) holds back any
   call that would not fit until the window ends: it would be refused.
 - **Share (AIMD).** The limiter's `scale` starts at `initial_scale`, so N processes starting together do not open
   with a storm of 429s, and grows by `growth` per window (slow start) until the first 429, then by `increase` per
   window without one; a 429 multiplies it by `backoff` (once per window). Processes that back off alike and grow
-  alike converge on equal shares whose sum hovers at the limit.
+  alike converge on equal shares whose sum hovers at the limit. A group member that takes whole windows in turn
+  (`RateLimiter.set_share`) keeps its scale at 1: it needs no probing.
 
 What this cannot do: a refused request is not charged, so demand that the server refused is invisible to the
 others, and with calls a third of a window's token budget (WebR pages against 400k tokens per minute enforced
-per second) uncoordinated processes collide; `docs/llm-client.md` has the measured trade-off. Where N is known,
+per second) uncoordinated processes collide; `docs/llm-client.md` has the measured trade-off. Kafka group
+members know their share (their partitions) and take turns instead; for other processes where N is known,
 `--rate-limit-share 1/N` is exact.
 """
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Mapping
 
 from consumers.llm.errors import parse_duration
@@ -51,15 +54,18 @@ class LimitFeedback:
         increase: float = 0.02,
         backoff: float = 0.7,
         guard: float = 0.05,
+        lead: float = 0.05,
     ) -> None:
         self.limiter = limiter
         self.growth = growth
         self.increase = increase
         self.backoff = backoff
         self.guard = guard
+        self.lead = lead
         self.window_s = 1.0
         self._slow_start = True
         self._window_end: float | None = None
+        self._ends: deque[float] = deque(maxlen=32)
         self._last_cut = -math.inf
         self._last_step = -math.inf
         self._bucket_semantics = False
@@ -68,9 +74,12 @@ class LimitFeedback:
 
     def on_answer(self, headers: Mapping[str, str] | None, sent_at: float, *, rate_limited: bool = False) -> None:
         """Every answer from the server, with its headers and the time (loop clock) its request was sent."""
+        self.limiter.heard_from_server()
         h = {k.lower(): v for k, v in headers.items()} if headers else {}
         self._learn_limits(h)
-        if rate_limited:
+        if self.limiter.takes_turns:
+            pass  # whole windows of its own: a 429 is a moment of overlap (a rebalance), not too large a share
+        elif rate_limited:
             self._cut(sent_at)
         else:
             self._grow(sent_at)
@@ -115,10 +124,15 @@ class LimitFeedback:
         return (end, room) if end is not None else None
 
     def _align(self, end: float) -> None:
+        """Each answer dates a window's end a little early (by the request's way to the server); a request held
+        up in this process (a busy event loop) dates it very early, and modulo the window that can read as late.
+        The estimate is the upper envelope of the last answers' phases less the latest tenth of them."""
         w = self.window_s
-        if self._window_end is None or (end - self._window_end) % w < 0.5 * w:
-            self._window_end = end
-            self.limiter.align(end, w, self.guard * w)
+        ref = end if self._window_end is None else self._window_end
+        self._ends.append(end)
+        phases = sorted((e - ref + w / 2) % w - w / 2 for e in self._ends)
+        self._window_end = ref + phases[len(phases) - 1 - len(phases) // 10]
+        self.limiter.align(self._window_end, w, self.guard * w, self.lead * w)
 
     def _cut(self, now: float) -> None:
         if now - self._last_cut < self.window_s:

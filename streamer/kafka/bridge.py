@@ -397,6 +397,10 @@ class ConsumerBridge:
         self._closing = True
         return True
 
+    async def partition_count(self) -> int:
+        """How many partitions the topic has, from the consumer's metadata."""
+        return await self._call(lambda: len(self.consumer.partitions_for_topic(self.topic) or ()))  # type: ignore[no-any-return]
+
     async def rewind(self, partitions: set[int]) -> dict[int, int]:
         """Seek owned partitions to their committed offset (or the reset position without one); returns them.
 

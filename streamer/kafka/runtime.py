@@ -482,9 +482,20 @@ class KafkaRuntime:
 
     def assign(self, partitions: set[int], epoch: int) -> None:
         log.info("assigned partitions %s", sorted(partitions))
-        task = asyncio.ensure_future(self._prepare(partitions, epoch))
-        self._preparing.add(task)
-        task.add_done_callback(self._preparing.discard)
+        for job in (self._prepare(partitions, epoch), self._share_llm_limit(partitions)):
+            task = asyncio.ensure_future(job)
+            self._preparing.add(task)
+            task.add_done_callback(self._preparing.discard)
+
+    async def _share_llm_limit(self, partitions: set[int]) -> None:
+        """Members share the LLM's rate limit by the partitions they own (`RateLimiter.set_share`)."""
+        limiter = getattr(getattr(self.processor, "llm", None), "limiter", None)
+        if limiter is None:
+            return
+        try:
+            limiter.set_share(partitions, await self.bridge.partition_count())
+        except (KafkaError, OSError) as exc:  # the limiter goes on sharing by the server's answers alone
+            log.warning("cannot read the topic's partition count to share the LLM's limit: %s", exc)
 
     async def _prepare(self, partitions: set[int], epoch: int) -> None:
         """Clear uncommitted output and rebuild dedup for new partitions, then let them be fetched."""

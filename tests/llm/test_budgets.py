@@ -20,7 +20,8 @@ def test_each_step_learns_its_own_budget_within_the_ceiling() -> None:
     assert budgets.max_tokens("persona") == 90  # 1.5 x the largest reply
     assert budgets.max_tokens("response") == 4096  # capped by the ceiling
     assert budgets.max_tokens("request") == 1024  # a step never seen keeps the cold start
-    assert budgets.expected("persona") == 60
+    budgets.observe("persona", 75)
+    assert budgets.largest("persona") == 75  # reserved where no max_tokens caps the reply
 
 
 async def test_a_reply_cut_at_a_learnt_budget_is_asked_again_at_the_ceiling(

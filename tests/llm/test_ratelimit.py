@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 
 import pytest
 
@@ -210,3 +212,53 @@ async def test_no_backfill_that_would_delay_the_head() -> None:
 async def _timed_tokens(limiter: RateLimiter, tokens: int, priority: int) -> float:
     await limiter.acquire(tokens, priority=priority)
     return _now()
+
+
+async def test_the_waiters_that_fill_the_window_best_go_beside_the_head() -> None:
+    limiter = RateLimiter(tokens_per_minute=6000)  # 100 tokens per second
+    await limiter.acquire(100)
+    t0 = _now()
+    head = asyncio.create_task(_timed_tokens(limiter, 40, priority=0))
+    big = asyncio.create_task(_timed_tokens(limiter, 50, priority=1))  # next by arrival, but 40 + 50 leaves 10 over
+    small = [asyncio.create_task(_timed_tokens(limiter, 30, priority=p)) for p in (2, 3)]  # 40 + 30 + 30 = 100
+    head_at, big_at, *small_at = await asyncio.gather(head, big, *small)
+    assert 0.8 <= head_at - t0 < 1.5
+    assert all(t - head_at < 0.05 for t in small_at)
+    assert big_at - head_at >= 0.9
+
+
+async def test_members_take_whole_windows_in_turn_by_their_share() -> None:
+    limiter = RateLimiter(None, 60 * 1000, slice_s=0.2)  # 200 tokens a 0.2 s window
+    boundary = _now() + 0.1
+    limiter.align(boundary, 0.2, guard_s=0.01)
+    limiter.set_share({1, 3}, 4)  # partitions 1 and 3 of 4: every other window
+    times = [await _timed_tokens(limiter, 150, priority=0) for _ in range(4)]  # one call fills a window
+    starts = [boundary + math.floor((t - boundary) / 0.2) * 0.2 for t in times]
+    windows = [round((s + limiter._wall_offset) / 0.2) for s in starts]  # window numbers on the wall clock
+    assert all(w % 2 == 1 for w in windows)
+    assert all(b - a == 2 for a, b in itertools.pairwise(windows))  # and every turn is used
+
+
+async def test_a_share_before_the_servers_windows_are_known_is_a_fraction_of_each() -> None:
+    limiter = RateLimiter(None, 6000)  # 100 tokens per second
+    limiter.set_share({0, 5}, 4)  # 5 is 1 of 4: two of four shares, 50 tokens per second
+    limiter.heard_from_server()
+    t0 = _now()
+    await limiter.acquire(30)
+    await limiter.acquire(30)
+    assert _now() - t0 >= 0.9
+    limiter.set_share(set(), 4)  # owning nothing: the whole limit again, shared by the server's answers
+    await limiter.acquire(40)
+    assert _now() - t0 < 1.5
+
+
+async def test_a_member_sends_one_call_a_window_until_the_server_first_answers() -> None:
+    limiter = RateLimiter(None, 60_000)  # 1,000 tokens per second
+    limiter.set_share({0}, 3)
+    t0 = _now()
+    await limiter.acquire(100)
+    second = asyncio.create_task(_timed_tokens(limiter, 100, priority=0))
+    await asyncio.sleep(0.3)
+    assert not second.done()  # 333 tokens of share left, but no answer has dated the windows yet
+    limiter.heard_from_server()
+    assert await second - t0 < 0.4
