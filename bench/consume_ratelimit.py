@@ -96,8 +96,7 @@ def _run_files(args: argparse.Namespace, cmd: list[str], tmp: Path, lines: list[
 def _run_kafka(args: argparse.Namespace, cmd: list[str], tmp: Path, lines: list[str]) -> tuple[list[dict], list[dict]]:
     """`--consumers` members of one group on a topic of `--partitions` (tansu); the pages are produced once every
     member owns its partitions, so the run measures the group's steady state, not its joining."""
-    from tests.fixtures.kafka import TansuBroker, create_topic, wait_for
-    from tests.kafka.helpers import read_output
+    from devtools.tansu import TansuBroker, create_topic, wait_for
 
     broker = TansuBroker(tmp / "tansu.log")
     broker.start()
@@ -117,8 +116,7 @@ def _run_kafka(args: argparse.Namespace, cmd: list[str], tmp: Path, lines: list[
         for proc, log in zip(procs, logs, strict=True):
             if proc.wait(timeout=args.timeout_s) != 0:
                 raise SystemExit(f"member exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        out = read_output(str(tmp / "out"), topic.name)
-        return out.rows, out.rejected
+        return _outcomes(tmp / "out")
     finally:
         for proc in procs:
             if proc.poll() is None:

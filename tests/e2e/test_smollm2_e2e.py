@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from tests.fixtures.kafka import KafkaTopic
+from devtools.tansu import KafkaTopic
 from tests.fixtures.vllm_server import VLLMServer, smollm2_spec, start_vllm_server, stop_server
 from tests.support.documents import REPO, read_outcomes, run_consume
 from tests.trainer.conftest import write_pairs

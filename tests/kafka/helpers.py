@@ -16,8 +16,7 @@ from pyarrow import fs as pafs
 
 from core.keys import REJECTED_DIR
 from core.storage import resolve
-from devtools.tansu import wait_for
-from tests.fixtures.kafka import KafkaTopic
+from devtools.tansu import KafkaTopic, wait_for
 from tests.support.documents import CONSUME, REPO, page
 
 SESSION_TIMEOUT_MS = 3000

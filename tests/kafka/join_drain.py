@@ -15,8 +15,7 @@ import tempfile
 from pathlib import Path
 
 from devtools.fakeopenai import FakeOpenAI
-from devtools.tansu import TansuBroker
-from tests.fixtures.kafka import create_topic
+from devtools.tansu import TansuBroker, create_topic
 from tests.kafka.scenarios import join_then_drain, llm_attempts
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from kafka import KafkaConsumer
 
-from devtools.tansu import wait_for
-from tests.fixtures.kafka import KafkaTopic
+from devtools.tansu import KafkaTopic, wait_for
 from tests.kafka.helpers import SESSION_TIMEOUT_MS, Consumer, Output, documents, read_output, wait_committed
 
 

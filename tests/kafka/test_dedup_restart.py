@@ -9,7 +9,7 @@ import pytest
 
 from consumers.webr.processor import WebRSettings
 from devtools.fakeopenai import FakeOpenAI
-from tests.fixtures.kafka import KafkaTopic
+from devtools.tansu import KafkaTopic
 from tests.kafka.helpers import Consumer, documents, page, read_output
 from tests.support.plans import plan_of
 

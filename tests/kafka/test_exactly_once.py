@@ -17,7 +17,7 @@ import pytest
 from core.markers import marker_path, read_markers
 from core.storage import Location, resolve
 from devtools.fakeopenai import FakeOpenAI
-from tests.fixtures.kafka import KafkaTopic
+from devtools.tansu import KafkaTopic
 from tests.fixtures.s3 import S3Bucket
 from tests.kafka.helpers import Consumer, documents, read_output, sleep_until, wait_committed
 from trainer.exceptions import EmptySnapshot

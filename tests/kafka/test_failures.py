@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from devtools.fakeopenai import FakeOpenAI
-from devtools.tansu import TansuBroker, wait_for
-from tests.fixtures.kafka import KafkaTopic, create_topic
+from devtools.tansu import KafkaTopic, TansuBroker, create_topic, wait_for
 from tests.fixtures.s3 import S3Bucket
 from tests.kafka.helpers import Consumer, Output, documents, read_output, wait_committed
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from devtools.fakeopenai import FakeOpenAI
-from tests.fixtures.kafka import KafkaTopic
+from devtools.tansu import KafkaTopic
 from tests.kafka.helpers import Consumer, documents, read_output, wait_committed
 
 pytestmark = pytest.mark.timeout(300)

@@ -10,8 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.fakeopenai import FakeOpenAI
 from devtools.ports import free_port
-from devtools.tansu import wait_for
-from tests.fixtures.kafka import KafkaTopic
+from devtools.tansu import KafkaTopic, wait_for
 from tests.kafka.helpers import Consumer, documents
 
 pytestmark = pytest.mark.timeout(120)

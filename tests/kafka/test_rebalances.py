@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 
 from devtools.fakeopenai import FakeOpenAI
-from devtools.tansu import TansuBroker
+from devtools.tansu import KafkaTopic, TansuBroker, create_topic
 from streamer.kafka.runtime import (
     DEAD_LETTERS_CLOSE_TIMEOUT_S,
     LEAVE_TIMEOUT_S,
     STOP_COMMIT_TIMEOUT_S,
     TASKS_STOP_TIMEOUT_S,
 )
-from tests.fixtures.kafka import KafkaTopic, create_topic
 from tests.kafka.helpers import SESSION_TIMEOUT_MS, Consumer, Output, documents, read_output, wait_committed
 from tests.kafka.scenarios import join_then_drain, last_commit_time, llm_attempts, wait_exits, wedge_group
 

@@ -18,6 +18,7 @@ from core.keys import list_outputs, parse_file_name
 from core.outcomes import Outcome, PairRow, Rejection, SourceRef, Usage
 from core.records import Document
 from core.storage import resolve
+from devtools.tansu import KafkaTopic
 from streamer.kafka.deadletters import DeadLetters
 from streamer.kafka.recovery import clear_uncommitted, committed_rows, dedup_ranges
 from streamer.kafka.settings import KafkaRunConfig, KafkaSettings
@@ -25,7 +26,6 @@ from streamer.metrics import ConsumerMetrics
 from streamer.pipeline import Pipeline
 from streamer.settings import ConsumeSettings
 from streamer.sinks.parquet import ParquetSink, RollPolicy, SinkWriteError
-from tests.fixtures.kafka import KafkaTopic
 from tests.fixtures.s3 import S3Bucket
 
 NOW = datetime(2026, 11, 24, tzinfo=UTC)

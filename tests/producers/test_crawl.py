@@ -22,7 +22,7 @@ import pytest
 from core.records import parse_message
 from devtools.fakeopenai import FakeOpenAI
 from devtools.ports import free_port
-from devtools.tansu import TansuBroker, wait_for
+from devtools.tansu import KafkaTopic, TansuBroker, wait_for
 from devtools.warcs import (
     ARTICLES,
     Page,
@@ -34,7 +34,6 @@ from devtools.warcs import (
 )
 from producers.crawl import main
 from producers.recovery import FILE_HEADER, RECORD_HEADER
-from tests.fixtures.kafka import KafkaTopic
 from tests.fixtures.s3 import S3Bucket
 from tests.kafka.helpers import Consumer, read_output
 from tests.support.documents import REPO

@@ -14,9 +14,8 @@ import pytest
 
 from core.records import parse_message, text_doc_id
 from core.topics import partition_count
-from devtools.tansu import TansuBroker
+from devtools.tansu import KafkaTopic, TansuBroker
 from producers.files import main, make_parser, make_producer
-from tests.fixtures.kafka import KafkaTopic
 
 GOOD = [
     {"id": "a1", "url": "https://example.org/a", "text": "Alpha page about gardens.", "lang": "en"},

@@ -19,9 +19,8 @@ from kafka import KafkaProducer
 
 from core.records import parse_message, text_doc_id
 from devtools.ports import free_port
-from devtools.tansu import TansuBroker, wait_for
+from devtools.tansu import KafkaTopic, TansuBroker, wait_for
 from producers.http_ingest import Ingest, IngestSettings, make_app
-from tests.fixtures.kafka import KafkaTopic
 from tests.support.documents import REPO
 
 TOKEN = "test-token-1"
