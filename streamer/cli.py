@@ -48,4 +48,3 @@ def add_model_flags(
         elif annotation in (int, float):
             kwargs["type"] = annotation
         parser.add_argument(flag, metavar=name.upper(), **kwargs)
-

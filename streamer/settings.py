@@ -38,7 +38,8 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
     output: str = Field(description="output root: a local directory or s3://bucket/prefix")
     s3_endpoint_url: str | None = Field(default=None, description="endpoint of an S3-compatible store (MinIO...)")
     roll_records: int = Field(
-        default=DEFAULT_ROLL_RECORDS, gt=0,
+        default=DEFAULT_ROLL_RECORDS,
+        gt=0,
         description="input records per output file (a crash redoes at most this many per partition)",
     )
     # LLM backend
@@ -62,11 +63,14 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
     max_tokens_per_minute: int | None = Field(default=None, gt=0, description="token budget per minute")
     request_timeout_s: float = Field(default=120.0, gt=0, description="timeout of one LLM request")
     give_up_after: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="reject a document whose LLM call still fails transiently after SECONDS (default: it waits)",
     )
     rate_limit_share: float = Field(
-        default=1.0, gt=0, le=1,
+        default=1.0,
+        gt=0,
+        le=1,
         description="fixed share of the limits for this process, e.g. 0.25 for 4 (default: adapt to the server)",
     )
     temperature: float | None = Field(default=None, ge=0, le=2, description="default: 1.0 OpenAI, 0.6 vLLM")
@@ -80,7 +84,9 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
     )
     # output quality (consumers/webr/quality.py): each check rejects with its own reason
     max_repetition: float = Field(
-        default=_QUALITY.max_repetition, gt=0, le=1,
+        default=_QUALITY.max_repetition,
+        gt=0,
+        le=1,
         description="reject a persona, request or response whose repeated sentences or 5-word phrases exceed "
         "this share of it (repetitive_*)",
     )
@@ -101,7 +107,9 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
         description="reject a response not in its page's language (wrong_language_response)",
     )
     max_request_copy: float = Field(
-        default=_QUALITY.max_request_copy, gt=0, le=1,
+        default=_QUALITY.max_request_copy,
+        gt=0,
+        le=1,
         description="reject a request whose words are more than this share copied from the page (copied_request)",
     )
     max_in_flight_docs: int | None = Field(
@@ -157,8 +165,11 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
             give_up_after_s=self.give_up_after,
             rate_limit_share=self.rate_limit_share,
         )
-        given = {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p),
-                                   ("max_tokens", self.max_tokens)) if v is not None}
+        given = {
+            k: v
+            for k, v in (("temperature", self.temperature), ("top_p", self.top_p), ("max_tokens", self.max_tokens))
+            if v is not None
+        }
         sampling = Sampling.reference_defaults(base.is_openai).model_copy(update=given)
         return base.model_copy(update={"sampling": sampling})
 

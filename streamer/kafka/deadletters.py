@@ -89,7 +89,10 @@ class DeadLetters:
 
     def _send(self, source: SourceMessage, rejection: Rejection) -> None:
         future = self._producer.send(
-            self.topic, key=source.key, value=source.value, headers=dead_letter_headers(source, rejection),
+            self.topic,
+            key=source.key,
+            value=source.value,
+            headers=dead_letter_headers(source, rejection),
             timestamp_ms=source.timestamp_ms,
         )
         self._sent.append((future, source, rejection))

@@ -31,7 +31,8 @@ def clear_uncommitted(location: Location, stream: str, positions: dict[int, int]
     On a local disk, temporary files of a write killed before its rename go too (S3 puts leave none).
     """
     stale = [
-        f.path for f in list_outputs(location, stream, temporaries=location.is_local)
+        f.path
+        for f in list_outputs(location, stream, temporaries=location.is_local)
         if f.partition in positions and (f.temporary or f.start_offset >= positions[f.partition])
     ]
     for path in stale:
@@ -55,8 +56,10 @@ def committed_rows(
         keep = pc.and_(pc.greater_equal(offsets, start), pc.less(offsets, end))
         table = table.filter(keep)
         for branch, request, page_hash in zip(
-            table.column("branch").to_pylist(), table.column("request").to_pylist(),
-            table.column("page_hash").to_pylist(), strict=True,
+            table.column("branch").to_pylist(),
+            table.column("request").to_pylist(),
+            table.column("page_hash").to_pylist(),
+            strict=True,
         ):
             if request:
                 yield branch, request, page_hash or ""
@@ -73,4 +76,3 @@ def dedup_ranges(indexed: dict[int, int], positions: dict[int, int]) -> tuple[bo
     reset = any(indexed.get(p, 0) > position for p, position in positions.items())
     known = {} if reset else indexed
     return reset, {p: (known.get(p, 0), pos) for p, pos in positions.items() if known.get(p, 0) < pos}
-

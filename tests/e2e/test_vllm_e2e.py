@@ -152,11 +152,29 @@ def test_consume_file_end_to_end(vllm_server: VLLMServer, tmp_path: Path) -> Non
     before_stopped = vllm_server.metrics(finished_reason="stop")[SUCCESS]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBR_", "OPENAI_"))}
     args = (
-        "--source", str(source), "--output", str(output), "--base-url", vllm_server.base_url,
-        "--api-key", "test-key-not-secret", "--model", vllm_server.model, "--seed", "3",
-        "--max-concurrency", "4", "--max-tokens", "48", "--max-page-tokens", "200",
+        "--source",
+        str(source),
+        "--output",
+        str(output),
+        "--base-url",
+        vllm_server.base_url,
+        "--api-key",
+        "test-key-not-secret",
+        "--model",
+        vllm_server.model,
+        "--seed",
+        "3",
+        "--max-concurrency",
+        "4",
+        "--max-tokens",
+        "48",
+        "--max-page-tokens",
+        "200",
         # the tiny model's turns are ~5 tokens by construction: the length filters would reject its every pair
-        "--min-request-words", "0", "--min-response-words", "0",
+        "--min-request-words",
+        "0",
+        "--min-response-words",
+        "0",
     )
     started = time.monotonic()
     result = run_consume(*args, env=env, timeout=CONSUME_TIMEOUT_S)

@@ -55,7 +55,8 @@ def read_output(uri: str, topic: str, s3_endpoint_url: str | None = None) -> Out
     def read(base: str) -> list[dict]:
         selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
         files = sorted(
-            i.path for i in location.fs.get_file_info(selector)
+            i.path
+            for i in location.fs.get_file_info(selector)
             if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith(".")
         )
         return [r for f in files for r in pq.read_table(f, filesystem=location.fs).to_pylist()]
@@ -66,14 +67,46 @@ def read_output(uri: str, topic: str, s3_endpoint_url: str | None = None) -> Out
 class Consumer:
     """`python -m streamer.consume --bootstrap-servers ...` as a subprocess, its JSON log in a file."""
 
-    def __init__(self, topic: KafkaTopic, output: str, llm_url: str, log_dir: Path, *extra: str,
-                 s3_endpoint_url: str | None = None, name: str = "consumer") -> None:
+    def __init__(
+        self,
+        topic: KafkaTopic,
+        output: str,
+        llm_url: str,
+        log_dir: Path,
+        *extra: str,
+        s3_endpoint_url: str | None = None,
+        name: str = "consumer",
+    ) -> None:
         self.topic = topic
         self.cmd = [
-            *CONSUME, "--bootstrap-servers", topic.bootstrap, "--topic", topic.name,
-            "--group-id", topic.group_id, "--output", output, "--base-url", llm_url, "--api-key", "sk-test",
-            "--model", "gpt-4o-mini", "--seed", "7", "--max-concurrency", "16", "--max-in-flight-docs", "16",
-            "--session-timeout-ms", str(SESSION_TIMEOUT_MS), "--roll-records", "5", "--log-format", "json", *extra,
+            *CONSUME,
+            "--bootstrap-servers",
+            topic.bootstrap,
+            "--topic",
+            topic.name,
+            "--group-id",
+            topic.group_id,
+            "--output",
+            output,
+            "--base-url",
+            llm_url,
+            "--api-key",
+            "sk-test",
+            "--model",
+            "gpt-4o-mini",
+            "--seed",
+            "7",
+            "--max-concurrency",
+            "16",
+            "--max-in-flight-docs",
+            "16",
+            "--session-timeout-ms",
+            str(SESSION_TIMEOUT_MS),
+            "--roll-records",
+            "5",
+            "--log-format",
+            "json",
+            *extra,
         ]
         if s3_endpoint_url:
             self.cmd += ["--s3-endpoint-url", s3_endpoint_url]
@@ -131,6 +164,7 @@ class Consumer:
 
 def wait_committed(topic: KafkaTopic, at_least: int, timeout: float = 60) -> dict[int, int | None]:
     """Until the group has committed at least `at_least` offsets in total."""
+
     def enough() -> dict[int, int | None] | None:
         committed = topic.committed()
         return committed if sum(c or 0 for c in committed.values()) >= at_least else None

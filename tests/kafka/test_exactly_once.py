@@ -49,7 +49,10 @@ def output(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
 
 
 def test_malformed_messages_become_rejections_and_good_documents_flow(
-    kafka_topic: KafkaTopic, fake_llm: FakeOpenAI, output: tuple[str, str | None], tmp_path: Path,
+    kafka_topic: KafkaTopic,
+    fake_llm: FakeOpenAI,
+    output: tuple[str, str | None],
+    tmp_path: Path,
     consumers: list[Consumer],
 ) -> None:
     uri, endpoint = output
@@ -95,8 +98,9 @@ def test_malformed_messages_become_rejections_and_good_documents_flow(
         assert headers["webr.reason"] == by_source[src]["reason"]
         assert headers["webr.stage"] == by_source[src]["stage"]
         assert letter.value == (by_source[src]["payload"] or letter.value)
-    assert {(int(dict(x.headers)["webr.source.partition"]), int(dict(x.headers)["webr.source.offset"]))
-            for x in letters} == set(by_source)
+    assert {
+        (int(dict(x.headers)["webr.source.partition"]), int(dict(x.headers)["webr.source.offset"])) for x in letters
+    } == set(by_source)
 
     # everything committed, to the end of each partition
     ends: dict[int, int] = {}
@@ -108,7 +112,10 @@ def test_malformed_messages_become_rejections_and_good_documents_flow(
 
 
 def test_sigkill_three_times_at_random_moments_leaves_every_document_once(
-    kafka_topic: KafkaTopic, fake_llm_factory, output: tuple[str, str | None], tmp_path: Path,  # type: ignore[no-untyped-def]
+    kafka_topic: KafkaTopic,
+    fake_llm_factory,
+    output: tuple[str, str | None],
+    tmp_path: Path,  # type: ignore[no-untyped-def]
     consumers: list[Consumer],
 ) -> None:
     """150 documents, 3 partitions; kill -9 three times at random moments, restart; exactly once at the end."""

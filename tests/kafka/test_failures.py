@@ -74,15 +74,25 @@ def test_sigterm_finishes_in_flight_work_commits_exactly_what_is_written(
 
 
 def test_object_store_outage_is_waited_out_without_committing(
-    kafka_topic: KafkaTopic, fake_llm_factory: Callable[..., FakeOpenAI], s3_bucket: S3Bucket, tmp_path: Path,
+    kafka_topic: KafkaTopic,
+    fake_llm_factory: Callable[..., FakeOpenAI],
+    s3_bucket: S3Bucket,
+    tmp_path: Path,
     consumers: list[Consumer],
 ) -> None:
     """The S3 server goes away mid-run: writes are retried, nothing is committed meanwhile, the run completes."""
     llm = fake_llm_factory(latency_s=(0.02, 0.2))
     docs = documents(90)
     kafka_topic.produce(docs)
-    consumer = Consumer(kafka_topic, s3_bucket.uri(), llm.url, tmp_path, "--stop-after-idle", "4",
-                        s3_endpoint_url=s3_bucket.endpoint_url)
+    consumer = Consumer(
+        kafka_topic,
+        s3_bucket.uri(),
+        llm.url,
+        tmp_path,
+        "--stop-after-idle",
+        "4",
+        s3_endpoint_url=s3_bucket.endpoint_url,
+    )
     consumers.append(consumer.start())
     wait_committed(kafka_topic, 5)
     s3_bucket.server.stop()
@@ -100,7 +110,9 @@ def test_object_store_outage_is_waited_out_without_committing(
 
 
 def test_broker_restart_is_reconnected_and_nothing_is_lost(
-    persistent_broker: TansuBroker, fake_llm_factory: Callable[..., FakeOpenAI], tmp_path: Path,
+    persistent_broker: TansuBroker,
+    fake_llm_factory: Callable[..., FakeOpenAI],
+    tmp_path: Path,
     consumers: list[Consumer],
 ) -> None:
     """The broker stops mid-run with work in flight and comes back (its log kept): the consumer reconnects,

@@ -25,7 +25,8 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         return {}
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
     }
 
 
@@ -40,8 +41,16 @@ def test_metrics_count_what_the_consumer_did(
     kafka_topic.produce([*documents(20), (b"bad", b"not json")])
     fake_llm.configure(latency_s=0.15)
     port = free_port()
-    consumer = Consumer(kafka_topic, str(tmp_path / "out"), fake_llm.url, tmp_path,
-                        "--metrics-port", str(port), "--stop-after-idle", "5")
+    consumer = Consumer(
+        kafka_topic,
+        str(tmp_path / "out"),
+        fake_llm.url,
+        tmp_path,
+        "--metrics-port",
+        str(port),
+        "--stop-after-idle",
+        "5",
+    )
     consumers.append(consumer.start())
 
     def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
@@ -54,8 +63,11 @@ def test_metrics_count_what_the_consumer_did(
     assert isinstance(samples, dict)
     assert total(samples, "webr_documents_in_total") == 21
     assert total(samples, "webr_rejected_total", stage="input", reason="not_json") == 1
-    assert total(samples, "webr_documents_out_total", outcome="row") + total(
-        samples, "webr_documents_out_total", outcome="rejected") == 21
+    assert (
+        total(samples, "webr_documents_out_total", outcome="row")
+        + total(samples, "webr_documents_out_total", outcome="rejected")
+        == 21
+    )
     assert total(samples, "webr_llm_calls_total", status="ok") == len([r for r in fake_llm.records if r.status == 200])
     assert total(samples, "webr_llm_tokens_total", kind="prompt") > 0
     ok_calls = len([r for r in fake_llm.records if r.status == 200])

@@ -62,7 +62,11 @@ def test_valid_records_are_keyed_by_doc_id_and_invalid_ones_reported(
     summary = _summary(out)
     assert (summary["records"], summary["produced"], summary["invalid"], summary["duplicates"]) == (9, 3, 5, 1)
     assert summary["invalid_reasons"] == {
-        "not_json": 1, "missing_text": 1, "empty_text": 1, "not_an_object": 1, "binary_text": 1,
+        "not_json": 1,
+        "missing_text": 1,
+        "empty_text": 1,
+        "not_an_object": 1,
+        "binary_text": 1,
     }
     for where in ("line 2: not_json", "line 3: missing_text", "line 5: empty_text", "line 7: binary_text"):
         assert f"invalid record at {where}" in err
@@ -103,9 +107,20 @@ def test_strict_stops_at_first_invalid_record(kafka_broker: TansuBroker, tmp_pat
     topic = _fresh(kafka_broker)
     path = _jsonl_with_bad_lines(tmp_path / "pages.jsonl")
     proc = subprocess.run(
-        [sys.executable, "-m", "producers.files", "--bootstrap-servers", topic.bootstrap, "--topic", topic.name,
-         "--strict", str(path)],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "producers.files",
+            "--bootstrap-servers",
+            topic.bootstrap,
+            "--topic",
+            topic.name,
+            "--strict",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
     assert "line 2: not_json" in proc.stderr

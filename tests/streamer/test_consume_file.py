@@ -17,9 +17,26 @@ SECRET = "sk-test-NEVER-LOG-THIS-1234567890"
 
 def consume(source: Path, output: Path, server: FakeOpenAI, *extra: str, env: dict[str, str] | None = None):
     return run_consume(
-        "--source", str(source), "--output", str(output), "--base-url", server.url, "--api-key", SECRET,
-        "--model", "gpt-4o-mini", "--seed", "7", "--max-concurrency", "8", "--roll-records", "10",
-        "--log-level", "DEBUG", *extra, env={**os.environ, **(env or {})},
+        "--source",
+        str(source),
+        "--output",
+        str(output),
+        "--base-url",
+        server.url,
+        "--api-key",
+        SECRET,
+        "--model",
+        "gpt-4o-mini",
+        "--seed",
+        "7",
+        "--max-concurrency",
+        "8",
+        "--roll-records",
+        "10",
+        "--log-level",
+        "DEBUG",
+        *extra,
+        env={**os.environ, **(env or {})},
     )
 
 

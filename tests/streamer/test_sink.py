@@ -18,8 +18,23 @@ NOW = datetime(2026, 11, 24, tzinfo=UTC)
 def row(offset: int, ts: int | None = None) -> PairRow:
     ref = SourceRef("t", 0, offset, ts)
     return PairRow(
-        f"d{offset}", "pid", "question?", "answer.", "question?", "WR", "WR_all", "persona", None, "m", "v1", 0,
-        10, False, Usage(4, 100, 50, 0, 0.01), ref, NOW,
+        f"d{offset}",
+        "pid",
+        "question?",
+        "answer.",
+        "question?",
+        "WR",
+        "WR_all",
+        "persona",
+        None,
+        "m",
+        "v1",
+        0,
+        10,
+        False,
+        Usage(4, 100, 50, 0, 0.01),
+        ref,
+        NOW,
     )
 
 
@@ -49,7 +64,8 @@ def test_roll_on_record_count_and_read_back(tmp_path: Path) -> None:
     assert table.schema.remove_metadata() == PAIRS_SCHEMA
     assert table.schema.metadata[b"webr.end_offset"] == b"3"
     assert table.column("messages").to_pylist()[0] == [
-        {"role": "user", "content": "question?"}, {"role": "assistant", "content": "answer."},
+        {"role": "user", "content": "question?"},
+        {"role": "assistant", "content": "answer."},
     ]
     rej = pq.read_table(tmp_path / "_rejected" / "t" / file_name("t", 0, 0))
     assert rej.schema.remove_metadata() == REJECTED_SCHEMA

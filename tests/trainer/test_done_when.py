@@ -18,8 +18,20 @@ from .conftest import REPO, Dirs, rows_used
 
 def consume(source: Path, output: Path, server: FakeOpenAI) -> None:
     done = run_consume(
-        "--source", str(source), "--output", str(output), "--base-url", server.url, "--api-key", "sk-test",
-        "--model", "gpt-4o-mini", "--seed", "7", "--roll-records", "4",
+        "--source",
+        str(source),
+        "--output",
+        str(output),
+        "--base-url",
+        server.url,
+        "--api-key",
+        "sk-test",
+        "--model",
+        "gpt-4o-mini",
+        "--seed",
+        "7",
+        "--roll-records",
+        "4",
     )
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -5,8 +5,15 @@ from consumers.webr.state import DocState, DocumentStateMachine, IllegalTransiti
 
 def test_wi_and_wr_paths() -> None:
     wi = DocumentStateMachine("a")
-    for s in (DocState.PERSONA, DocState.SECTIONED, DocState.REQUEST, DocState.RESPONSE, DocState.FILTER,
-              DocState.DEDUP, DocState.DONE):
+    for s in (
+        DocState.PERSONA,
+        DocState.SECTIONED,
+        DocState.REQUEST,
+        DocState.RESPONSE,
+        DocState.FILTER,
+        DocState.DEDUP,
+        DocState.DONE,
+    ):
         wi.advance(s)
     assert wi.terminal
     wr = DocumentStateMachine("b")
