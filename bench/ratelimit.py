@@ -4,7 +4,7 @@
 per second and 0.1-0.3 s of latency, then drives the client with WebR-shaped documents (a page of ~1,000-1,500
 tokens as the prefix of a chain of 3 or 4 calls, replies of ~200-400 tokens) under the same limits. Throughput
 is read from the server's own per-second accounting (what it charged), in steady state: the first and last
-seconds are left out. Target (issue 2): >= 85% of the binding limit with < 5% of requests answered 429.
+seconds are left out. Target: >= 85% of the binding limit with < 5% of requests answered 429.
 """
 
 from __future__ import annotations

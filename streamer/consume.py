@@ -54,7 +54,7 @@ async def webr_engine(settings: ConsumeSettings) -> AsyncIterator[Engine]:
 
     webr = settings.webr()
     async with OpenAIChatClient(settings.llm()) as llm:
-        yield Engine(DocumentProcessor(llm, webr), DedupStage(webr.dedup()), llm.stats)
+        yield Engine(DocumentProcessor(llm, webr), DedupStage(webr.dedup()), llm.stats, llm.limiter.set_share)
 
 
 async def _run_file(settings: ConsumeSettings) -> int:

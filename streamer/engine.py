@@ -7,6 +7,7 @@ order and, when partitions are handed to it, `recall` and `reset`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -45,8 +46,10 @@ class Dedup(Protocol):
 @dataclass(frozen=True, slots=True)
 class Engine:
     """What the pipeline drives: the per-document processor and the dedup stage after it, plus the LLM
-    client's counters for the metrics endpoint (None when the client keeps none)."""
+    client's counters for the metrics endpoint and the hook through which a Kafka member tells the client's rate
+    limiter which partitions it owns of how many (`RateLimiter.set_share`); None where the client has neither."""
 
     processor: Processor
     dedup: Dedup
     llm_stats: ClientStats | None = None
+    share_llm_limit: Callable[[Collection[int], int], None] | None = None

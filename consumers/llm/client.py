@@ -19,8 +19,7 @@ import math
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_before_delay, stop_never
@@ -66,9 +65,6 @@ class ClientStats:
     held_s: float = 0.0  # attempt time spent held by the open circuit breaker
     rate_scale: float = 1.0  # the share of the rate limits in use (adapted from the server's answers)
     breaker: BreakerStats = field(default_factory=BreakerStats)  # the endpoint's circuit breaker (its own)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 
 from datasketch import MinHash, MinHashLSH
 
-from consumers.webr.state import DocState
 from core.outcomes import Outcome, PairRow, Rejection
+
+STAGE = "dedup"
+"""The stage a duplicate's rejection names: after the engine, in the pipeline."""
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -99,7 +101,7 @@ class DedupStage:
             return outcome
         return Rejection(
             doc_id=outcome.doc_id,
-            stage=str(DocState.DEDUP),
+            stage=STAGE,
             reason=why,
             detail=outcome.request[:200],
             ref=outcome.ref,

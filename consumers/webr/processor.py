@@ -158,6 +158,7 @@ class DocumentProcessor:
         m.advance(DocState.FILTER)
         self._require(response, "response")
         _reject_flaw(inspect_response(response, part.text, self.settings.quality))
+        m.advance(DocState.DONE)
         return self._row(run, plan, persona, request, instruction, response, page, page_tokens, truncated)
 
     @staticmethod

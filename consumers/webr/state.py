@@ -19,8 +19,7 @@ class DocState(StrEnum):
     ROLLOUT = "rollout"  # WR: answer without the page
     REFINE = "refine"  # WR: improve the answer with the page
     FILTER = "filter"
-    DEDUP = "dedup"
-    DONE = "done"
+    DONE = "done"  # a pair; the pipeline's dedup stage may still reject it (stage "dedup")
     REJECTED = "rejected"
 
 
@@ -32,8 +31,7 @@ _NEXT: dict[DocState, frozenset[DocState]] = {
     DocState.RESPONSE: frozenset({DocState.FILTER}),
     DocState.ROLLOUT: frozenset({DocState.REFINE}),
     DocState.REFINE: frozenset({DocState.FILTER}),
-    DocState.FILTER: frozenset({DocState.DEDUP}),
-    DocState.DEDUP: frozenset({DocState.DONE}),
+    DocState.FILTER: frozenset({DocState.DONE}),
     DocState.DONE: frozenset(),
     DocState.REJECTED: frozenset(),
 }

@@ -489,11 +489,13 @@ class KafkaRuntime:
 
     async def _share_llm_limit(self, partitions: set[int]) -> None:
         """Members share the LLM's rate limit by the partitions they own (`RateLimiter.set_share`)."""
-        limiter = getattr(getattr(self.processor, "llm", None), "limiter", None)
-        if limiter is None:
+        share = self.engine.share_llm_limit
+        if share is None:
             return
         try:
-            limiter.set_share(partitions, await self.bridge.partition_count())
+            total = await self.bridge.partition_count()
+            share(partitions, total)
+            log.info("sharing the LLM rate limit by partitions: %s of %d", sorted(partitions), total)
         except (KafkaError, OSError) as exc:  # the limiter goes on sharing by the server's answers alone
             log.warning("cannot read the topic's partition count to share the LLM's limit: %s", exc)
 

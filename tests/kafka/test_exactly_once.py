@@ -1,4 +1,4 @@
-"""The Done-when of issue 3, end to end: real broker, real S3 API, real engine over HTTP, consumer processes.
+"""Exactly once under failures, end to end: real broker, real S3 API, real engine over HTTP, consumer processes.
 
 Every document put on the topic must end in the output exactly once, as a row or a rejection with a reason,
 across SIGKILLs at random moments, and malformed messages must become rejections while good documents flow on.

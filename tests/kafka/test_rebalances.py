@@ -76,6 +76,13 @@ def test_four_members_drain_six_uneven_partitions_and_all_exit_zero(
     assert topic.committed() == dict(enumerate(sizes))
     first_exit = min(t for _, t in exits.values())
     assert first_exit < last_commit_time(members), "every member left at the end: no member left while others worked"
+    for m in members:  # each assignment hands the member's partitions to its LLM rate limiter
+        assigned = [e["msg"] for e in m.events() if e["msg"].startswith("assigned partitions ")]
+        shared = [e["msg"] for e in m.events() if e["msg"].startswith("sharing the LLM rate limit by partitions")]
+        assert [a.removeprefix("assigned partitions ") for a in assigned if a != "assigned partitions []"] == [
+            s.split(": ")[1].rsplit(" of ", 1)[0] for s in shared if not s.endswith(": [] of 6")
+        ], (assigned, shared)
+        assert all(s.endswith(" of 6") for s in shared), shared
 
 
 def test_members_joining_one_after_another_then_draining_exit_soon_after_the_topic_is_drained(

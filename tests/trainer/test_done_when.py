@@ -1,6 +1,6 @@
-"""Issue 4's "Done when", literally: `streamer.consume` writes a dataset (against the in-repo OpenAI-compatible
-server), `trainer.run` publishes a model; a second run with no new data publishes none and exits 0; after
-`streamer.consume` adds rows to the same output, a third run publishes a new model."""
+"""The consume-then-retrain cycle from cron, end to end: `streamer.consume` writes a dataset (against the in-repo
+OpenAI-compatible server), `trainer.run` publishes a model; a second run with no new data publishes none and
+exits 0; after `streamer.consume` adds rows to the same output, a third run publishes a new model."""
 
 from __future__ import annotations
 

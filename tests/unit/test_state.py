@@ -11,7 +11,6 @@ def test_wi_and_wr_paths() -> None:
         DocState.REQUEST,
         DocState.RESPONSE,
         DocState.FILTER,
-        DocState.DEDUP,
         DocState.DONE,
     ):
         wi.advance(s)
