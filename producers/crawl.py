@@ -166,6 +166,12 @@ def make_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="a file's lease: another producer takes over a dead holder's file after this long",
     )
+    parser.add_argument(
+        "--resume-quiet-s",
+        type=float,
+        default=3.0,
+        help="resuming a file: wait until the topic has not grown for this long before looking for what was sent",
+    )
     parser.add_argument("--delivery-timeout-s", type=float, default=300.0, help="wait this long for one ack")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_producer_arguments(parser)

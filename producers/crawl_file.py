@@ -26,7 +26,7 @@ from tqdm import tqdm
 from producers.crawl_metrics import CrawlMetrics
 from producers.language import LanguageIdentifier
 from producers.pages import PageOptions, text_key, to_page, url_key
-from producers.recovery import FILE_HEADER, RECORD_HEADER, end_offsets, sent_records
+from producers.recovery import FILE_HEADER, RECORD_HEADER, end_offsets, sent_records, wait_until_settled
 from producers.state import FileProgress, StateStore
 from producers.warc_records import CrawlRecord, Item, RecordError, iter_warc
 
@@ -123,6 +123,7 @@ class FileRun:
             scan_from = end_offsets(ctx.args.bootstrap_servers, ctx.args.topic)
             progress = FileProgress(self.key, self.size, 0, False, scan_from)
         else:
+            wait_until_settled(ctx.args.bootstrap_servers, ctx.args.topic, ctx.args.resume_quiet_s)
             recovered = sent_records(ctx.args.bootstrap_servers, ctx.args.topic, progress.scan_from, self.key)
             log.warning(
                 "%s: resuming at byte %d; %d records found sent", self.path, progress.next_offset, len(recovered)

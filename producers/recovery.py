@@ -27,6 +27,28 @@ def end_offsets(bootstrap_servers: str, topic: str) -> dict[int, int]:
         consumer.close(autocommit=False)
 
 
+def wait_until_settled(bootstrap_servers: str, topic: str, quiet_s: float, timeout: float = 120.0) -> None:
+    """Return once no partition's end offset has moved for `quiet_s`.
+
+    A producer killed mid-send leaves requests in its socket that the broker may append a little later (longer on
+    a loaded broker). A run taking over the file reads the topic only after the topic is quiet, so it does not
+    miss them and send their records twice.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in _partitions(consumer, topic)]
+        last, quiet_since, deadline = consumer.end_offsets(tps), time.monotonic(), time.monotonic() + timeout
+        while time.monotonic() - quiet_since < quiet_s:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic} kept growing for {timeout:.0f}s: another producer is still writing")
+            time.sleep(min(0.25, quiet_s))
+            now = consumer.end_offsets(tps)
+            if now != last:
+                last, quiet_since = now, time.monotonic()
+    finally:
+        consumer.close(autocommit=False)
+
+
 def sent_records(
     bootstrap_servers: str, topic: str, scan_from: dict[int, int], file_key: str, timeout: float = 120.0
 ) -> dict[str, tuple[int, int]]:
