@@ -30,7 +30,6 @@ from prometheus_client import CollectorRegistry
 
 from core.exceptions import PipelineError
 from core.markers import CommitMarkers
-from core.storage import resolve
 from core.topics import ensure_topic, partition_count
 from streamer.engine import Engine
 from streamer.kafka.bridge import NOT_JOINED, ConsumerBridge, Membership
@@ -71,7 +70,7 @@ class KafkaRuntime:
         self.topic: str = self.kafka.topic
         self.engine = engine
         self.metrics = metrics
-        self.location = resolve(config.output, s3_endpoint_url=config.s3_endpoint_url, create=True)
+        self.location = config.storage.open(config.output, create=True)
         self.sink = ParquetSink(self.location, config.roll, retry_deadline_s=None)
         self.markers = CommitMarkers(self.location, self.topic, self.kafka.group_id)
         self.pipeline: Pipeline[ConsumerRecord]

@@ -192,10 +192,10 @@ def test_flags_override_environment_override_toml(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
     settings = ConsumeSettings.load({"max_concurrency": 9}, config)
-    assert (settings.model, settings.seed, settings.max_concurrency) == ("from-toml", 4, 9)
-    assert settings.api_key.get_secret_value() == SECRET
-    assert SECRET not in repr(settings) and SECRET not in str(settings.llm())
-    assert settings.llm().sampling.temperature == 0.6  # a non-OpenAI server gets the vLLM reference defaults
+    assert (settings.llm.model, settings.webr.seed, settings.llm.max_concurrency) == ("from-toml", 4, 9)
+    assert settings.llm.api_key.get_secret_value() == SECRET
+    assert SECRET not in repr(settings) and SECRET not in str(settings.llm)
+    assert settings.llm.sampling.temperature == 0.6  # a non-OpenAI server gets the vLLM reference defaults
 
 
 def test_long_pages_are_cut_by_tokens_and_huge_ones_rejected(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
