@@ -124,14 +124,23 @@ def add_model_flags(
     parser: argparse.ArgumentParser, model: type[BaseModel], *, skip: frozenset[str] = frozenset()
 ) -> None:
     """Add one `--kebab-case` flag per leaf of `model`'s tree. Flags default to "not given" (SUPPRESS), so only
-    what the user typed reaches `LayeredSettings.load`, which layers it over the environment and the TOML file."""
+    what the user typed reaches `LayeredSettings.load`, which layers it over the environment and the TOML file.
+    Each section's flags are grouped under its name (the TOML table that may hold them)."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for leaf in leaves(model):
         if leaf.name in skip:
             continue
+        target: argparse.ArgumentParser | argparse._ArgumentGroup = parser
+        if len(leaf.path) > 1:
+            section = leaf.path[0]
+            if section not in groups:
+                doc = (_section_model(model.model_fields[section]).__doc__ or "").strip().split("\n")[0]
+                groups[section] = parser.add_argument_group(f"[{section}]", doc or None)
+            target = groups[section]
         kwargs: dict[str, Any] = {"dest": leaf.name, "default": argparse.SUPPRESS, "help": _help(leaf)}
         annotation = leaf.annotation
         if annotation is bool:
-            parser.add_argument(leaf.flag, action=argparse.BooleanOptionalAction, **kwargs)
+            target.add_argument(leaf.flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         if leaf.repeated:
             kwargs["action"] = "append"
@@ -141,7 +150,7 @@ def add_model_flags(
             kwargs["choices"] = typing.get_args(annotation)
         elif annotation in (int, float):
             kwargs["type"] = annotation
-        parser.add_argument(leaf.flag, metavar=leaf.name.upper(), **kwargs)
+        target.add_argument(leaf.flag, metavar=leaf.name.upper(), **kwargs)
 
 
 # -- sources ---------------------------------------------------------------------------------------------------
