@@ -107,16 +107,32 @@ async def run_file(
         async with pipeline.lock:
             durable = await pipeline.checkpoint(flush=True)
         await pipeline.deliver_dead_letters()
-        pipeline.committed(durable)  # the committer of a file run: nothing to commit, the files are the record
+        await pipeline.finalize(FileRunCommitter(location, stream, written), durable)
     except BaseException:
         await pipeline.close_partitions([PARTITION])
         raise
     finally:
         pipeline.close()
-    _prune_stale(location, stream, written)
-    if written:  # the whole input is final now: readers (the trainer's snapshot) may take it
-        advance_marker(location, stream, PARTITION, max(f.end_offset for f in written))
     return metrics.summary
+
+
+@dataclass(frozen=True, slots=True)
+class FileRunCommitter:
+    """The `Committer` of a complete file run: no offsets to commit (the files are the record); the marker says
+    the whole input is final, once the files of an earlier run of the same input that this one did not rewrite
+    are gone, so readers (the trainer's snapshot) never take a stale file below it."""
+
+    location: Location
+    stream: str
+    written: list[WrittenFile]
+
+    async def commit(self, offsets: dict[int, int]) -> dict[int, int]:
+        return offsets
+
+    def mark(self, committed: dict[int, int]) -> None:
+        _prune_stale(self.location, self.stream, self.written)
+        for partition, offset in committed.items():
+            advance_marker(self.location, self.stream, partition, offset)
 
 
 async def _drain(
