@@ -10,34 +10,14 @@ import pytest
 
 from consumers.webr.prompts import PROMPT_VERSION
 from devtools.fakeopenai import FakeOpenAI, Fault
-from tests.support.documents import marker, page, read_outcomes, run_consume, write_jsonl
+from tests.support.documents import consume_file, marker, page, read_outcomes, write_jsonl
 
 SECRET = "sk-test-NEVER-LOG-THIS-1234567890"
 
 
 def consume(source: Path, output: Path, server: FakeOpenAI, *extra: str, env: dict[str, str] | None = None):
-    return run_consume(
-        "--source",
-        str(source),
-        "--output",
-        str(output),
-        "--base-url",
-        server.url,
-        "--api-key",
-        SECRET,
-        "--model",
-        "gpt-4o-mini",
-        "--seed",
-        "7",
-        "--max-concurrency",
-        "8",
-        "--roll-records",
-        "10",
-        "--log-level",
-        "DEBUG",
-        *extra,
-        env={**os.environ, **(env or {})},
-    )
+    flags = ["--seed", "7", "--max-concurrency", "8", "--roll-records", "10", "--log-level", "DEBUG"]
+    return consume_file(source, output, server.url, *flags, *extra, api_key=SECRET, env={**os.environ, **(env or {})})
 
 
 def read(output: Path, rejected: bool = False) -> list[dict]:
