@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,10 @@ import pytest
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from core.settings import LayeredSettings, Leaf, leaves
+from producers.crawl import make_parser as crawl_parser
+from producers.files import make_parser as files_parser
+from producers.http_ingest import make_parser as ingest_parser
+from producers.settings import CrawlSettings, FilesSettings, HttpIngestSettings
 from streamer.consume import make_parser
 from streamer.settings import ConsumeSettings
 
@@ -52,6 +58,8 @@ def sample(leaf: Leaf) -> Any:
 
 
 def shown(value: Any) -> Any:
+    if isinstance(value, list):
+        return [shown(v) for v in value]
     return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
@@ -62,16 +70,46 @@ def reached(settings: ConsumeSettings, leaf: Leaf) -> Any:
     return shown(node)
 
 
-def base_for(leaf: Leaf) -> dict[str, Any]:
-    return KAFKA_BASE if leaf.name == "bootstrap_servers" else BASE
+@dataclass(frozen=True)
+class Command:
+    """A command's settings model, its parser, and the least it needs (per leaf under test: what else it needs)."""
+
+    model: type[LayeredSettings]
+    parser: Callable[[], argparse.ArgumentParser]
+    base: dict[str, Any]
+    instead: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def base_for(self, leaf: Leaf) -> dict[str, Any]:
+        return {k: v for k, v in self.instead.get(leaf.name, self.base).items() if k != leaf.name}
+
+    def argv(self, given: dict[str, Any]) -> list[str]:
+        args: list[str] = []
+        for name, value in given.items():
+            if name in self.model.positional:
+                args += value
+            elif isinstance(value, bool):
+                args.append(("--" if value else "--no-") + name.replace("_", "-"))
+            else:
+                args += [a for v in (value if isinstance(value, list) else [value]) for a in (_flag(name), str(v))]
+        return args
 
 
-def argv_for(leaf: Leaf, value: Any) -> list[str]:
-    if isinstance(value, bool):
-        return [leaf.flag if value else "--no-" + leaf.flag.removeprefix("--")]
-    if isinstance(value, list):
-        return [arg for v in value for arg in (leaf.flag, str(v))]
-    return [leaf.flag, str(value)]
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+PRODUCER = {"bootstrap_servers": "kafka:9092", "topic": "pages"}
+COMMANDS = {
+    "streamer.consume": Command(ConsumeSettings, make_parser, BASE, {"bootstrap_servers": KAFKA_BASE}),
+    "producers.files": Command(FilesSettings, files_parser, {**PRODUCER, "files": ["pages.jsonl"]}),
+    "producers.crawl": Command(
+        CrawlSettings,
+        crawl_parser,
+        {**PRODUCER, "files": ["a.warc.gz"], "state_dir": "state"},
+        {"watch": {**PRODUCER, "state_dir": "state"}},
+    ),
+    "producers.http_ingest": Command(HttpIngestSettings, ingest_parser, {**PRODUCER, "ingest_tokens": ["t"]}),
+}
 
 
 def env_text(value: Any) -> str:
@@ -86,41 +124,51 @@ def toml_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, str | list) else repr(value)
 
 
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for leaf in leaves(ConsumeSettings):
+def clear(monkeypatch: pytest.MonkeyPatch, model: type[LayeredSettings]) -> None:
+    for leaf in leaves(model):
         for name in leaf.env:
             monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    clear(monkeypatch, ConsumeSettings)
     return monkeypatch
 
 
-def test_every_consume_setting_has_a_flag_a_variable_and_a_toml_key(
-    tmp_path: Path, clean_env: pytest.MonkeyPatch
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_setting_has_a_flag_a_variable_and_a_toml_key(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    parser = make_parser()
-    all_leaves = leaves(ConsumeSettings)
-    assert len(all_leaves) > 50
-    for leaf in all_leaves:
+    command = COMMANDS[name]
+    clear(monkeypatch, command.model)
+    parser = command.parser()
+    for leaf in leaves(command.model):
         value = sample(leaf)
-        base = {k: v for k, v in base_for(leaf).items() if k != leaf.name}
-        base_argv = [arg for k, v in base.items() for arg in ("--" + k.replace("_", "-"), v)]
+        base = command.base_for(leaf)
 
-        by_flag = ConsumeSettings.from_args(parser.parse_args(base_argv + argv_for(leaf, value)))
+        by_flag = command.model.from_args(parser.parse_args(command.argv({**base, leaf.name: value})))
         assert reached(by_flag, leaf) == value, leaf.flag
 
-        for name in leaf.env:
-            with clean_env.context() as env:
-                env.setenv(name, env_text(value))
-                assert reached(ConsumeSettings.load(base), leaf) == value, name
+        for variable in leaf.env:
+            with monkeypatch.context() as env:
+                env.setenv(variable, env_text(value))
+                assert reached(command.model.load(base), leaf) == value, variable
 
         flat = tmp_path / f"{leaf.name}.toml"
         flat.write_text(f"{leaf.name} = {toml_text(value)}\n")
-        assert reached(ConsumeSettings.load(base, flat), leaf) == value, f"TOML {leaf.name}"
+        assert reached(command.model.load(base, flat), leaf) == value, f"TOML {leaf.name}"
 
         if len(leaf.path) > 1:
             sectioned = tmp_path / f"{leaf.name}-section.toml"
             sectioned.write_text(f"[{'.'.join(leaf.path[:-1])}]\n{leaf.name} = {toml_text(value)}\n")
-            assert reached(ConsumeSettings.load(base, sectioned), leaf) == value, f"TOML [{leaf.path[:-1]}]"
+            assert reached(command.model.load(base, sectioned), leaf) == value, f"TOML [{leaf.path[:-1]}]"
+
+
+def test_the_consume_settings_are_the_components_own() -> None:
+    sections = {leaf.path[0] for leaf in leaves(ConsumeSettings)}
+    assert sections == {"run", "sink", "storage", "llm", "webr", "kafka"}
+    assert len(leaves(ConsumeSettings)) > 50
 
 
 def test_every_documented_knob_is_a_setting() -> None:
