@@ -134,8 +134,8 @@ def add_model_flags(
         if len(leaf.path) > 1:
             section = leaf.path[0]
             if section not in groups:
-                doc = (_section_model(model.model_fields[section]).__doc__ or "").strip().split("\n")[0]
-                groups[section] = parser.add_argument_group(f"[{section}]", doc or None)
+                doc = (_section_model(model.model_fields[section]).__doc__ or "").strip().split(". ")[0].rstrip(".")
+                groups[section] = parser.add_argument_group(f"[{section}]", f"{doc}." if doc else None)
             target = groups[section]
         kwargs: dict[str, Any] = {"dest": leaf.name, "default": argparse.SUPPRESS, "help": _help(leaf)}
         annotation = leaf.annotation
@@ -147,10 +147,12 @@ def add_model_flags(
             args = typing.get_args(annotation)
             annotation = args[0] if args else str
         if typing.get_origin(annotation) is typing.Literal:
-            kwargs["choices"] = typing.get_args(annotation)
-        elif annotation in (int, float):
-            kwargs["type"] = annotation
-        target.add_argument(leaf.flag, metavar=leaf.name.upper(), **kwargs)
+            kwargs["choices"] = typing.get_args(annotation)  # shown as {a,b,c}
+        else:
+            kwargs["metavar"] = leaf.name.upper()
+            if annotation in (int, float):
+                kwargs["type"] = annotation
+        target.add_argument(leaf.flag, **kwargs)
 
 
 # -- sources ---------------------------------------------------------------------------------------------------
