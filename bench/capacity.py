@@ -79,6 +79,7 @@ class ClientRun:
     client: str
     wall_s: float
     first_call_s: float  # launch to the first call the server saw: start-up
+    after_start_s: float  # first call to exit: the wall time without start-up
     calls: int
     docs_ended: int
     rejected: int
@@ -95,7 +96,7 @@ class ClientRun:
 
 def write_documents(dest: Path, n: int, seed: int = 0, pages: Path | None = None) -> None:
     """`n` documents as JSONL: the first `n` pages of `pages` (a JSON array or JSONL with `webpage`/`text`), or
-    generated prose of 3-5 KB in paragraphs (a crawled page's length), the same for the same seed."""
+    generated prose of 3-5 KB (4.0 KB on average, like the reference file of crawled pages), the same per seed."""
     if pages is not None:
         raw = pages.read_text()
         items = json.loads(raw) if raw.lstrip().startswith("[") else [json.loads(x) for x in raw.splitlines() if x]
@@ -104,7 +105,7 @@ def write_documents(dest: Path, n: int, seed: int = 0, pages: Path | None = None
             raise SystemExit(f"{pages} has {len(texts)} pages, fewer than --docs {n}")
     else:
         rng = random.Random(seed)
-        texts = [make_page(rng, rng.randint(650, 1000)) for _ in range(n)]
+        texts = [make_page(rng, rng.randint(600, 900)) for _ in range(n)]
     with dest.open("w") as fh:
         for i, text in enumerate(texts):
             fh.write(json.dumps({"id": f"bench-{i:05d}", "webpage": text}) + "\n")
@@ -200,10 +201,12 @@ def _measure(client: str, setup: Setup, server: FakeOpenAI, wall: float, ended: 
     stats = server.stats()
     calls = [r for r in server.records if r.messages]  # Curator's rate-limit probe sends no messages
     answered = sorted(r.t for r in calls if r.status == 200)
+    first = min((r.t for r in calls), default=float("nan"))
     run = ClientRun(
         client=client,
         wall_s=wall,
-        first_call_s=min((r.t for r in calls), default=float("nan")),
+        first_call_s=first,
+        after_start_s=wall - first,
         calls=len(answered),
         docs_ended=ended,
         rejected=rejected,
@@ -249,14 +252,36 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+# (header, unit, attribute, format) of every measure, for the per-run lines and the Markdown table
+COLUMNS = (
+    ("wall", "s", "wall_s", ".1f"),
+    ("first call", "s", "first_call_s", ".1f"),
+    ("after it", "s", "after_start_s", ".1f"),
+    ("calls", "", "calls", ".0f"),
+    ("rejected", "", "rejected", ".0f"),
+    ("bound", "s", "bound_s", ".1f"),
+    ("efficiency", "", "efficiency", ".2f"),
+    ("slots busy", "", "busy_share", ".2f"),
+    ("binding limit", "", "binding_share", ".1%"),
+    ("429s", "", "rate_limited", ".0f"),
+)
+
+
 def _line(r: ClientRun) -> str:
+    measures = "  ".join(f"{name} {_fmt(getattr(r, attr), spec)}{unit}" for name, unit, attr, spec in COLUMNS)
     ratios = "  ".join(f"ours/{k} {v:.2f}" for k, v in r.ratios.items())
-    return (
-        f"{r.client:>8}  wall {r.wall_s:6.1f}s  first call {r.first_call_s:4.1f}s  calls {r.calls:5d}  "
-        f"docs {r.docs_ended} ({r.rejected} rejected)  bound {_fmt(r.bound_s, '5.1f')}s  "
-        f"efficiency {_fmt(r.efficiency, '.2f')}  slots busy {_fmt(r.busy_share, '.2f')}  "
-        f"binding limit {_fmt(r.binding_share, '.1%')}  429s {r.rate_limited}  {ratios}"
-    )
+    return f"{r.client:>8}  {measures}  {ratios}"
+
+
+def _table(medians: list[ClientRun]) -> str:
+    head = ["client", *(f"{name} {unit}".strip() for name, unit, _, _ in COLUMNS), "ours / it"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    ours = next((m for m in medians if m.client == "ours"), None)
+    for m in medians:
+        ratio = ours.ratios.get(m.client) if ours is not None else None
+        cells = [m.client, *(_fmt(getattr(m, attr), spec) for _, _, attr, spec in COLUMNS), _fmt(ratio, ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def median_run(client: str, runs: list[ClientRun]) -> ClientRun:
@@ -274,14 +299,7 @@ def summary(setup: Setup, rounds: list[list[ClientRun]]) -> list[ClientRun]:
     print(f"\nmedian of {len(rounds)} run(s):")
     for m in medians:
         print(f"  median  {_line(m)}")
-    print("\n| client | wall s | first call s | calls | bound s | efficiency | slots busy | binding limit | 429s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for m in medians:
-        print(
-            f"| {m.client} | {m.wall_s:.1f} | {m.first_call_s:.1f} | {m.calls:.0f} | {_fmt(m.bound_s, '.1f')} | "
-            f"{_fmt(m.efficiency, '.2f')} | {_fmt(m.busy_share, '.2f')} | {_fmt(m.binding_share, '.1%')} | "
-            f"{m.rate_limited:.0f} |"
-        )
+    print("\n" + _table(medians))
     ours = next((m for m in medians if m.client == "ours"), None)
     if ours is not None:
         print(
