@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench import capacity
 from bench.webr_chain import load_jobs
+
+pytestmark = pytest.mark.slow  # every client is a process of its own; Curator alone takes seconds to import
 
 
 def _chain_calls(tmp_path: Path, docs: int) -> int:
