@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-
-from datasketch import MinHash, MinHashLSH
+from typing import TYPE_CHECKING
 
 from core.outcomes import Outcome, PairRow, Rejection
+
+if TYPE_CHECKING:  # datasketch pulls in scipy (a second of start-up): imported when the first pair is judged
+    from datasketch import MinHash, MinHashLSH
 
 STAGE = "dedup"
 """The stage a duplicate's rejection names: after the engine, in the pipeline."""
@@ -46,12 +48,16 @@ class DedupIndex:
     _count: int = 0
 
     def _minhash(self, text: str) -> MinHash:
+        from datasketch import MinHash
+
         mh = MinHash(num_perm=self.settings.num_perm)
         mh.update_batch(list(shingles(text)))
         return mh
 
     def _index(self, branch: str) -> MinHashLSH:
         if branch not in self._lsh:
+            from datasketch import MinHashLSH
+
             self._lsh[branch] = MinHashLSH(threshold=self.settings.threshold, num_perm=self.settings.num_perm)
         return self._lsh[branch]
 
