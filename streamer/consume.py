@@ -26,7 +26,6 @@ from core.exceptions import PipelineError
 from streamer.cli import add_model_flags
 from streamer.engine import Engine
 from streamer.files import count_records, run_file
-from streamer.kafka.runtime import run_kafka
 from streamer.kafka.settings import KafkaRunConfig
 from streamer.logs import setup_logging
 from streamer.progress import Progress
@@ -81,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.log_format)
     try:
         if settings.bootstrap_servers:
+            from streamer.kafka.runtime import run_kafka  # kafka-python: not imported by file runs
+
             return run_kafka(KafkaRunConfig.from_settings(settings), functools.partial(webr_engine, settings))
         return asyncio.run(_run_file(settings))
     except KeyboardInterrupt:

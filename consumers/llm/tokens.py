@@ -21,7 +21,7 @@ def _encoding() -> tiktoken.Encoding:
 
 def count_tokens(text: str) -> int:
     """Tokens of `text` under cl100k_base."""
-    return len(_encoding().encode(text, disallowed_special=()))
+    return len(_encoding().encode_ordinary(text))
 
 
 def truncate_to_tokens(text: str, max_tokens: int) -> tuple[str, int, bool]:
@@ -29,7 +29,7 @@ def truncate_to_tokens(text: str, max_tokens: int) -> tuple[str, int, bool]:
     # A page can be megabytes: cut characters first (a token is rarely more than ~8 characters of prose)
     # so the tokenizer never sees more than a bounded prefix.
     head = text[: max_tokens * 8 + 64]
-    ids = _encoding().encode(head, disallowed_special=())
+    ids = _encoding().encode_ordinary(head)
     if len(ids) <= max_tokens and len(head) == len(text):
         return text, len(ids), False
     kept = ids[:max_tokens]

