@@ -10,9 +10,10 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from consumers.llm.pricing import load_price_table
 from consumers.llm.settings import OPENAI_BASE_URL, Backend, LLMSettings, Sampling
 from consumers.webr.processor import WebRSettings
 from consumers.webr.quality import QualitySettings
@@ -76,6 +77,11 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
     temperature: float | None = Field(default=None, ge=0, le=2, description="default: 1.0 OpenAI, 0.6 vLLM")
     top_p: float | None = Field(default=None, gt=0, le=1, description="default: API default OpenAI, 0.9 vLLM")
     max_tokens: int | None = Field(default=None, gt=0, description="completion cap; default: none OpenAI, 4096 vLLM")
+    price_table: Path | None = Field(
+        default=None,
+        description="TOML or JSON file of model -> input, cached_input, output USD per million tokens, merged over "
+        "the built-in OpenAI prices; its entries price any server (a vLLM model too)",
+    )
     # the method
     seed: int = Field(default=0, description="seed of every per-document random choice")
     max_page_tokens: int = Field(default=4096, gt=0, description="pages are cut to this many tokens (recorded)")
@@ -119,6 +125,13 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
     progress: bool = Field(default=True, description="progress bar on file runs (off when stderr is not a TTY)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="log level")
     log_format: Literal["text", "json"] = Field(default="text", description="log format")
+
+    @field_validator("price_table")
+    @classmethod
+    def _price_table_readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            load_price_table(path)
+        return path
 
     @model_validator(mode="after")
     def _one_source(self) -> ConsumeSettings:
@@ -164,6 +177,7 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
             request_timeout_s=self.request_timeout_s,
             give_up_after_s=self.give_up_after,
             rate_limit_share=self.rate_limit_share,
+            price_table=self.price_table,
         )
         given = {
             k: v
