@@ -2,6 +2,7 @@
 
     python -m bench.client_cpu                         # pages generated here, 200 and 1000 documents
     python -m bench.client_cpu --pages ../shared/data/web_en_1k.json --profile /tmp/consume.prof
+    python -m bench.client_cpu --baseline /tmp/main    # another checkout in turns with this one: the ratio
 
 CPU per call: `python -m streamer.consume` runs as a subprocess on N documents against the in-repo fake server
 (latency 0, in a process of its own so its CPU is not counted); the consumer's user + system CPU comes from
@@ -11,6 +12,8 @@ connection) out; the median of `--repeats` pairs of runs is reported.
 
 Start-up: from the exec of the CLI to the first request arriving at the fake server (here in-process, on the
 same monotonic clock), one document per run, median of `--startup-repeats`.
+With `--baseline`, the other checkout's CLI runs in turns with this one's (same pages, same server), so a busy
+machine slows both alike and the printed ratio is measured within one run.
 Target: marginal CPU per call <= 1 ms; start-up < 1 s.
 """
 
@@ -87,10 +90,11 @@ def _calls(out: Path) -> int:
     return sum(sum(pq.read_table(f, columns=["llm_calls"]).column(0).to_pylist()) for f in out.rglob("*.parquet"))
 
 
-def run_consume(cmd: list[str], out: Path, docs: int) -> Run:
-    """Run the CLI, charging its own CPU (not the fake server's) via wait4 on its pid."""
+def run_consume(cmd: list[str], out: Path, docs: int, repo: Path = REPO) -> Run:
+    """Run the CLI of the checkout `repo`, charging its own CPU (not the fake server's) via wait4 on its pid."""
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -119,45 +123,54 @@ class ServerProcess:
         self.proc.wait(timeout=30)
 
 
-def measure_cpu(args: argparse.Namespace, pages: list[str], tmp: Path) -> list[float]:
-    """Marginal CPU per call (seconds) of each repeat; prints every run."""
+def measure_cpu(args: argparse.Namespace, pages: list[str], tmp: Path) -> dict[str, list[float]]:
+    """Marginal CPU per call (seconds) of each checkout, one per repeat; the checkouts take turns within a
+    repeat, so a busy machine slows them alike. Prints every run."""
     server = ServerProcess(latency_s=0.0)
-    marginal = []
+    sources = {n: write_docs(pages, n, tmp / f"docs-{n}.jsonl") for n in (args.small, args.large)}
+    marginal: dict[str, list[float]] = {name: [] for name in args.checkouts}
     try:
         for repeat in range(args.repeats):
-            runs = {}
-            for n in (args.small, args.large):
-                out = tmp / f"out-{repeat}-{n}"
-                source = write_docs(pages, n, tmp / f"docs-{n}.jsonl")
-                runs[n] = run_consume(consume_cmd(source, out, server.url, args.concurrency), out, n)
-                r = runs[n]
-                print(
-                    f"repeat {repeat}: {r.docs} docs, {r.calls} calls, CPU {r.cpu_s:.2f}s "
-                    f"({1000 * r.cpu_s / max(r.calls, 1):.2f} ms/call overall), wall {r.wall_s:.1f}s",
-                    flush=True,
-                )
-            small, large = runs[args.small], runs[args.large]
-            marginal.append((large.cpu_s - small.cpu_s) / max(large.calls - small.calls, 1))
-            print(f"repeat {repeat}: marginal CPU {1000 * marginal[-1]:.3f} ms/call", flush=True)
+            for name, repo in args.checkouts.items():
+                runs = {}
+                for n, source in sources.items():
+                    out = tmp / f"out-{name}-{repeat}-{n}"
+                    r = runs[n] = run_consume(consume_cmd(source, out, server.url, args.concurrency), out, n, repo)
+                    print(
+                        f"{name} repeat {repeat}: {r.docs} docs, {r.calls} calls, CPU {r.cpu_s:.2f}s "
+                        f"({1000 * r.cpu_s / max(r.calls, 1):.2f} ms/call overall), wall {r.wall_s:.1f}s",
+                        flush=True,
+                    )
+                small, large = runs[args.small], runs[args.large]
+                marginal[name].append((large.cpu_s - small.cpu_s) / max(large.calls - small.calls, 1))
+                print(f"{name} repeat {repeat}: marginal CPU {1000 * marginal[name][-1]:.3f} ms/call", flush=True)
     finally:
         server.stop()
     return marginal
 
 
-def measure_startup(args: argparse.Namespace, pages: list[str], tmp: Path) -> list[float]:
-    """Seconds from exec to the first request at the server, one per repeat."""
+def measure_startup(args: argparse.Namespace, pages: list[str], tmp: Path) -> dict[str, list[float]]:
+    """Seconds from exec to the first request at the server, per checkout, one per repeat (taking turns)."""
     source = write_docs(pages, 1, tmp / "docs-1.jsonl")
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in args.checkouts}
     with FakeOpenAI(ServerConfig(latency_s=0.0)) as server:
         for repeat in range(args.startup_repeats):
-            server.reset()
-            out = tmp / f"out-startup-{repeat}"
-            t0 = server.now()
-            run_consume(consume_cmd(source, out, server.url, args.concurrency), out, 1)
-            first = min(r.t for r in server.records)
-            times.append(first - t0)
-            print(f"start-up {repeat}: {times[-1]:.3f}s to the first call", flush=True)
+            for name, repo in args.checkouts.items():
+                server.reset()
+                out = tmp / f"out-startup-{name}-{repeat}"
+                t0 = server.now()
+                run_consume(consume_cmd(source, out, server.url, args.concurrency), out, 1, repo)
+                times[name].append(min(r.t for r in server.records) - t0)
+                print(f"{name} start-up {repeat}: {times[name][-1]:.3f}s to the first call", flush=True)
     return times
+
+
+def _report(what: str, unit: str, scale: float, results: dict[str, list[float]], target: str) -> None:
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    for name, median in medians.items():
+        print(f"{what} [{name}]: median {scale * median:.3f} {unit} ({target})")
+    if "baseline" in medians and medians["this"]:
+        print(f"{what}: baseline / this = {medians['baseline'] / medians['this']:.2f}x")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -171,20 +184,25 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", type=Path, default=None, help="also run the large run under cProfile to FILE")
     parser.add_argument("--skip-cpu", action="store_true", help="start-up only")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. `git worktree add /tmp/main main`) run in turns with this one, for a ratio",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
+    args.checkouts = {"this": REPO, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
     pages = load_pages(args.pages, args.large, args.seed)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        startup = measure_startup(args, pages, tmp)
-        print(f"start-up to the first call: median {statistics.median(startup):.3f}s (target < 1 s)")
+        _report("start-up to the first call", "s", 1.0, measure_startup(args, pages, tmp), "target < 1 s")
         if args.skip_cpu:
             return
-        marginal = measure_cpu(args, pages, tmp)
-        print(f"marginal CPU per call: median {1000 * statistics.median(marginal):.3f} ms (target <= 1 ms)")
+        _report("marginal CPU per call", "ms", 1000.0, measure_cpu(args, pages, tmp), "target <= 1 ms")
         if args.profile is not None:
             server = ServerProcess(latency_s=0.0)
             try:
