@@ -38,7 +38,7 @@ from consumers.llm.pricing import prices_for
 from consumers.llm.ratelimit import PriorityGate, RateLimiter
 from consumers.llm.settings import LLMSettings
 from consumers.llm.tokens import count_tokens, messages_tokens, prompt_estimate
-from consumers.llm.transport import chat_url, encode, open_session, post_chat
+from consumers.llm.transport import chat_url, encode, env_proxy, open_session, post_chat
 from consumers.llm.types import LATENCY_BUCKETS_S, ChatResult, ErrorKind, LLMCallError, Message
 
 log = logging.getLogger("consumers.llm")
@@ -129,6 +129,7 @@ class OpenAIChatClient:
             self.settings.api_key.get_secret_value(),
             max_connections=self.settings.max_concurrency,
             timeout_s=self.settings.request_timeout_s,
+            proxy=env_proxy(self.settings.base_url),
         )
 
     async def aclose(self) -> None:
