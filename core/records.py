@@ -7,6 +7,7 @@ rejected row with a reason instead of an exception that takes the process down.
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,13 +49,16 @@ def text_doc_id(text: str) -> str:
     return hashlib.blake2b(normalised.encode("utf-8"), digest_size=16).hexdigest()
 
 
+# Unicode's control characters (category Cc: C0, DEL, C1) less the whitespace that text uses.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+
+
 def _looks_binary(text: str) -> bool:
     """NUL bytes or a high share of control characters mean this is not a page of text."""
     if "\x00" in text:
         return True
     sample = text[:4096]
-    controls = sum(1 for ch in sample if unicodedata.category(ch) == "Cc" and ch not in "\n\r\t\f")
-    return controls > len(sample) * 0.05
+    return len(_CONTROL.findall(sample)) > len(sample) * 0.05
 
 
 def parse_record(obj: Any) -> Document:

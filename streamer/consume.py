@@ -24,7 +24,6 @@ from consumers.webr.processor import DocumentProcessor
 from core.exceptions import PipelineError
 from streamer.engine import Engine
 from streamer.files import count_records, run_file
-from streamer.kafka.runtime import run_kafka
 from streamer.kafka.settings import KafkaRunConfig
 from streamer.logs import setup_logging
 from streamer.progress import Progress
@@ -77,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.run.log_level, settings.run.log_format)
     try:
         if settings.kafka.bootstrap_servers:
+            from streamer.kafka.runtime import run_kafka  # kafka-python: not imported by file runs
+
             return run_kafka(KafkaRunConfig.from_settings(settings), functools.partial(webr_engine, settings))
         return asyncio.run(_run_file(settings))
     except KeyboardInterrupt:

@@ -42,6 +42,8 @@ class RunSummary:
     completion_tokens: int = 0
     cached_tokens: int = 0
     cost_usd: float = 0.0
+    priced: int = 0
+    """Outcomes whose cost is known (a model without a price costs None, not zero)."""
     files: int = 0
     bytes_written: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -57,7 +59,9 @@ class RunSummary:
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
         self.cached_tokens += usage.cached_tokens
-        self.cost_usd += usage.cost_usd or 0.0
+        if usage.cost_usd is not None:
+            self.cost_usd += usage.cost_usd
+            self.priced += 1
 
     def file_written(self, bytes_written: int) -> None:
         self.files += 1
@@ -71,15 +75,28 @@ class RunSummary:
             by_reason[reason] += n
         return by_reason
 
+    @property
+    def prefix_cache_hit_rate(self) -> float | None:
+        """Share of prompt tokens the server reported as served from its prefix cache; None before any."""
+        return prefix_cache_hit_rate(self.cached_tokens, self.prompt_tokens)
+
     def render(self) -> str:
         elapsed = time.monotonic() - self.started
         rejected = self.rejected
         reasons = ", ".join(f"{r}={n}" for r, n in rejected.most_common()) or "none"
+        hit_rate = self.prefix_cache_hit_rate
+        cached = f" ({hit_rate:.1%} prefix-cache hits)" if hit_rate is not None else ""
+        cost = f"${self.cost_usd:.4f}" if self.priced else "cost unknown (no price for the model)"
         return (
             f"done: {self.records} records -> {self.rows} rows, {rejected.total()} rejected ({reasons}); "
-            f"{self.calls} LLM calls, {self.prompt_tokens} prompt + {self.completion_tokens} completion tokens, "
-            f"${self.cost_usd:.4f}; {self.files} files; {elapsed:.1f}s"
+            f"{self.calls} LLM calls, {self.prompt_tokens} prompt{cached} + {self.completion_tokens} completion "
+            f"tokens, {cost}; {self.files} files; {elapsed:.1f}s"
         )
+
+
+def prefix_cache_hit_rate(cached_tokens: int, prompt_tokens: int) -> float | None:
+    """Cached / prompt tokens (OpenAI's `cached_tokens`; vLLM reports them with --enable-prompt-tokens-details)."""
+    return cached_tokens / prompt_tokens if prompt_tokens else None
 
 
 class ConsumerMetrics:
@@ -178,6 +195,11 @@ class LLMStatsCollector(Collector):
         yield CounterMetricFamily("webr_llm_retries", "Retried attempts", value=stats.retries)
         yield CounterMetricFamily("webr_llm_rate_limited", "429 answers", value=stats.rate_limited_429)
         yield CounterMetricFamily("webr_llm_cost_usd", "Cost of LLM calls (USD)", value=stats.cost_usd)
+        yield GaugeMetricFamily(
+            "webr_llm_prefix_cache_hit_ratio",
+            "Cached / prompt tokens of successful LLM calls since start (0 before any, or when not reported)",
+            value=prefix_cache_hit_rate(stats.cached_tokens, stats.prompt_tokens) or 0.0,
+        )
         cumulative, buckets = 0, []
         for bound, count in zip((*LATENCY_BUCKETS_S, float("inf")), stats.latency_buckets, strict=True):
             cumulative += count

@@ -6,8 +6,6 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 if TYPE_CHECKING:
     from streamer.metrics import RunSummary
 
@@ -17,7 +15,11 @@ class Progress:
 
     def __init__(self, total: int | None, *, enabled: bool) -> None:
         self._started = time.monotonic()
-        self._bar = tqdm(total=total, unit="doc", dynamic_ncols=True, file=sys.stderr) if enabled else None
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm  # imported only for a bar to draw: not in services' start-up
+
+            self._bar = tqdm(total=total, unit="doc", dynamic_ncols=True, file=sys.stderr)
 
     def update(self, summary: RunSummary) -> None:
         if self._bar is None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.keys import list_outputs
@@ -45,6 +44,8 @@ def committed_rows(
     location: Location, stream: str, ranges: dict[int, tuple[int, int]]
 ) -> Iterator[tuple[str, str, str]]:
     """(branch, request, page_hash) of the rows of each partition whose offsets fall in its [start, end)."""
+    import pyarrow.compute as pc  # only a restarted Kafka member reads rows back: not on every start-up path
+
     for f in list_outputs(location, stream):
         if f.rejected or f.partition not in ranges:
             continue

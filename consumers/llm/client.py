@@ -1,9 +1,9 @@
 """Chat completions against OpenAI or any OpenAI-compatible server (vLLM), with our own retries and limits.
 
-The SDK's own retries are off (`max_retries=0`): they would sleep while holding a concurrency slot, ignore our
-shared rate-limit cooldown and hide attempts from the stats. One attempt here is: the endpoint's circuit breaker,
-a priority-ordered concurrency slot, a rate-limit reservation, one HTTP request; the backoff sleep between
-attempts holds none of them.
+No SDK on the hot path: one HTTP exchange is `transport.post_chat` (aiohttp, orjson), and what went wrong is
+decided in `errors.py` from statuses, headers and body fields. Retries are ours (tenacity): one attempt is the
+endpoint's circuit breaker, a priority-ordered concurrency slot, a rate-limit reservation, one HTTP request; the
+backoff sleep between attempts holds none of them, and every attempt shows in the stats.
 
 Transient is never final: a 429, a 5xx, a timeout or a refused connection is retried for as long as it takes
 (or until `give_up_after_s`, when the user asked for a deadline), so a document keeps the calls it has completed
@@ -15,23 +15,30 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import openai
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_before_delay, stop_never
+import aiohttp
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never
 
 from consumers.llm.breaker import BreakerStats, CircuitBreaker
 from consumers.llm.budgets import StepBudgets
-from consumers.llm.errors import AttemptFailed, Completion, Failure, classify_exception, parse_completion
+from consumers.llm.errors import (
+    AttemptFailed,
+    Completion,
+    Failure,
+    classify_exception,
+    classify_reply,
+    parse_completion,
+)
 from consumers.llm.feedback import LimitFeedback
 from consumers.llm.pricing import prices_for
 from consumers.llm.ratelimit import PriorityGate, RateLimiter
 from consumers.llm.settings import LLMSettings
-from consumers.llm.tokens import count_tokens, messages_tokens
+from consumers.llm.tokens import count_tokens, messages_tokens, prompt_estimate
+from consumers.llm.transport import chat_url, encode, env_proxy, open_session, post_chat
 from consumers.llm.types import LATENCY_BUCKETS_S, ChatResult, ErrorKind, LLMCallError, Message
 
 log = logging.getLogger("consumers.llm")
@@ -75,16 +82,6 @@ class _CallState:
     bad_outputs: int = 0
 
 
-def prompt_estimate(messages: list[Message]) -> int:
-    """Prompt tokens as a rate limiter counts them: the larger of the tokenizer's count and characters / 4.
-
-    OpenAI's limiter estimates from characters; prose runs slightly over four characters per token, so the
-    tokenizer alone would under-reserve and earn 429s at full load.
-    """
-    chars = sum(len(m.get("content") or "") for m in messages)
-    return max(messages_tokens(messages), math.ceil(chars / 4))
-
-
 class OpenAIChatClient:
     """`ChatClient` for OpenAI-compatible endpoints. Use `async with client:` (or `start()` / `aclose()`).
 
@@ -119,26 +116,26 @@ class OpenAIChatClient:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._initial_completion_estimate = initial_completion_estimate
-        self._api: openai.AsyncOpenAI | None = None
+        self._url = chat_url(settings.base_url)
+        self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
         return f"OpenAIChatClient(model={self.model!r}, base_url={self.settings.base_url!r})"
 
     async def start(self) -> None:
-        if self._api is not None:
+        if self._session is not None:
             return
-        self._api = openai.AsyncOpenAI(
-            # vLLM accepts any key; the SDK refuses an empty one.
-            api_key=self.settings.api_key.get_secret_value() or "EMPTY",
-            base_url=self.settings.base_url,
-            max_retries=0,
-            timeout=self.settings.request_timeout_s,
+        self._session = open_session(
+            self.settings.api_key.get_secret_value(),
+            max_connections=self.settings.max_concurrency,
+            timeout_s=self.settings.request_timeout_s,
+            proxy=env_proxy(self.settings.base_url),
         )
 
     async def aclose(self) -> None:
-        if self._api is not None:
-            api, self._api = self._api, None
-            await api.close()
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
     async def __aenter__(self) -> OpenAIChatClient:
         await self.start()
@@ -152,22 +149,23 @@ class OpenAIChatClient:
             return None
         return self._prices.cost(prompt_tokens, completion_tokens, cached_tokens)
 
-    async def chat(self, messages: list[Message], *, priority: int = 0, step: str = "default") -> ChatResult:
-        """One chat completion for `step` of a chain; raises LLMCallError when it fails for good."""
-        if self._api is None:
+    async def chat(
+        self, messages: list[Message], *, priority: int = 0, step: str = "default", prompt_tokens: int | None = None
+    ) -> ChatResult:
+        """One chat completion for `step` of a chain; raises LLMCallError when it fails for good.
+
+        `prompt_tokens`: the caller's estimate of the prompt (see `tokens.prompt_estimate`), when it has one
+        cheaper than counting the messages again."""
+        if self._session is None:
             raise RuntimeError("the client is not started: use `async with client:` or `await client.start()`")
         state = _CallState(step, self._steps.max_tokens(step) if self._send_max_tokens else None)
-        give_up = self.settings.give_up_after_s
-        retrying = AsyncRetrying(
-            stop=stop_never if give_up is None else stop_before_delay(give_up),
-            wait=self._wait,
-            retry=retry_if_exception(lambda exc: self._retryable(exc, state)),
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
-        estimate = prompt_estimate(messages)
+        estimate = prompt_tokens if prompt_tokens is not None else prompt_estimate(messages)
+        started = time.monotonic()
         try:
-            result: ChatResult = await retrying(self._attempt, messages, priority, estimate, state)
+            try:
+                result = await self._attempt(messages, priority, estimate, state)
+            except AttemptFailed as first:
+                result = await self._retry(first, started, messages, priority, estimate, state)
         except AttemptFailed as exc:
             self.stats.calls_failed += 1
             kind = exc.kind.value
@@ -183,8 +181,39 @@ class OpenAIChatClient:
         self._steps.observe(step, result.completion_tokens)
         return result
 
+    async def _retry(
+        self,
+        first: AttemptFailed,
+        started: float,
+        messages: list[Message],
+        priority: int,
+        estimate: int,
+        state: _CallState,
+    ) -> ChatResult:
+        """The attempts after a failed first one, driven by tenacity.
+
+        Most calls succeed at once, and tenacity's machinery costs about a tenth of a call's CPU, so the first
+        attempt runs without it. Its failure is handed to tenacity as tenacity's own first attempt, and the
+        deadline counts from the call's start: wait, stop and retry decide exactly as if it had run it."""
+        pending = [first]
+
+        async def attempt() -> ChatResult:
+            if pending:
+                raise pending.pop()
+            return await self._attempt(messages, priority, estimate, state)
+
+        give_up = self.settings.give_up_after_s
+        retrying = AsyncRetrying(
+            stop=stop_never if give_up is None else _stop_before(started + give_up),
+            wait=self._wait,
+            retry=retry_if_exception(lambda exc: self._retryable(exc, state)),
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        return await retrying(attempt)
+
     async def _attempt(self, messages: list[Message], priority: int, estimate: int, state: _CallState) -> ChatResult:
-        assert self._api is not None
+        assert self._session is not None
         state.attempts += 1
         self.stats.attempts += 1
         held = time.monotonic()
@@ -197,27 +226,28 @@ class OpenAIChatClient:
                 self.stats.in_flight += 1
                 sent_at = asyncio.get_running_loop().time()
                 started = time.monotonic()
-                extra = {"max_tokens": state.max_tokens} if state.max_tokens else {}
                 try:
-                    raw = await self._api.chat.completions.with_raw_response.create(
-                        model=self.model, messages=messages, **self._sampling, **extra
-                    )
-                except (openai.APIError, TimeoutError, ConnectionError) as exc:
+                    raw = await post_chat(self._session, self._url, self._body(messages, state))
+                except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                     failure = classify_exception(exc)
                     if failure is None:
                         raise
                     down = failure.kind is ErrorKind.TRANSIENT
-                    headers = exc.response.headers if isinstance(exc, openai.APIStatusError) else None
-                    self._on_failure(failure, headers, sent_at)
+                    self._on_failure(failure, None, sent_at)
                     raise AttemptFailed(failure) from exc
                 finally:
                     self.stats.in_flight -= 1
-                down = False
                 latency = time.monotonic() - started
+                if not 200 <= raw.status < 300:
+                    failure = classify_reply(raw.status, raw.headers, raw.body)
+                    down = failure.kind is ErrorKind.TRANSIENT
+                    self._on_failure(failure, raw.headers, sent_at)
+                    raise AttemptFailed(failure)
+                down = False
         finally:
             self.breaker.record(probe=probe, down=down)
         try:
-            completion = self._with_usage(parse_completion(raw.content, raw.status_code), messages)
+            completion = self._with_usage(parse_completion(raw.body, raw.status), messages)
             reservation.settle(estimate + (state.max_tokens or completion.completion_tokens or 0))
         except AttemptFailed as exc:
             self._on_bad_output(exc.failure, state)
@@ -233,6 +263,12 @@ class OpenAIChatClient:
             latency_s=latency,
             attempts=state.attempts,
         )
+
+    def _body(self, messages: list[Message], state: _CallState) -> bytes:
+        payload = {"model": self.model, "messages": messages, **self._sampling}
+        if state.max_tokens:
+            payload["max_tokens"] = state.max_tokens
+        return encode(payload)
 
     @staticmethod
     def _with_usage(completion: Completion, messages: list[Message]) -> Completion:
@@ -322,3 +358,12 @@ class OpenAIChatClient:
         cost = self.cost_usd(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
         if cost is not None:
             stats.cost_usd += cost
+
+
+def _stop_before(deadline: float) -> Callable[[RetryCallState], bool]:
+    """tenacity's `stop_before_delay`, from a start of our own: stop when the next wait would end past it."""
+
+    def stop(retry_state: RetryCallState) -> bool:
+        return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= deadline
+
+    return stop

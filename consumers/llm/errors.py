@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-import openai
+import aiohttp
 import orjson
 
 from consumers.llm.types import ErrorKind, LLMCallError
@@ -100,9 +100,15 @@ def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
     return max(waits) if waits else None
 
 
-def _error_code(exc: openai.APIError) -> str:
-    code = exc.code or exc.type
-    return f" ({code})" if code else ""
+def _error_code(body: bytes) -> str:
+    """The machine-readable `code` (else `type`) of an OpenAI-style error body, for the reason text only."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    error = data.get("error") if isinstance(data, dict) else None
+    code = (error.get("code") or error.get("type")) if isinstance(error, dict) else None
+    return f" ({code})" if isinstance(code, str) and code else ""
 
 
 def classify_status(status: int, headers: Mapping[str, str] | None = None, detail: str = "") -> Failure:
@@ -115,23 +121,24 @@ def classify_status(status: int, headers: Mapping[str, str] | None = None, detai
     return Failure(ErrorKind.PERMANENT, reason, status)
 
 
+def classify_reply(status: int, headers: Mapping[str, str], body: bytes) -> Failure:
+    """Kind of a non-2xx answer: its status, its wait hints, and the error body's code in the reason."""
+    return classify_status(status, headers, _error_code(body))
+
+
 def classify_exception(exc: BaseException) -> Failure | None:
-    """Kind of an exception raised by a call; None for exceptions that are bugs rather than call failures."""
+    """Kind of an exception raised by an HTTP exchange; None for exceptions that are bugs, not call failures.
+
+    Timeouts, refused, reset or dropped connections and bodies cut short are transient; so is a status error
+    raised by a caller that used `raise_for_status` (classified by its status)."""
     if isinstance(exc, AttemptFailed):
         return exc.failure
-    if isinstance(exc, openai.APIStatusError):
-        return classify_status(exc.status_code, exc.response.headers, _error_code(exc))
-    if isinstance(exc, openai.APITimeoutError | TimeoutError):
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return classify_status(exc.status, exc.headers)
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError and ConnectionTimeoutError included
         return Failure(ErrorKind.TRANSIENT, "timeout")
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__ or exc.__context__
-        return Failure(ErrorKind.TRANSIENT, f"connection error ({type(cause).__name__ if cause else 'unknown'})")
-    if isinstance(exc, ConnectionError):
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | ConnectionError):
         return Failure(ErrorKind.TRANSIENT, f"connection error ({type(exc).__name__})")
-    if isinstance(exc, openai.LengthFinishReasonError | openai.ContentFilterFinishReasonError):
-        return Failure(ErrorKind.BAD_OUTPUT, f"finish_reason {type(exc).__name__}")
-    if isinstance(exc, openai.APIResponseValidationError):
-        return Failure(ErrorKind.BAD_OUTPUT, "response failed validation", exc.status_code)
     return None
 
 

@@ -1,15 +1,22 @@
 """What a call cost, in USD, from list prices per million tokens (input, cached input, output).
 
-The table holds OpenAI's published standard-tier prices; they change, so every price can be overridden from the
-settings. Self-hosted servers (vLLM) and models not in the table cost None unless prices are given: an unknown
-cost is reported as unknown rather than as zero.
+The built-in table holds OpenAI's published standard-tier prices. They change, and self-hosted models have a
+price only their owner knows (GPU hours per million tokens), so a price table file (`price_table` in the
+settings: TOML or JSON, model -> input / cached_input / output) is merged over it, and single prices can be
+overridden from the settings. The built-in entries apply to OpenAI only; the file's apply to any server. A model
+without a price costs None: an unknown cost is reported as unknown rather than as zero.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from consumers.llm.settings import LLMSettings
+if TYPE_CHECKING:
+    from consumers.llm.settings import LLMSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +51,62 @@ PRICE_TABLE: dict[str, Prices] = {
 }
 
 
-def table_prices(model: str) -> Prices | None:
-    """List prices of `model` (or of the family it is a snapshot of); None if unknown."""
-    matches = [name for name in PRICE_TABLE if model == name or model.startswith(name + "-")]
-    return PRICE_TABLE[max(matches, key=len)] if matches else None
+def table_prices(model: str, table: dict[str, Prices] = PRICE_TABLE) -> Prices | None:
+    """Prices of `model` (or of the family it is a snapshot of) in `table`; None if unknown."""
+    matches = [name for name in table if model == name or model.startswith(name + "-")]
+    return table[max(matches, key=len)] if matches else None
+
+
+def load_price_table(path: Path, base: dict[str, Prices] = PRICE_TABLE) -> dict[str, Prices]:
+    """The file's entries merged over `base`: `{model: {input, cached_input, output}}` in USD per million tokens.
+
+    An entry for a model of `base` may give single fields (the rest are kept); a new model needs `input` and
+    `output`, and its `cached_input` defaults to `input` (no discount unless one is stated). Raises ValueError
+    for an unreadable file, unknown fields or negative prices.
+    """
+    try:
+        text = path.read_text()
+        data: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise ValueError(f"price table {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"price table {path}: expected a table of models")
+    table = dict(base)
+    for model, entry in data.items():
+        table[model] = _entry(path, model, entry, base.get(model))
+    return table
+
+
+_FIELDS = tuple(f.name for f in fields(Prices))
+
+
+def _entry(path: Path, model: str, entry: object, known: Prices | None) -> Prices:
+    if not isinstance(entry, dict):
+        raise ValueError(f"price table {path}: {model!r} must map {', '.join(_FIELDS)} to prices")
+    unknown = set(entry) - set(_FIELDS)
+    if unknown:
+        raise ValueError(f"price table {path}: {model!r} has unknown fields {sorted(unknown)}")
+    for name, value in entry.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"price table {path}: {model}.{name} must be a price >= 0, not {value!r}")
+    if known is not None:
+        return replace(known, **{name: float(value) for name, value in entry.items()})
+    if "input" not in entry or "output" not in entry:
+        raise ValueError(f"price table {path}: {model!r} is not in the built-in table: give input and output")
+    return Prices(float(entry["input"]), float(entry.get("cached_input", entry["input"])), float(entry["output"]))
 
 
 def prices_for(settings: LLMSettings) -> Prices | None:
     """Prices for the configured model and server, with the settings' overrides applied.
 
-    Overrides replace single fields of the table's entry; without an entry (unknown model or a self-hosted
-    server) input and output prices must both be given, and cached input defaults to the input price.
+    The table is the built-in one for OpenAI (none for other servers) with the price table file merged over
+    it. Overrides replace single fields of the entry found; without an entry input and output prices must both
+    be given, and cached input defaults to the input price.
     """
-    base = table_prices(settings.model) if settings.is_openai else None
+    table = PRICE_TABLE if settings.is_openai else {}
+    if settings.price_table is not None:
+        table = load_price_table(settings.price_table, table)
+    base = table_prices(settings.model, table)
     input_price = settings.price_input_per_mtok
     output_price = settings.price_output_per_mtok
     cached_price = settings.price_cached_input_per_mtok

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from consumers.llm.pricing import load_price_table
 from core.settings import Knob
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -67,20 +69,29 @@ class LLMSettings(BaseModel):
         description="fixed share of the limits for this process, e.g. 0.25 for 4 (default: adapt to the server)",
     )
     sampling: Sampling = Sampling()
-    price_input_per_mtok: float | None = Field(
-        default=None, ge=0, description="USD per million input tokens (default: the model's list price)"
+    price_table: Path | None = Field(
+        default=None,
+        description="TOML or JSON file of model -> input, cached_input, output USD per million tokens, merged "
+        "over the built-in OpenAI prices; its entries price any server (a vLLM model too)",
     )
+    price_input_per_mtok: float | None = Field(default=None, ge=0, description="overrides the table's input price")
     price_cached_input_per_mtok: float | None = Field(
-        default=None, ge=0, description="USD per million cached input tokens (default: the model's list price)"
+        default=None, ge=0, description="overrides the table's cached-input price"
     )
-    price_output_per_mtok: float | None = Field(
-        default=None, ge=0, description="USD per million output tokens (default: the model's list price)"
-    )
+    price_output_per_mtok: float | None = Field(default=None, ge=0, description="overrides the table's output price")
 
     @property
     def is_openai(self) -> bool:
         """OpenAI semantics (reference sampling, prices): OpenAI itself, or a gateway declared as such."""
         return self.backend == "openai" or (self.backend == "auto" and is_openai(self.base_url))
+
+    @field_validator("price_table")
+    @classmethod
+    def _price_table_readable(cls, path: Path | None) -> Path | None:
+        """A typo in the file fails the settings, not the first priced call."""
+        if path is not None:
+            load_price_table(path)
+        return path
 
     @model_validator(mode="after")
     def _key_needed_for_openai(self) -> LLMSettings:

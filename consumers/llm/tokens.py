@@ -6,6 +6,7 @@ uses; the exact count for a vLLM model would need its tokenizer, which a consume
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import tiktoken
@@ -20,7 +21,7 @@ def _encoding() -> tiktoken.Encoding:
 
 def count_tokens(text: str) -> int:
     """Tokens of `text` under cl100k_base."""
-    return len(_encoding().encode(text, disallowed_special=()))
+    return len(_encoding().encode_ordinary(text))
 
 
 def truncate_to_tokens(text: str, max_tokens: int) -> tuple[str, int, bool]:
@@ -28,7 +29,7 @@ def truncate_to_tokens(text: str, max_tokens: int) -> tuple[str, int, bool]:
     # A page can be megabytes: cut characters first (a token is rarely more than ~8 characters of prose)
     # so the tokenizer never sees more than a bounded prefix.
     head = text[: max_tokens * 8 + 64]
-    ids = _encoding().encode(head, disallowed_special=())
+    ids = _encoding().encode_ordinary(head)
     if len(ids) <= max_tokens and len(head) == len(text):
         return text, len(ids), False
     kept = ids[:max_tokens]
@@ -38,3 +39,18 @@ def truncate_to_tokens(text: str, max_tokens: int) -> tuple[str, int, bool]:
 def messages_tokens(messages: list[dict[str, str]]) -> int:
     """Prompt tokens of a chat request: content plus a few tokens of framing per message."""
     return sum(count_tokens(m["content"]) + 4 for m in messages) + 3
+
+
+def prompt_estimate(messages: list[dict[str, str]], *, known: str = "", known_tokens: int = 0) -> int:
+    """Prompt tokens as a rate limiter counts them: the larger of the tokenizer's count and characters / 4.
+
+    OpenAI's limiter estimates from characters; prose runs slightly over four characters per token, so the
+    tokenizer alone would under-reserve and earn 429s at full load. `known` is a text inside the messages (a
+    page sent with every call of a document) whose `known_tokens` the caller already counted: it is not
+    encoded again, and the rest of the prompt, short, is estimated from its characters.
+    """
+    chars = sum(len(m.get("content") or "") for m in messages)
+    if not known:
+        return max(messages_tokens(messages), math.ceil(chars / 4))
+    framing = 4 * len(messages) + 3
+    return max(known_tokens, math.ceil(len(known) / 4)) + math.ceil(max(chars - len(known), 0) / 4) + framing

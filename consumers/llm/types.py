@@ -54,10 +54,14 @@ class ChatClient(Protocol):
     number so a started document's next call (same page prefix, warm in the server's cache) overtakes the
     first call of a newer document. `step` names the step of the chain (persona, request...), whose replies
     have their own typical length: the client sizes `max_tokens` and its rate-limit reservation per step.
+    `prompt_tokens`, when given, is the caller's estimate of the prompt for the rate limiter (the engine counts
+    a page once per document); without it the client counts the messages.
     """
 
     model: str
 
-    async def chat(self, messages: list[Message], *, priority: int = 0, step: str = "default") -> ChatResult: ...
+    async def chat(
+        self, messages: list[Message], *, priority: int = 0, step: str = "default", prompt_tokens: int | None = None
+    ) -> ChatResult: ...
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> float | None: ...

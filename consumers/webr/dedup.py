@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-
-from datasketch import MinHash, MinHashLSH
+from typing import TYPE_CHECKING
 
 from core.outcomes import Outcome, PairRow, Rejection
+
+if TYPE_CHECKING:  # datasketch pulls in scipy (a second of start-up): imported when the first pair is judged
+    from datasketch import MinHash, MinHashLSH
 
 STAGE = "dedup"
 """The stage a duplicate's rejection names: after the engine, in the pipeline."""
@@ -44,14 +46,22 @@ class DedupIndex:
     _lsh: dict[str, MinHashLSH] = field(default_factory=dict)
     _wr_pages: set[str] = field(default_factory=set)
     _count: int = 0
+    _empty: MinHash | None = None
 
     def _minhash(self, text: str) -> MinHash:
-        mh = MinHash(num_perm=self.settings.num_perm)
+        if self._empty is None:
+            from datasketch import MinHash
+
+            self._empty = MinHash(num_perm=self.settings.num_perm)
+        # Copies share the permutations drawn once: drawing them for every text cost more than hashing it.
+        mh = self._empty.copy()
         mh.update_batch(list(shingles(text)))
         return mh
 
     def _index(self, branch: str) -> MinHashLSH:
         if branch not in self._lsh:
+            from datasketch import MinHashLSH
+
             self._lsh[branch] = MinHashLSH(threshold=self.settings.threshold, num_perm=self.settings.num_perm)
         return self._lsh[branch]
 

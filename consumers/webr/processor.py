@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumers.llm.tokens import truncate_to_tokens
+from consumers.llm.tokens import prompt_estimate, truncate_to_tokens
 from consumers.llm.types import ChatClient, LLMCallError, Message
 from consumers.webr import prompts
 from consumers.webr.dedup import DedupSettings
@@ -105,8 +105,11 @@ class DocumentProcessor:
             log.exception("internal error on document %s in state %s", doc.doc_id, run.machine.state)
             return self._reject(run, "internal_error", f"{type(exc).__name__}: {exc}")
 
-    async def _call(self, run: _Run, messages: list[Message]) -> str:
-        result = await self.llm.chat(messages, priority=run.seq, step=str(run.machine.state))
+    async def _call(self, run: _Run, messages: list[Message], page: str = "", page_tokens: int = 0) -> str:
+        """One call of the chain; `page` (of `page_tokens`) is the page text the messages carry, counted once
+        per document rather than encoded again for every call's rate-limit estimate."""
+        estimate = prompt_estimate(messages, known=page, known_tokens=page_tokens) if page else None
+        result = await self.llm.chat(messages, priority=run.seq, step=str(run.machine.state), prompt_tokens=estimate)
         cost = self.llm.cost_usd(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
         run.usage = run.usage + Usage(
             1, result.prompt_tokens, result.completion_tokens, result.cached_tokens, cost, result.attempts
@@ -123,13 +126,15 @@ class DocumentProcessor:
         rng = document_rng(self.settings.seed, run.doc.doc_id)
 
         m.advance(DocState.PERSONA)
-        persona = clean(await self._call(run, prompts.persona_messages(page)))
+        persona = clean(await self._call(run, prompts.persona_messages(page), page, page_tokens))
         if not persona:
             raise _Rejected("empty_persona", "the model returned no author profile")
         _reject_flaw(inspect_persona(persona, self.settings.quality))
 
         m.advance(DocState.SECTIONED)
         part = section(page, rng, self.settings.keep_whole_probability)
+        # A paragraph prefix of the page: its share of the page's tokens, by characters (an estimate either way).
+        part_tokens = page_tokens if part.is_whole else page_tokens * len(part.text) // max(len(page), 1)
         plan = draw_plan(rng)
 
         m.advance(DocState.REQUEST)
@@ -144,6 +149,8 @@ class DocumentProcessor:
                     noun=plan.noun,
                     words=plan.words,
                 ),
+                part.text,
+                part_tokens,
             )
         )
         self._require(request, "request")
@@ -151,14 +158,16 @@ class DocumentProcessor:
 
         if plan.category.is_wi:
             m.advance(DocState.RESPONSE)
-            response = clean(await self._call(run, prompts.wi_response_messages(part.text, request)))
+            messages = prompts.wi_response_messages(part.text, request)
+            response = clean(await self._call(run, messages, part.text, part_tokens))
             instruction = prompts.training_prompt(part.text, request, plan.page_first)
         else:
             m.advance(DocState.ROLLOUT)
             rollout = clean(await self._call(run, prompts.rollout_messages(request)))
             self._require(rollout, "rollout")
             m.advance(DocState.REFINE)
-            response = clean(await self._call(run, prompts.refine_messages(part.text, request, rollout)), refined=True)
+            messages = prompts.refine_messages(part.text, request, rollout)
+            response = clean(await self._call(run, messages, part.text, part_tokens), refined=True)
             instruction = request
 
         m.advance(DocState.FILTER)

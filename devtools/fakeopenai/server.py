@@ -182,6 +182,10 @@ class FakeOpenAI:
         with self._lock:
             return copy.deepcopy(self._stats)
 
+    def now(self) -> float:
+        """The server's clock, as `Record.t` reads it: seconds since the server started."""
+        return time.monotonic() - self._t0
+
     def reset(self) -> None:
         """Forget records, stats and scripted faults (the configuration stays)."""
         with self._lock:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
-from kafka.producer.future import FutureRecordMetadata
+from typing import TYPE_CHECKING
 
 from core.exceptions import PipelineError
 from core.outcomes import Rejection
 from streamer.pipeline import SourceMessage
+
+if TYPE_CHECKING:  # kafka-python is imported by the Kafka runs that use it, not by file runs (start-up time)
+    from kafka.producer.future import FutureRecordMetadata
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class DeadLetters:
     """Holds rejections per partition until their range is durable, then sends them; `flush()` awaits delivery."""
 
     def __init__(self, bootstrap_servers: str, topic: str, *, client_id: str = "webr-dead-letters") -> None:
+        from kafka import KafkaProducer
+
         self.topic = topic
         self._producer = KafkaProducer(
             bootstrap_servers=bootstrap_servers,
@@ -111,6 +113,8 @@ class DeadLetters:
     def close(self, timeout_s: float = 10.0) -> None:
         """Close the producer, waiting at most `timeout_s` for what it still holds (what matters was awaited by
         `flush()` before the offsets that cover it were committed)."""
+        from kafka.errors import KafkaError
+
         try:
             self._producer.close(timeout=timeout_s)
         except KafkaError as exc:

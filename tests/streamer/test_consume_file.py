@@ -87,6 +87,28 @@ def test_every_document_ends_once_with_the_right_call_chain(tmp_path: Path, fake
     assert {"WI", "WR"} == {r["branch"] for r in rows}
 
 
+def test_summary_shows_prefix_cache_hits_and_the_cost_of_a_price_table(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    # the server is on loopback (vLLM semantics): only the price table's entry prices its model
+    prices = tmp_path / "prices.toml"
+    prices.write_text('["gpt-4o-mini"]\ninput = 1.0\ncached_input = 0.1\noutput = 2.0\n')
+    # pages over the server's 1024-token minimum for caching a prefix, as OpenAI's
+    docs = [{"id": f"doc-{i}", "webpage": page(i, paragraphs=120)} for i in range(8)]
+    out = tmp_path / "out"
+    result = consume(write_jsonl(tmp_path / "p.jsonl", docs), out, fake_llm, "--price-table", str(prices))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows, rejected = read_outcomes(out)
+    prompt = sum(r["prompt_tokens"] or 0 for r in rows + rejected)
+    cached = sum(r["cached_tokens"] or 0 for r in rows + rejected)
+    cost = sum(r["cost_usd"] or 0.0 for r in rows + rejected)
+    assert 0 < cached < prompt  # a document's calls after the first find its page in the server's cache
+    for r in rows:
+        paid = (r["prompt_tokens"] - r["cached_tokens"]) * 1.0 + r["cached_tokens"] * 0.1 + r["completion_tokens"] * 2.0
+        assert r["cost_usd"] == pytest.approx(paid / 1e6)
+    [summary] = [line for line in result.stderr.splitlines() if line.startswith("done:")]
+    assert f"{prompt} prompt ({cached / prompt:.1%} prefix-cache hits)" in summary
+    assert f"${cost:.4f}" in summary
+
+
 def test_llm_failures_and_refusals_become_rejections_with_reasons(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
     def responder(messages: list[dict[str, str]]) -> str | Fault | None:
         text = messages[-1]["content"]

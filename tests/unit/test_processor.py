@@ -7,6 +7,7 @@ import hashlib
 
 import pytest
 
+from consumers.llm.tokens import prompt_estimate
 from consumers.llm.types import ErrorKind, LLMCallError
 from consumers.webr import prompts
 from consumers.webr.processor import DocumentProcessor, WebRSettings, page_hash
@@ -199,3 +200,19 @@ def test_replies_are_scripted_per_step_in_order() -> None:
     result = asyncio.run(client.chat([], step="request"))
     assert (result.text, result.prompt_tokens) == ("request reply 3", 0)
     assert client.steps == ["request"] * 3 and len(client.results) == 2
+
+
+@pytest.mark.parametrize("branch", ["WI", "WR"])
+def test_calls_carrying_the_page_come_with_a_prompt_estimate_from_its_one_count(branch: str) -> None:
+    """The page is counted once per document; each call's estimate for the rate limiter reuses that count and is
+    close to what counting the whole prompt gives (never far under it: under-reserving earns 429s)."""
+    doc = doc_in(branch)
+    client = ScriptedChatClient({"request": ["Summarise the council's budget lines for a local newsletter."]})
+    assert isinstance(run(doc, client), PairRow)
+    for call in client.calls:
+        if "<document>" not in call.user_text:
+            assert call.prompt_tokens is None, "the rollout carries no page: the client counts it"
+            continue
+        counted = prompt_estimate(call.messages)
+        assert call.prompt_tokens is not None
+        assert 0.95 * counted <= call.prompt_tokens <= 1.25 * counted, (call.step, call.prompt_tokens, counted)

@@ -39,9 +39,13 @@ def _bounds(leaf: Leaf) -> tuple[float | None, float | None]:
     return low, high
 
 
-def sample(leaf: Leaf) -> Any:
-    """A valid value of the leaf that is not its default."""
+def sample(leaf: Leaf, files: Path) -> Any:
+    """A valid value of the leaf that is not its default (a file that exists, for settings that name one)."""
     annotation, default = leaf.annotation, leaf.info.default
+    if annotation is Path:
+        path = files / f"{leaf.name}.json"
+        path.write_text('{"my-model": {"input": 1.0, "output": 2.0}}')  # the one such setting: a price table
+        return path
     if annotation is bool:
         return not default
     if typing.get_origin(annotation) is typing.Literal:
@@ -121,6 +125,8 @@ def env_text(value: Any) -> str:
 def toml_text(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, Path):
+        return json.dumps(str(value))
     return json.dumps(value) if isinstance(value, str | list) else repr(value)
 
 
@@ -144,7 +150,7 @@ def test_every_setting_has_a_flag_a_variable_and_a_toml_key(
     clear(monkeypatch, command.model)
     parser = command.parser()
     for leaf in leaves(command.model):
-        value = sample(leaf)
+        value = sample(leaf, tmp_path)
         base = command.base_for(leaf)
 
         by_flag = command.model.from_args(parser.parse_args(command.argv({**base, leaf.name: value})))
