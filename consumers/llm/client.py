@@ -71,6 +71,7 @@ class ClientStats:
 class _CallState:
     step: str
     max_tokens: int | None  # sent with the request when set
+    seed: int | None  # sent with the request when set, plus the bad outputs so far
     attempts: int = 0
     bad_outputs: int = 0
 
@@ -152,11 +153,13 @@ class OpenAIChatClient:
             return None
         return self._prices.cost(prompt_tokens, completion_tokens, cached_tokens)
 
-    async def chat(self, messages: list[Message], *, priority: int = 0, step: str = "default") -> ChatResult:
+    async def chat(
+        self, messages: list[Message], *, priority: int = 0, step: str = "default", seed: int | None = None
+    ) -> ChatResult:
         """One chat completion for `step` of a chain; raises LLMCallError when it fails for good."""
         if self._api is None:
             raise RuntimeError("the client is not started: use `async with client:` or `await client.start()`")
-        state = _CallState(step, self._steps.max_tokens(step) if self._send_max_tokens else None)
+        state = _CallState(step, self._steps.max_tokens(step) if self._send_max_tokens else None, seed)
         give_up = self.settings.give_up_after_s
         retrying = AsyncRetrying(
             stop=stop_never if give_up is None else stop_before_delay(give_up),
@@ -198,6 +201,8 @@ class OpenAIChatClient:
                 sent_at = asyncio.get_running_loop().time()
                 started = time.monotonic()
                 extra = {"max_tokens": state.max_tokens} if state.max_tokens else {}
+                if state.seed is not None:
+                    extra["seed"] = state.seed + state.bad_outputs
                 try:
                     raw = await self._api.chat.completions.with_raw_response.create(
                         model=self.model, messages=messages, **self._sampling, **extra

@@ -54,10 +54,15 @@ class ChatClient(Protocol):
     number so a started document's next call (same page prefix, warm in the server's cache) overtakes the
     first call of a newer document. `step` names the step of the chain (persona, request...), whose replies
     have their own typical length: the client sizes `max_tokens` and its rate-limit reservation per step.
+    `seed`, when given, is sent as the request's sampling seed (vLLM samples it with a generator of its own,
+    whatever else is in the batch), so a rerun writes the same text; a retry after bad output adds its count
+    to it, so the retry samples differently.
     """
 
     model: str
 
-    async def chat(self, messages: list[Message], *, priority: int = 0, step: str = "default") -> ChatResult: ...
+    async def chat(
+        self, messages: list[Message], *, priority: int = 0, step: str = "default", seed: int | None = None
+    ) -> ChatResult: ...
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> float | None: ...

@@ -20,7 +20,7 @@ from consumers.llm.tokens import truncate_to_tokens
 from consumers.llm.types import ChatClient, LLMCallError, Message
 from consumers.webr import prompts
 from consumers.webr.dedup import DedupSettings
-from consumers.webr.plan import Plan, document_rng, draw_plan
+from consumers.webr.plan import Plan, call_seed, document_rng, draw_plan
 from consumers.webr.quality import Flaw, QualitySettings, inspect_persona, inspect_request, inspect_response
 from consumers.webr.state import DocState, DocumentStateMachine
 from consumers.webr.text import clean, is_refusal, normalise, section
@@ -100,7 +100,9 @@ class DocumentProcessor:
             return self._reject(run, "internal_error", f"{type(exc).__name__}: {exc}")
 
     async def _call(self, run: _Run, messages: list[Message]) -> str:
-        result = await self.llm.chat(messages, priority=run.seq, step=str(run.machine.state))
+        step = str(run.machine.state)
+        seed = call_seed(self.settings.seed, run.doc.doc_id, step)
+        result = await self.llm.chat(messages, priority=run.seq, step=step, seed=seed)
         cost = self.llm.cost_usd(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
         run.usage = run.usage + Usage(
             1, result.prompt_tokens, result.completion_tokens, result.cached_tokens, cost, result.attempts
