@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             summary = (
                 "not run: every page was rejected (a 135M model loops or runs past --max-tokens on most pages; "
-                "run again, or give more pages with --pages/--limit)"
+                "give it more pages with --pages)"
             )
     except KeyboardInterrupt:
         print("\ninterrupted: everything the demo started is stopped", file=sys.stderr)
