@@ -33,6 +33,7 @@ from producers.crawl import run as crawl_run
 from producers.extract import extract_html
 from producers.language import LanguageIdentifier
 from producers.pages import PageOptions, to_page
+from producers.settings import CrawlSettings
 from producers.warc_records import CrawlRecord, iter_warc
 
 TEMPLATE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -89,7 +90,7 @@ def kafka_rate(broker: TansuBroker, path: Path, runs: int, state_root: Path) -> 
             ]
         )
         cpu, wall = time.process_time(), time.monotonic()
-        summary = crawl_run(args)
+        summary = crawl_run(CrawlSettings.from_args(args))
         cpu, wall = time.process_time() - cpu, time.monotonic() - wall
         produced = summary.produced
         cpu_rates.append(produced / cpu)

@@ -1,7 +1,8 @@
 """Object storage through pyarrow's filesystems: a local path or `s3://bucket/prefix`.
 
 Credentials come from the standard AWS chain (environment, config files, instance roles) that pyarrow's S3
-client reads itself; only the endpoint of an S3-compatible store (MinIO, Ceph, a test server) is ours to pass.
+client reads itself; the endpoint of an S3-compatible store (MinIO, Ceph, a test server) and the region are
+`StorageSettings`, read from flags or the usual AWS variables by the settings layer and passed to `resolve`.
 
 Every writer (the Parquet sink, the commit markers, the trainer's model store) writes through
 `Location.publish`, the one way an object appears: whole or not at all, so a reader never sees half a file.
@@ -13,10 +14,14 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlparse
 
 import pyarrow as pa
 from pyarrow import fs as pafs
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.settings import Knob
 
 TMP_PREFIX = ".tmp-"
 """Local temporaries are `.tmp-<random>-<final name>` beside their final name: hidden from readers, and
@@ -80,17 +85,35 @@ class Location:
             return None
 
 
-def resolve(uri: str, *, s3_endpoint_url: str | None = None, create: bool = False) -> Location:
+class StorageSettings(BaseModel):
+    """Where `s3://` URIs live; the AWS variables are read as the AWS tools read them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    s3_endpoint_url: Annotated[str | None, Knob(env=("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"))] = Field(
+        default=None, description="endpoint of an S3-compatible store (MinIO...); default: $AWS_ENDPOINT_URL_S3"
+    )
+    s3_region: Annotated[str | None, Knob(env=("AWS_REGION", "AWS_DEFAULT_REGION"))] = Field(
+        default=None, description="region of the bucket (default: $AWS_REGION, else the AWS SDK's choice)"
+    )
+
+    def open(self, uri: str, *, create: bool = False) -> Location:
+        """`resolve(uri)` with these settings."""
+        return resolve(uri, s3_endpoint_url=self.s3_endpoint_url, region=self.s3_region, create=create)
+
+
+def resolve(
+    uri: str, *, s3_endpoint_url: str | None = None, region: str | None = None, create: bool = False
+) -> Location:
     """Open `uri` (a local path, `file://` or `s3://`); `create` makes a local root directory."""
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
-        endpoint = s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = s3_endpoint_url
         kwargs: dict[str, object] = {}
         if endpoint:
             ep = urlparse(endpoint)
             kwargs["endpoint_override"] = ep.netloc or ep.path
             kwargs["scheme"] = ep.scheme or "https"
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if region:
             kwargs["region"] = region
         s3 = pafs.S3FileSystem(**kwargs)  # type: ignore[arg-type]

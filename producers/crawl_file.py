@@ -8,7 +8,6 @@ from which a resumed run must look for unacknowledged messages (producers.recove
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
@@ -27,6 +26,7 @@ from producers.crawl_metrics import CrawlMetrics
 from producers.language import LanguageIdentifier
 from producers.pages import PageOptions, text_key, to_page, url_key
 from producers.recovery import FILE_HEADER, RECORD_HEADER, end_offsets, sent_records, wait_until_settled
+from producers.settings import CrawlSettings
 from producers.state import FileProgress, StateStore
 from producers.warc_records import CrawlRecord, Item, RecordError, iter_warc
 
@@ -73,7 +73,7 @@ class _Entry:
 class CrawlContext:
     """Everything a file run needs, built once per process."""
 
-    args: argparse.Namespace
+    settings: CrawlSettings
     producer: KafkaProducer
     store: StateStore
     langid: LanguageIdentifier
@@ -104,7 +104,7 @@ class FileRun:
     def run(self) -> bool:
         """Produce the file if no other producer holds it: True when it is complete (now or before)."""
         ctx = self.ctx
-        if not ctx.store.claim(self.key, ctx.owner, ctx.args.claim_ttl_s):
+        if not ctx.store.claim(self.key, ctx.owner, ctx.settings.claim_ttl_s):
             return False
         try:
             return self._run_claimed()
@@ -113,6 +113,7 @@ class FileRun:
 
     def _run_claimed(self) -> bool:
         ctx = self.ctx
+        kafka = ctx.settings.kafka
         progress = ctx.store.progress(self.key)
         if progress is not None and progress.done:
             ctx.summary.files_already_done += 1
@@ -120,11 +121,11 @@ class FileRun:
         ctx.summary.files += 1
         recovered: dict[str, tuple[int, int]] = {}
         if progress is None:
-            scan_from = end_offsets(ctx.args.bootstrap_servers, ctx.args.topic)
+            scan_from = end_offsets(kafka.bootstrap_servers, kafka.topic)
             progress = FileProgress(self.key, self.size, 0, False, scan_from)
         else:
-            wait_until_settled(ctx.args.bootstrap_servers, ctx.args.topic, ctx.args.resume_quiet_s)
-            recovered = sent_records(ctx.args.bootstrap_servers, ctx.args.topic, progress.scan_from, self.key)
+            wait_until_settled(kafka.bootstrap_servers, kafka.topic, ctx.settings.resume_quiet_s)
+            recovered = sent_records(kafka.bootstrap_servers, kafka.topic, progress.scan_from, self.key)
             log.warning(
                 "%s: resuming at byte %d; %d records found sent", self.path, progress.next_offset, len(recovered)
             )
@@ -135,7 +136,7 @@ class FileRun:
             unit="B",
             unit_scale=True,
             desc=self.path.name,
-            disable=None if ctx.args.progress else True,
+            disable=None if ctx.settings.progress else True,
         )
         try:
             for item in iter_warc(self.path, progress.next_offset):
@@ -182,7 +183,8 @@ class FileRun:
             self.acked_keys.extend(keys)
             return _Entry(item.next_offset)
         headers = [(FILE_HEADER, self.key.encode()), (RECORD_HEADER, item.record_id.encode())]
-        future = ctx.producer.send(ctx.args.topic, key=doc.doc_id.encode(), value=doc.to_json(), headers=headers)
+        topic = ctx.settings.kafka.topic
+        future = ctx.producer.send(topic, key=doc.doc_id.encode(), value=doc.to_json(), headers=headers)
         self.in_flight.update(keys)
         return _Entry(item.next_offset, future, keys)
 
@@ -208,7 +210,7 @@ class FileRun:
                 if not head.future.is_done and not block:
                     break
                 try:
-                    metadata = head.future.get(timeout=self.ctx.args.delivery_timeout_s)
+                    metadata = head.future.get(timeout=self.ctx.settings.delivery_timeout_s)
                 except Exception as exc:
                     self._checkpoint(done=False)
                     raise DeliveryError(f"{self.path}: send failed: {exc}") from exc
@@ -227,7 +229,7 @@ class FileRun:
 
     def _checkpoint(self, done: bool) -> None:
         assert self.progress is not None
-        if not self.ctx.store.claim(self.key, self.ctx.owner, self.ctx.args.claim_ttl_s):
+        if not self.ctx.store.claim(self.key, self.ctx.owner, self.ctx.settings.claim_ttl_s):
             raise DeliveryError(f"{self.path}: lease lost to another producer (stalled longer than --claim-ttl-s)")
         self.progress.done = done
         self.ctx.store.checkpoint(self.progress, self.acked_keys)

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from pyarrow import fs as pafs
 
-from core.storage import Location, resolve
+from core.storage import Location, StorageSettings
 
 CRAWL_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
 _COPY_CHUNK = 8 << 20
@@ -59,8 +59,8 @@ class LocalDirectory:
 
 
 class S3Prefix:
-    def __init__(self, uri: str, spool: Path, s3_endpoint_url: str | None = None) -> None:
-        self.location: Location = resolve(uri, s3_endpoint_url=s3_endpoint_url)
+    def __init__(self, uri: str, spool: Path, storage: StorageSettings) -> None:
+        self.location: Location = storage.open(uri)
         self.spool = spool
         spool.mkdir(parents=True, exist_ok=True)
 
@@ -85,7 +85,7 @@ class S3Prefix:
             target.unlink(missing_ok=True)
 
 
-def open_source(spec: str, state_dir: Path, settle_s: float, s3_endpoint_url: str | None) -> CrawlSource:
+def open_source(spec: str, state_dir: Path, settle_s: float, storage: StorageSettings) -> CrawlSource:
     if spec.startswith("s3://"):
-        return S3Prefix(spec, state_dir / "spool", s3_endpoint_url)
+        return S3Prefix(spec, state_dir / "spool", storage)
     return LocalDirectory(Path(spec), settle_s)

@@ -22,10 +22,12 @@ from typing import IO, Any
 
 import orjson
 from kafka import KafkaProducer
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from core.records import iter_file
 from core.topics import ensure_topic
+from producers.settings import FilesSettings, ProducerKafkaSettings
 
 log = logging.getLogger("producers.files")
 
@@ -164,38 +166,42 @@ def produce_file(
             bar.close()
 
 
-def make_producer(args: argparse.Namespace) -> KafkaProducer:
+def make_producer(kafka: ProducerKafkaSettings) -> KafkaProducer:
     """Idempotent, acks=all, batched and compressed."""
     return KafkaProducer(
-        bootstrap_servers=args.bootstrap_servers,
+        bootstrap_servers=kafka.bootstrap_servers,
         client_id="webr-producer",
         acks="all",
         enable_idempotence=True,
-        compression_type=None if args.compression == "none" else args.compression,
-        linger_ms=args.linger_ms,
-        batch_size=args.batch_size,
-        max_request_size=args.max_request_size,
+        compression_type=None if kafka.compression == "none" else kafka.compression,
+        linger_ms=kafka.linger_ms,
+        batch_size=kafka.batch_size,
+        max_request_size=kafka.max_request_size,
     )
 
 
-def run(args: argparse.Namespace) -> Summary:
+def create_topic(kafka: ProducerKafkaSettings) -> None:
+    ensure_topic(kafka.bootstrap_servers, kafka.topic, kafka.partitions, kafka.replication_factor)
+
+
+def run(settings: FilesSettings) -> Summary:
     """Create the topic if needed, send every file, wait for every acknowledgement."""
-    ensure_topic(args.bootstrap_servers, args.topic, args.partitions, args.replication_factor)
-    summary = Summary(topic=args.topic)
+    create_topic(settings.kafka)
+    summary = Summary(topic=settings.kafka.topic)
     started = time.monotonic()
-    producer = make_producer(args)
+    producer = make_producer(settings.kafka)
     seen: set[str] = set()
     try:
-        for path in args.files:
+        for path in settings.files:
             summary.files += 1
             try:
-                produce_file(path, producer, summary, strict=args.strict, progress=args.progress, seen=seen)
+                produce_file(path, producer, summary, strict=settings.strict, progress=settings.progress, seen=seen)
             except StrictModeError:
                 raise
             except Exception as exc:  # a broken JSON array cannot be resynchronised: report it, go on
                 summary.unreadable_files += 1
                 print(f"{path}: unreadable after {summary.records} records: {exc}", file=sys.stderr)
-                if args.strict:
+                if settings.strict:
                     raise StrictModeError(f"{path}: {exc}") from exc
     finally:
         producer.flush()
@@ -206,30 +212,21 @@ def run(args: argparse.Namespace) -> Summary:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m producers.files", description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="+", metavar="FILE", help="JSON array or JSONL files; '-' reads stdin")
-    parser.add_argument("--bootstrap-servers", required=True, help="HOST:PORT[,HOST:PORT...]")
-    parser.add_argument("--topic", required=True)
-    parser.add_argument("--partitions", type=int, default=3, help="partitions when the topic is created (default 3)")
-    parser.add_argument("--replication-factor", type=int, default=1)
-    parser.add_argument("--strict", action="store_true", help="stop at the first invalid record (exit 2)")
-    add_producer_arguments(parser)
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    help_ = FilesSettings.model_fields["files"].description
+    parser.add_argument("files", nargs="+", metavar="FILE", default=argparse.SUPPRESS, help=help_)
+    FilesSettings.add_flags(parser)
     return parser
 
 
-def add_producer_arguments(parser: argparse.ArgumentParser) -> None:
-    """The Kafka producer's flags, shared by every producer CLI (`make_producer` reads them)."""
-    parser.add_argument("--compression", default="gzip", choices=["gzip", "snappy", "lz4", "zstd", "none"])
-    parser.add_argument("--linger-ms", type=int, default=20, help="wait this long to fill a batch")
-    parser.add_argument("--batch-size", type=int, default=256 << 10, help="bytes per partition batch")
-    parser.add_argument("--max-request-size", type=int, default=8 << 20, help="largest message, in bytes")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    try:
+        settings = FilesSettings.from_args(make_parser().parse_args(argv))
+    except (ValidationError, FileNotFoundError) as exc:
+        print(f"invalid settings: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        summary = run(args)
+        summary = run(settings)
     except StrictModeError as exc:
         print(f"--strict: stopping at the first invalid record: {exc}", file=sys.stderr)
         return 2

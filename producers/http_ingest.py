@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,11 +26,12 @@ import orjson
 from aiohttp import web
 from kafka import KafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from pydantic import ValidationError
 
 from core.exceptions import InvalidRecord
 from core.records import Document, parse_record
-from core.topics import ensure_topic
-from producers.files import add_producer_arguments, make_producer
+from producers.files import create_topic, make_producer
+from producers.settings import HttpIngestSettings
 
 RETRY_AFTER_S = 1
 
@@ -196,30 +196,21 @@ def make_app(ingest: Ingest) -> web.Application:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m producers.http_ingest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bootstrap-servers", required=True)
-    parser.add_argument("--topic", required=True)
-    parser.add_argument("--partitions", type=int, default=3)
-    parser.add_argument("--replication-factor", type=int, default=1)
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--max-body-bytes", type=int, default=32 << 20)
-    parser.add_argument("--max-records", type=int, default=10_000, help="records per request")
-    parser.add_argument("--max-buffered", type=int, default=20_000, help="unacknowledged documents before 429")
-    parser.add_argument("--shutdown-timeout-s", type=float, default=60.0)
-    add_producer_arguments(parser)
+    HttpIngestSettings.add_flags(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    tokens = frozenset(t.strip() for t in os.environ.get("WEBR_INGEST_TOKENS", "").split(",") if t.strip())
-    if not tokens:
-        print("WEBR_INGEST_TOKENS must hold at least one bearer token", file=sys.stderr)
+    try:
+        cli = HttpIngestSettings.from_args(make_parser().parse_args(argv))
+    except (ValidationError, FileNotFoundError) as exc:
+        print(f"invalid settings: {exc}", file=sys.stderr)
         return 2
-    ensure_topic(args.bootstrap_servers, args.topic, args.partitions, args.replication_factor)
-    settings = IngestSettings(args.topic, tokens, args.max_body_bytes, args.max_records, args.max_buffered)
-    ingest = Ingest(settings, make_producer(args))
-    web.run_app(make_app(ingest), host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout_s, print=None)
+    create_topic(cli.kafka)
+    tokens = frozenset(t.get_secret_value() for t in cli.ingest_tokens if t.get_secret_value())
+    settings = IngestSettings(cli.kafka.topic, tokens, cli.max_body_bytes, cli.max_records, cli.max_buffered)
+    ingest = Ingest(settings, make_producer(cli.kafka))
+    web.run_app(make_app(ingest), host=cli.host, port=cli.port, shutdown_timeout=cli.shutdown_timeout_s, print=None)
     return 0
 
 

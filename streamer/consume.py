@@ -16,14 +16,12 @@ import functools
 import logging
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from pydantic import ValidationError
 
 from consumers.webr.dedup import DedupStage
 from consumers.webr.processor import DocumentProcessor
 from core.exceptions import PipelineError
-from streamer.cli import add_model_flags
 from streamer.engine import Engine
 from streamer.files import count_records, run_file
 from streamer.kafka.runtime import run_kafka
@@ -42,25 +40,24 @@ def make_parser() -> argparse.ArgumentParser:
         "Flags override WEBR_* environment variables (OPENAI_API_KEY and OPENAI_BASE_URL are read too), "
         "which override the TOML file given with --config.",
     )
-    parser.add_argument("--config", type=Path, default=None, help="TOML file with any of the settings below")
-    add_model_flags(parser, ConsumeSettings)
+    ConsumeSettings.add_flags(parser)
     return parser
 
 
 @contextlib.asynccontextmanager
 async def webr_engine(settings: ConsumeSettings) -> AsyncIterator[Engine]:
-    """The engine of both kinds of run: `settings.llm()`'s client driving WebR, and WebR's dedup stage."""
+    """The engine of both kinds of run: `settings.llm`'s client driving WebR, and WebR's dedup stage."""
     from consumers.llm.client import OpenAIChatClient  # the HTTP stack is not needed for --help
 
-    webr = settings.webr()
-    async with OpenAIChatClient(settings.llm()) as llm:
+    webr = settings.webr
+    async with OpenAIChatClient(settings.llm) as llm:
         yield Engine(DocumentProcessor(llm, webr), DedupStage(webr.dedup()), llm.stats, llm.limiter.set_share)
 
 
 async def _run_file(settings: ConsumeSettings) -> int:
-    assert settings.source is not None
-    show = settings.progress and sys.stderr.isatty()
-    progress = Progress(count_records(settings.source) if show else None, enabled=show)
+    assert settings.run.source is not None
+    show = settings.run.progress and sys.stderr.isatty()
+    progress = Progress(count_records(settings.run.source) if show else None, enabled=show)
     try:
         async with webr_engine(settings) as engine:
             summary = await run_file(settings, engine, on_progress=progress.update)
@@ -71,16 +68,15 @@ async def _run_file(settings: ConsumeSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = vars(make_parser().parse_args(argv))
-    config = args.pop("config")
+    args = make_parser().parse_args(argv)
     try:
-        settings = ConsumeSettings.load(args, config)
+        settings = ConsumeSettings.from_args(args)
     except (ValidationError, FileNotFoundError) as exc:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.run.log_level, settings.run.log_format)
     try:
-        if settings.bootstrap_servers:
+        if settings.kafka.bootstrap_servers:
             return run_kafka(KafkaRunConfig.from_settings(settings), functools.partial(webr_engine, settings))
         return asyncio.run(_run_file(settings))
     except KeyboardInterrupt:

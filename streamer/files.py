@@ -23,7 +23,7 @@ from core.exceptions import InvalidRecord
 from core.keys import list_outputs
 from core.markers import advance_marker
 from core.records import Document, iter_file
-from core.storage import Location, resolve
+from core.storage import Location
 from streamer.engine import Engine
 from streamer.metrics import ConsumerMetrics, RunSummary
 from streamer.pipeline import NoDeadLetters, Pipeline
@@ -82,10 +82,11 @@ async def run_file(
     engine: Engine,
     on_progress: Callable[[RunSummary], None] | None = None,
 ) -> RunSummary:
-    """Process `settings.source` into `settings.output`; returns once every record has an outcome on disk."""
-    assert settings.source is not None
-    location = resolve(settings.output, s3_endpoint_url=settings.s3_endpoint_url, create=True)
-    stream = file_stream_name(settings.source)
+    """Process the run's source into its output; returns once every record has an outcome on disk."""
+    source, output = settings.run.source, settings.sink.output
+    assert source is not None
+    location = settings.storage.open(output, create=True)
+    stream = file_stream_name(source)
     written: list[WrittenFile] = []
     sink = ParquetSink(location, settings.roll_policy(), on_written=written.append)
     sink.setup()
@@ -100,22 +101,38 @@ async def run_file(
         dedup=engine.dedup,
         parse=parse_file_record,
     )
-    log.info("reading %s as stream %s into %s", settings.source, stream, settings.output)
+    log.info("reading %s as stream %s into %s", source, stream, output)
     try:
-        await _drain(pipeline, read_records(settings.source), settings.in_flight_docs, on_progress)
+        await _drain(pipeline, read_records(source), settings.in_flight_docs, on_progress)
         async with pipeline.lock:
             durable = await pipeline.checkpoint(flush=True)
         await pipeline.deliver_dead_letters()
-        pipeline.committed(durable)  # the committer of a file run: nothing to commit, the files are the record
+        await pipeline.finalize(FileRunCommitter(location, stream, written), durable)
     except BaseException:
         await pipeline.close_partitions([PARTITION])
         raise
     finally:
         pipeline.close()
-    _prune_stale(location, stream, written)
-    if written:  # the whole input is final now: readers (the trainer's snapshot) may take it
-        advance_marker(location, stream, PARTITION, max(f.end_offset for f in written))
     return metrics.summary
+
+
+@dataclass(frozen=True, slots=True)
+class FileRunCommitter:
+    """The `Committer` of a complete file run: no offsets to commit (the files are the record); the marker says
+    the whole input is final, once the files of an earlier run of the same input that this one did not rewrite
+    are gone, so readers (the trainer's snapshot) never take a stale file below it."""
+
+    location: Location
+    stream: str
+    written: list[WrittenFile]
+
+    async def commit(self, offsets: dict[int, int]) -> dict[int, int]:
+        return offsets
+
+    def mark(self, committed: dict[int, int]) -> None:
+        _prune_stale(self.location, self.stream, self.written)
+        for partition, offset in committed.items():
+            advance_marker(self.location, self.stream, partition, offset)
 
 
 async def _drain(

@@ -11,7 +11,8 @@ holds it around those calls and never around a call that needs the consumer thre
 
 Commit order (Quix's checkpoint, Kafka Connect's S3 sink), driven by the runtime: `checkpoint()` flushes the sink
 and names the committable offsets (never past the end of a durable file), `deliver_dead_letters()` awaits the
-dead letters of the written ranges, and only then are the offsets committed.
+dead letters of the written ranges, and only then does `finalize()` commit them through the run's `Committer`
+and write the commit markers.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ from core.exceptions import InvalidRecord
 from core.outcomes import Outcome, Rejection, SourceRef
 from core.records import Document, parse_message
 from streamer.engine import Dedup, Processor
-from streamer.kafka.deadletters import SourceMessage
-from streamer.kafka.recovery import committed_rows, dedup_ranges
-from streamer.kafka.threads import DaemonExecutor
 from streamer.metrics import ConsumerMetrics
+from streamer.recovery import committed_rows, dedup_ranges
 from streamer.sinks.parquet import ParquetSink, WrittenFile
+from streamer.threads import DaemonExecutor
 from streamer.window import OrderedWindow
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,18 @@ class Record(Protocol):
 R = TypeVar("R", bound=Record)
 
 
+@dataclass(frozen=True, slots=True)
+class SourceMessage:
+    """The parts of a consumed record a dead letter needs to reproduce it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+
+
 def parse_value(record: Record) -> Document:
     """A Kafka record's document: its value is the JSON object (raises `InvalidRecord`)."""
     return parse_message(record.value)
@@ -74,6 +86,20 @@ class DeadLetterQueue(Protocol):
     def discard(self, partitions: set[int]) -> None: ...
 
     async def flush(self) -> int: ...
+
+
+class Committer(Protocol):
+    """What makes a checkpoint final, once `checkpoint()` named the offsets and their dead letters are delivered:
+    a Kafka run commits the group's offsets and then writes the commit markers (`streamer.kafka.runtime`); a file
+    run has nothing to commit and writes its marker once the whole input is in durable files (`streamer.files`)."""
+
+    async def commit(self, offsets: dict[int, int]) -> dict[int, int]:
+        """Commit `offsets` (partition -> next offset to read); returns those committed, raises if it failed."""
+        ...
+
+    def mark(self, committed: dict[int, int]) -> None:
+        """Record committed offsets for the output's readers (commit markers); blocking, run on the sink thread."""
+        ...
 
 
 class NoDeadLetters:
@@ -367,6 +393,15 @@ class Pipeline(Generic[R]):
         sent = await self.dead_letters.flush()
         if sent:
             self.metrics.dead_letters.inc(sent)
+
+    async def finalize(self, committer: Committer, offsets: dict[int, int]) -> dict[int, int]:
+        """Commit what `checkpoint()` named (after `deliver_dead_letters()`), then mark it; returns the offsets
+        committed. A failed commit raises and leaves everything uncommitted, to be retried."""
+        done = await committer.commit(offsets)
+        self.committed(done)
+        if done:
+            await self.io(committer.mark, done)
+        return done
 
     def committed(self, offsets: dict[int, int]) -> None:
         for p, offset in offsets.items():

@@ -8,11 +8,14 @@ the options of the job around it, frozen and validated as soon as they are parse
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+from pydantic import Field
+
+from core.settings import Knob, LayeredSettings
+from core.storage import StorageSettings
 from trainer.exceptions import TrainerConfigError
 
 Policy = Literal["retrain", "continue"]
@@ -115,11 +118,11 @@ class PipelineArgs:
         if not self.lora_target_modules:
             raise TrainerConfigError("lora_target_modules must name at least one module")
 
-    def resolved_work_dir(self) -> Path:
+    def resolved_work_dir(self, cache_home: str | None = None) -> Path:
         """The work dir: explicit, or one per output location so two outputs never share a lock or checkpoints."""
         if self.work_dir:
             return Path(self.work_dir).expanduser().resolve()
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        cache = Path(cache_home) if cache_home else Path.home() / ".cache"
         key = hashlib.sha256(self.output_dir.rstrip("/").encode()).hexdigest()[:16]
         return cache / "webr-factory" / "trainer" / key
 
@@ -133,3 +136,18 @@ class PipelineArgs:
             "dropout": self.lora_dropout,
             "target_modules": list(self.lora_target_modules),
         }
+
+
+class TrainerEnvironment(LayeredSettings):
+    """What the trainer takes from the environment besides its flags (`PipelineArgs`): where `s3://` lives (an
+    `--s3-endpoint-url` flag wins over the AWS variables) and the cache root of the default work dir."""
+
+    storage: StorageSettings
+    cache_home: Annotated[str | None, Knob(env=("XDG_CACHE_HOME",))] = Field(
+        default=None, description="root of the default work dir (default: $XDG_CACHE_HOME, else ~/.cache)"
+    )
+
+    @classmethod
+    def for_job(cls, pipeline: PipelineArgs) -> TrainerEnvironment:
+        given = {"s3_endpoint_url": pipeline.s3_endpoint_url} if pipeline.s3_endpoint_url else {}
+        return cls.load(given)

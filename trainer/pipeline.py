@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from core.storage import Location, resolve
-from trainer.config import PipelineArgs
+from core.storage import Location
+from trainer.config import PipelineArgs, TrainerEnvironment
 from trainer.data import build_training_set
 from trainer.exceptions import EXIT_OK, EXIT_REJECTED, DataError, TrainerError, TrainingFailed
 from trainer.gate import evaluate_candidate
@@ -51,10 +51,11 @@ class _FailedOnMain(TrainerError):
         self.exit_code = exit_code
 
 
-def run_job(pipeline: PipelineArgs, cfg: WebrSFTConfig) -> Result:
+def run_job(pipeline: PipelineArgs, cfg: WebrSFTConfig, env: TrainerEnvironment) -> Result:
     """The whole job; raises a `TrainerError` (with its exit code) on failure, having published nothing."""
-    work = WorkDir(pipeline.resolved_work_dir())
-    store = ModelStore(resolve(pipeline.output_dir, s3_endpoint_url=pipeline.s3_endpoint_url))
+    work = WorkDir(pipeline.resolved_work_dir(env.cache_home))
+    store = ModelStore(env.storage.open(pipeline.output_dir))
+    data = env.storage.open(pipeline.data)
     is_main = cfg.process_index == 0
     lock = RunLock(work.lock)
     decision: Plan | Result | tuple[int, str]
@@ -62,7 +63,7 @@ def run_job(pipeline: PipelineArgs, cfg: WebrSFTConfig) -> Result:
         try:
             if is_main:
                 lock.acquire()
-            decision = _decide(pipeline, cfg, work, store) if is_main else (0, "")
+            decision = _decide(pipeline, cfg, work, store, data) if is_main else (0, "")
         except Exception as exc:
             _share((getattr(exc, "exit_code", 1), str(exc)), cfg)  # the other ranks must not wait forever
             raise
@@ -76,7 +77,9 @@ def run_job(pipeline: PipelineArgs, cfg: WebrSFTConfig) -> Result:
         lock.release()
 
 
-def _decide(pipeline: PipelineArgs, cfg: WebrSFTConfig, work: WorkDir, store: ModelStore) -> Plan | Result:
+def _decide(
+    pipeline: PipelineArgs, cfg: WebrSFTConfig, work: WorkDir, store: ModelStore, data: Location
+) -> Plan | Result:
     fp = fingerprint(pipeline, cfg.training_fields())
     latest = store.latest()
     pending = work.load_plan()
@@ -87,7 +90,6 @@ def _decide(pipeline: PipelineArgs, cfg: WebrSFTConfig, work: WorkDir, store: Mo
             return pending
         work.discard_pending(why)
     previous = Manifest.from_dict(latest[1]["manifest"]) if latest else None  # type: ignore[arg-type]
-    data = resolve(pipeline.data, s3_endpoint_url=pipeline.s3_endpoint_url)
     manifest, bad_files = take_snapshot(data, previous, skip_bad_files=pipeline.skip_bad_files)
     changes = diff(manifest, previous)
     since = f"run {latest[0]}" if latest else "the start (nothing published yet)"

@@ -149,10 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summary_line("error", EXIT_USAGE, str(exc), {}))
         return EXIT_USAGE
     _quiet_libraries()
+    from trainer.config import TrainerEnvironment
     from trainer.pipeline import run_job
 
     try:
-        result = run_job(pipeline, cfg)
+        result = run_job(pipeline, cfg, TrainerEnvironment.for_job(pipeline))
     except TrainerError as exc:
         log.error("%s", exc)
         status, code, message, facts = "error", exc.exit_code, str(exc), {}

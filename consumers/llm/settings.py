@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from core.settings import Knob
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 Backend = Literal["auto", "openai", "vllm"]
@@ -21,9 +23,9 @@ class Sampling(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="default: 1.0 OpenAI, 0.6 vLLM")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="default: API default OpenAI, 0.9 vLLM")
+    max_tokens: int | None = Field(default=None, gt=0, description="completion cap; default: none OpenAI, 4096 vLLM")
 
     @classmethod
     def reference_defaults(cls, openai: bool) -> Sampling:
@@ -38,24 +40,42 @@ class LLMSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    base_url: str = OPENAI_BASE_URL
-    backend: Backend = Field(default="auto", description="OpenAI or vLLM semantics; auto: by the base URL's host")
-    api_key: SecretStr = SecretStr("")
-    model: str = "gpt-4o-mini"
-    max_concurrency: int = Field(default=64, gt=0, description="requests in flight at once")
-    max_requests_per_minute: int | None = Field(default=None, gt=0)
-    max_tokens_per_minute: int | None = Field(default=None, gt=0)
-    request_timeout_s: float = Field(default=120.0, gt=0)
-    give_up_after_s: float | None = Field(
-        default=None, gt=0, description="reject a call still failing transiently after this; default: wait"
+    base_url: Annotated[str, Knob(env=("OPENAI_BASE_URL",))] = Field(
+        default=OPENAI_BASE_URL, description="OpenAI-compatible API root, e.g. http://vllm-host:8000/v1"
+    )
+    backend: Backend = Field(
+        default="auto",
+        description="whose reference defaults apply (sampling, prices): openai, vllm, or auto by the --base-url host",
+    )
+    api_key: Annotated[SecretStr, Knob(env=("OPENAI_API_KEY",))] = Field(
+        default=SecretStr(""), description="API key (default: $OPENAI_API_KEY); never logged"
+    )
+    model: str = Field(default="gpt-4o-mini", description="model name as the server knows it")
+    max_concurrency: int = Field(default=64, gt=0, description="LLM requests in flight at once")
+    max_requests_per_minute: int | None = Field(default=None, gt=0, description="request budget per minute")
+    max_tokens_per_minute: int | None = Field(default=None, gt=0, description="token budget per minute")
+    request_timeout_s: float = Field(default=120.0, gt=0, description="timeout of one LLM request")
+    give_up_after_s: Annotated[float | None, Knob(name="give_up_after")] = Field(
+        default=None,
+        gt=0,
+        description="reject a document whose LLM call still fails transiently after SECONDS (default: it waits)",
     )
     rate_limit_share: float = Field(
-        default=1.0, gt=0, le=1, description="this process's fixed share of the limits (1/N for N processes)"
+        default=1.0,
+        gt=0,
+        le=1,
+        description="fixed share of the limits for this process, e.g. 0.25 for 4 (default: adapt to the server)",
     )
     sampling: Sampling = Sampling()
-    price_input_per_mtok: float | None = Field(default=None, ge=0)
-    price_cached_input_per_mtok: float | None = Field(default=None, ge=0)
-    price_output_per_mtok: float | None = Field(default=None, ge=0)
+    price_input_per_mtok: float | None = Field(
+        default=None, ge=0, description="USD per million input tokens (default: the model's list price)"
+    )
+    price_cached_input_per_mtok: float | None = Field(
+        default=None, ge=0, description="USD per million cached input tokens (default: the model's list price)"
+    )
+    price_output_per_mtok: float | None = Field(
+        default=None, ge=0, description="USD per million output tokens (default: the model's list price)"
+    )
 
     @property
     def is_openai(self) -> bool:

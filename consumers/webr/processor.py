@@ -36,12 +36,18 @@ class WebRSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    seed: int = 0
-    max_page_tokens: int = Field(default=4096, gt=0, description="pages are cut to this many tokens")
-    max_page_chars: int = Field(default=1_000_000, gt=0, description="longer pages are rejected, not cut")
-    keep_whole_probability: float = Field(default=0.5, ge=0.0, le=1.0)
-    dedup_threshold: float = Field(default=0.7, gt=0.0, le=1.0)
-    dedup_num_perm: int = Field(default=128, ge=16)
+    seed: int = Field(default=0, description="seed of every per-document random choice")
+    max_page_tokens: int = Field(default=4096, gt=0, description="pages are cut to this many tokens (recorded)")
+    max_page_chars: int = Field(
+        default=1_000_000, gt=0, description="pages longer than this many characters are rejected (page_too_large)"
+    )
+    keep_whole_probability: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="share of pages kept whole rather than cut to a random span"
+    )
+    dedup_threshold: float = Field(
+        default=0.7, gt=0.0, le=1.0, description="MinHash similarity above which a request is a near duplicate"
+    )
+    dedup_num_perm: int = Field(default=128, ge=16, description="MinHash permutations of the near-duplicate index")
     quality: QualitySettings = Field(default_factory=QualitySettings)
 
     def dedup(self) -> DedupSettings:

@@ -32,13 +32,26 @@ class QualitySettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_repetition: float = Field(default=0.3, gt=0.0, le=1.0)
-    min_request_words: int = Field(default=3, ge=0)
-    max_request_words: int = Field(default=400, gt=0)
-    min_response_words: int = Field(default=3, ge=0)
-    max_response_words: int = Field(default=3000, gt=0)
-    response_language: bool = True
-    max_request_copy: float = Field(default=0.6, gt=0.0, le=1.0)
+    max_repetition: float = Field(
+        default=0.3,
+        gt=0.0,
+        le=1.0,
+        description="reject a persona, request or response whose repeated sentences or 5-word phrases exceed "
+        "this share of it (repetitive_*)",
+    )
+    min_request_words: int = Field(default=3, ge=0, description="shorter requests are rejected (short_request)")
+    max_request_words: int = Field(default=400, gt=0, description="longer requests are rejected (long_request)")
+    min_response_words: int = Field(default=3, ge=0, description="shorter responses are rejected (short_response)")
+    max_response_words: int = Field(default=3000, gt=0, description="longer responses are rejected (long_response)")
+    response_language: bool = Field(
+        default=True, description="reject a response not in its page's language (wrong_language_response)"
+    )
+    max_request_copy: float = Field(
+        default=0.6,
+        gt=0.0,
+        le=1.0,
+        description="reject a request whose words are more than this share copied from the page (copied_request)",
+    )
 
 
 @dataclass(frozen=True, slots=True)

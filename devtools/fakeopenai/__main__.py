@@ -28,6 +28,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rpm", type=int, default=None, help="requests per minute, enforced per second")
     parser.add_argument("--tpm", type=int, default=None, help="tokens per minute, enforced per second")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per reply (the minimum with --latency-max)")
+    parser.add_argument("--latency-per-token", type=float, default=0.0, help="seconds added per output token")
+    parser.add_argument("--capacity", type=int, default=None, help="requests served at once; the rest wait")
     parser.add_argument("--latency-max", type=float, default=None, help="draw latency uniformly up to this")
     parser.add_argument("--reply-words", type=int, nargs=2, default=(40, 200), metavar=("MIN", "MAX"))
     parser.add_argument("--seed", type=int, default=0)
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
         rpm=args.rpm,
         tpm=args.tpm,
         latency_s=latency,
+        latency_per_token_s=args.latency_per_token,
+        capacity=args.capacity,
         reply_words=tuple(args.reply_words),
         seed=args.seed,
         fault_rates=dict(args.fault),

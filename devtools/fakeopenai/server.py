@@ -9,7 +9,11 @@ Order of decisions for one POST /v1/chat/completions:
 2. the candidate reply: the responder's text, or the default reply (unique per request);
 3. rate limits (see limits.py for what is charged) -> 429 with retry-after and x-ratelimit-* headers;
 4. a scripted fault (`inject`), else a Fault returned by the responder, else a random fault (`fault_rates`);
-5. simulated latency, then the answer.
+5. simulated latency (fixed plus per output token), served in one of `capacity` slots when the server has a bounded
+   batch like vLLM's (the rest wait in arrival order), then the answer.
+
+`GET /metrics` exposes vLLM's scheduler gauges (`vllm:num_requests_running`, `vllm:num_requests_waiting`,
+`vllm:kv_cache_usage_perc`) so clients that size their concurrency from them can be tested without a GPU.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from consumers.llm.tokens import count_tokens, messages_tokens, truncate_to_tokens
 from devtools.fakeopenai.faults import REFUSAL_TEXT, Fault, FaultKind
@@ -44,6 +50,8 @@ class ServerConfig:
     tpm: int | None = None
     window_s: float = 1.0
     latency_s: float | tuple[float, float] = 0.0  # fixed, or a uniform random range
+    latency_per_token_s: float = 0.0  # added per completion token, like a decoder's step time
+    capacity: int | None = None  # requests served at once (a vLLM batch); None: unbounded
     reply_words: tuple[int, int] = (40, 200)
     seed: int = 0
     fault_rates: dict[FaultKind, float] = field(default_factory=dict)  # probability per accepted request
@@ -87,6 +95,14 @@ class ServerStats:
     rate_limited: int = 0  # every 429, scripted or from the limiter
     faults: Counter[str] = field(default_factory=Counter)
     timeline: dict[int, SecondStats] = field(default_factory=dict)
+    service: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each request in a slot
+
+    def busy_slots(self, start: float, end: float) -> float:
+        """Mean number of requests in service between `start` and `end` (seconds since the server started)."""
+        if end <= start:
+            return 0.0
+        busy = sum(max(0.0, min(e, end) - max(s, start)) for s, e in self.service)
+        return busy / (end - start)
 
 
 @dataclass
@@ -126,6 +142,11 @@ class FakeOpenAI:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self._running = 0
+        self._waiting = 0
+        self._slot_freed: asyncio.Condition | None = None
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self)
         self.configure(**changes)
 
     # -- control from tests ---------------------------------------------------------------------------------
@@ -181,6 +202,8 @@ class FakeOpenAI:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
+        self._slot_freed = asyncio.Condition()
         # A short shutdown timeout: requests hanging on purpose must not hold up the end of a test.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await self._runner.setup()
@@ -211,6 +234,58 @@ class FakeOpenAI:
         model = {"id": self.config.model, "object": "model", "created": 0, "owned_by": "fakeopenai"}
         return web.json_response({"object": "list", "data": [model]})
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self._registry), content_type="text/plain")
+
+    def collect(self) -> Any:
+        """vLLM's scheduler gauges and prefix-cache counters, under vLLM's names (a prometheus_client collector)."""
+        labels = ["model_name"]
+        model = [self.config.model]
+        for name, help_text, value in (
+            ("vllm:num_requests_running", "Requests in the batch", self._running),
+            ("vllm:num_requests_waiting", "Requests waiting for a slot", self._waiting),
+            ("vllm:kv_cache_usage_perc", "Share of the batch in use (1 = full)", self._usage()),
+        ):
+            gauge = GaugeMetricFamily(name, help_text, labels=labels)
+            gauge.add_metric(model, value)
+            yield gauge
+        with self._lock:
+            queries = sum(r.prompt_tokens for r in self._records if r.reply is not None)
+            hits = sum(r.cached_tokens for r in self._records)
+        for name, help_text, value in (
+            ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache", queries),
+            ("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache", hits),
+        ):
+            counter = CounterMetricFamily(name, help_text, labels=labels)
+            counter.add_metric(model, value)
+            yield counter
+
+    def _usage(self) -> float:
+        capacity = self.config.capacity
+        return min(1.0, self._running / capacity) if capacity else 0.0
+
+    async def _serve(self, seconds: float) -> None:
+        """Hold one of `capacity` slots for `seconds`; waiters are served in arrival order."""
+        assert self._slot_freed is not None
+        capacity = self.config.capacity
+        self._waiting += 1
+        try:
+            async with self._slot_freed:
+                await self._slot_freed.wait_for(lambda: capacity is None or self._running < capacity)
+                self._running += 1
+        finally:
+            self._waiting -= 1
+        start = time.monotonic()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            end = time.monotonic()
+            with self._lock:
+                self._stats.service.append((start - self._t0, end - self._t0))
+            async with self._slot_freed:
+                self._running -= 1
+                self._slot_freed.notify()
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         elapsed = time.monotonic() - self._t0
         try:
@@ -226,7 +301,7 @@ class FakeOpenAI:
             return web.json_response(payload, status=401)
         outcome, record = self._decide(body, messages, elapsed)
         if outcome.status != 429 or outcome.fault is not None:
-            await asyncio.sleep(self._latency())
+            await self._serve(self._latency() + self.config.latency_per_token_s * record.completion_tokens)
         if outcome.hang_s:
             await asyncio.sleep(outcome.hang_s)
         return self._respond(outcome, record)

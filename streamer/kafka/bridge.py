@@ -34,7 +34,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.future import Future as KafkaFuture
 
 from streamer.kafka.settings import KafkaSettings
-from streamer.kafka.threads import DaemonExecutor
+from streamer.threads import DaemonExecutor
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -20,6 +19,7 @@ from kafka.producer.future import FutureRecordMetadata
 
 from core.exceptions import PipelineError
 from core.outcomes import Rejection
+from streamer.pipeline import SourceMessage
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +28,6 @@ MAX_DETAIL_BYTES = 1000
 
 class DeadLetterError(PipelineError):
     """A dead letter could not be delivered: the offsets that cover it must not be committed."""
-
-
-@dataclass(frozen=True, slots=True)
-class SourceMessage:
-    """The parts of a consumed record a dead letter needs to reproduce it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int | None
 
 
 def dead_letter_headers(source: SourceMessage, rejection: Rejection) -> list[tuple[str, bytes]]:

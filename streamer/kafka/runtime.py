@@ -23,6 +23,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass
 
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
@@ -30,17 +31,16 @@ from prometheus_client import CollectorRegistry
 
 from core.exceptions import PipelineError
 from core.markers import CommitMarkers
-from core.storage import resolve
 from core.topics import ensure_topic, partition_count
 from streamer.engine import Engine
 from streamer.kafka.bridge import NOT_JOINED, ConsumerBridge, Membership
 from streamer.kafka.deadletters import DeadLetterError, DeadLetters
-from streamer.kafka.recovery import clear_uncommitted
 from streamer.kafka.settings import KafkaRunConfig
-from streamer.kafka.threads import DaemonExecutor
 from streamer.metrics import ConsumerMetrics, LLMStatsCollector, serve
 from streamer.pipeline import Pipeline
+from streamer.recovery import clear_uncommitted
 from streamer.sinks.parquet import ParquetSink
+from streamer.threads import DaemonExecutor
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,22 @@ class FatalError(Exception):
     """Something the runtime cannot recover from in-process; nothing more is committed."""
 
 
+@dataclass(frozen=True, slots=True)
+class KafkaCommitter:
+    """The `Committer` of one checkpoint: the group's offsets, if this member still owns the partitions under the
+    membership `epoch` the checkpoint was taken in, then the commit markers."""
+
+    bridge: ConsumerBridge
+    epoch: int
+    markers: CommitMarkers
+
+    async def commit(self, offsets: dict[int, int]) -> dict[int, int]:
+        return await self.bridge.commit(offsets, self.epoch)
+
+    def mark(self, committed: dict[int, int]) -> None:
+        self.markers.advance(committed)
+
+
 class KafkaRuntime:
     """One consumer process of the group. Implements the bridge's `RebalanceHandler`."""
 
@@ -71,7 +87,7 @@ class KafkaRuntime:
         self.topic: str = self.kafka.topic
         self.engine = engine
         self.metrics = metrics
-        self.location = resolve(config.output, s3_endpoint_url=config.s3_endpoint_url, create=True)
+        self.location = config.storage.open(config.output, create=True)
         self.sink = ParquetSink(self.location, config.roll, retry_deadline_s=None)
         self.markers = CommitMarkers(self.location, self.topic, self.kafka.group_id)
         self.pipeline: Pipeline[ConsumerRecord]
@@ -330,16 +346,13 @@ class KafkaRuntime:
             log.warning("not committing yet: %s", exc)
             return False
         try:
-            done = await self.bridge.commit(offsets, epoch)
+            done = await self.pipeline.finalize(KafkaCommitter(self.bridge, epoch, self.markers), offsets)
         except KafkaError as exc:
             self.metrics.commits.labels("failed").inc()
             log.warning("commit failed, will retry: %s", exc)
             return False
-        self.pipeline.committed(done)
         self.metrics.commits.labels("ok").inc()
         log.info("committed %s", done, extra={"offsets": done})
-        if done:
-            await self.pipeline.io(self.markers.advance, done)
         return True
 
     async def _drain_and_stop(self) -> int:

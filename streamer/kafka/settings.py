@@ -1,4 +1,4 @@
-"""Settings of the Kafka runtime, declared once; `ConsumeSettings` embeds these fields as flags.
+"""Settings of the Kafka runtime, declared once; `ConsumeSettings` nests them as its `kafka` section.
 
 Output location, roll size and the in-flight bound are shared with file runs and live in `ConsumeSettings`;
 `KafkaRunConfig` gathers what the runtime needs from both so the runtime never reads flags or environment.
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.storage import StorageSettings
 from streamer.sinks.parquet import RollPolicy
 
 if TYPE_CHECKING:
@@ -71,11 +72,6 @@ class KafkaSettings(BaseModel):
         """A third of the session timeout, as Kafka recommends, capped at Kafka's default of 3 s."""
         return min(3000, self.session_timeout_ms // 3)
 
-    @classmethod
-    def pick(cls, settings: KafkaSettings) -> KafkaSettings:
-        """Only the Kafka fields of a wider settings model (`ConsumeSettings` is one), validated again here."""
-        return cls.model_validate(settings.model_dump(include=set(cls.model_fields)))
-
 
 @dataclass(frozen=True, slots=True)
 class KafkaRunConfig:
@@ -83,17 +79,17 @@ class KafkaRunConfig:
 
     kafka: KafkaSettings
     output: str
-    s3_endpoint_url: str | None
+    storage: StorageSettings
     roll: RollPolicy
     max_in_flight_docs: int
 
     @classmethod
     def from_settings(cls, settings: ConsumeSettings) -> KafkaRunConfig:
-        kafka = KafkaSettings.pick(settings)
+        kafka = settings.kafka
         return cls(
             kafka=kafka,
-            output=settings.output,
-            s3_endpoint_url=settings.s3_endpoint_url,
-            roll=RollPolicy(max_records=settings.roll_records, max_record_time_ms=kafka.roll_interval_ms),
+            output=settings.sink.output,
+            storage=settings.storage,
+            roll=RollPolicy(max_records=settings.sink.roll_records, max_record_time_ms=kafka.roll_interval_ms),
             max_in_flight_docs=settings.in_flight_docs,
         )

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from core.settings import leaves
 from streamer.settings import ConsumeSettings
 
 OTHER_VARIABLES = {"OPENAI_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"}
@@ -14,12 +15,8 @@ OTHER_VARIABLES = {"OPENAI_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY
 
 def unknown_variables(env: dict[str, str]) -> set[str]:
     """WEBR_* names that match no setting (pydantic-settings would silently ignore them) and unexpected others."""
-    fields = ConsumeSettings.model_fields
-    return {
-        key
-        for key in env
-        if not (key.startswith("WEBR_") and key.removeprefix("WEBR_").lower() in fields) and key not in OTHER_VARIABLES
-    }
+    names = {name for leaf in leaves(ConsumeSettings) for name in leaf.env}
+    return {key for key in env if key not in names and key not in OTHER_VARIABLES}
 
 
 def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> ConsumeSettings:

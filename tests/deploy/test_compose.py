@@ -62,10 +62,10 @@ def test_consumer_environment_is_a_valid_kafka_run(monkeypatch: pytest.MonkeyPat
     env = compose_service("consumer")["environment"]
     assert unknown_variables(env) == set()
     settings = settings_from({**env, "OPENAI_API_KEY": "sk-from-deploy-env"}, monkeypatch)
-    assert settings.bootstrap_servers == "kafka:9092"
-    assert settings.output.startswith("s3://")
-    assert settings.metrics_port == 9108
-    assert settings.llm().api_key.get_secret_value() == "sk-from-deploy-env"
+    assert settings.kafka.bootstrap_servers == "kafka:9092"
+    assert settings.sink.output.startswith("s3://")
+    assert settings.kafka.metrics_port == 9108
+    assert settings.llm.api_key.get_secret_value() == "sk-from-deploy-env"
 
 
 def test_a_misspelt_setting_is_caught() -> None:

@@ -131,9 +131,9 @@ def test_consumer_settings_are_a_valid_kafka_run(monkeypatch: pytest.MonkeyPatch
     env = {**data, **{name: "from-the-pod" for name, _ in env_items(container)}}
     assert unknown_variables(env) == set()
     settings = settings_from(env, monkeypatch)
-    assert settings.llm().base_url == "http://vllm:8000/v1"
+    assert settings.llm.base_url == "http://vllm:8000/v1"
     port = next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
-    assert settings.metrics_port == port
+    assert settings.kafka.metrics_port == port
 
 
 def test_termination_grace_covers_the_runtimes_bounded_stop() -> None:

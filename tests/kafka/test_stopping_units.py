@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from streamer.kafka.settings import KafkaSettings
-from streamer.kafka.threads import DaemonExecutor
+from streamer.threads import DaemonExecutor
 from tests.support.documents import REPO
 
 
@@ -36,7 +36,7 @@ def test_a_blocked_call_on_the_default_executor_does_not_keep_the_process_alive(
     script = textwrap.dedent(
         """
         import asyncio, time
-        from streamer.kafka.threads import DaemonExecutor
+        from streamer.threads import DaemonExecutor
 
         async def main():
             loop = asyncio.get_running_loop()

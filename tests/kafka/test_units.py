@@ -20,10 +20,10 @@ from core.records import Document
 from core.storage import resolve
 from devtools.tansu import KafkaTopic
 from streamer.kafka.deadletters import DeadLetters
-from streamer.kafka.recovery import clear_uncommitted, committed_rows, dedup_ranges
 from streamer.kafka.settings import KafkaRunConfig, KafkaSettings
 from streamer.metrics import ConsumerMetrics
 from streamer.pipeline import Pipeline
+from streamer.recovery import clear_uncommitted, committed_rows, dedup_ranges
 from streamer.settings import ConsumeSettings
 from streamer.sinks.parquet import ParquetSink, RollPolicy, SinkWriteError
 from tests.fixtures.s3 import S3Bucket

@@ -161,3 +161,31 @@ async def test_malformed_request_is_400(fake_llm: FakeOpenAI) -> None:
         session.post(f"{fake_llm.url}/chat/completions", data=b"{nope") as response,
     ):
         assert response.status == 400
+
+
+async def test_capacity_serves_that_many_at_once_and_queues_the_rest(fake_llm: FakeOpenAI) -> None:
+    fake_llm.configure(capacity=2, latency_s=0.3)
+    replies = asyncio.gather(*(_reply(fake_llm, f"page {i}") for i in range(5)))
+    await asyncio.sleep(0.15)
+    async with aiohttp.ClientSession() as session, session.get(f"{fake_llm.url[:-3]}/metrics") as response:
+        exposition = (await response.text()).splitlines()
+    await replies
+    assert 'vllm:num_requests_running{model_name="gpt-4o-mini"} 2.0' in exposition
+    assert 'vllm:num_requests_waiting{model_name="gpt-4o-mini"} 3.0' in exposition
+    assert 'vllm:kv_cache_usage_perc{model_name="gpt-4o-mini"} 1.0' in exposition
+    service = sorted(fake_llm.stats().service)
+    assert len(service) == 5
+    # Never more than two in service: the third starts only when one of the first two ends.
+    for i, (start, _) in enumerate(service[2:], start=2):
+        assert sum(1 for s, e in service[:i] if s <= start < e - 1e-3) <= 1
+    first, last = service[0][0], max(e for _, e in service)
+    assert last - first >= 3 * 0.3 - 0.05  # 5 requests through 2 slots take three rounds
+    assert fake_llm.stats().busy_slots(first, last) == pytest.approx(5 * 0.3 / (last - first), rel=0.1)
+
+
+async def test_latency_grows_with_each_output_token(fake_llm: FakeOpenAI) -> None:
+    fake_llm.configure(latency_per_token_s=0.01, reply_words=(30, 30))
+    await _reply(fake_llm, "timed")
+    (start, end), record = fake_llm.stats().service[0], fake_llm.records[0]
+    assert end - start == pytest.approx(0.01 * record.completion_tokens, abs=0.05)
+    assert record.completion_tokens >= 30

@@ -268,6 +268,8 @@ def test_watch_mode_takes_each_settled_file_once_and_serves_metrics(kafka_broker
     watcher = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         partial = write_warc(incoming / "a.warc.gz.tmp", [response_record(p) for p in pages[:3]], gzipped=True)
+        # Watching (however long the process took to start), then long enough for the .tmp file to settle twice.
+        wait_for(lambda: _metric(port, "webr_producer_last_poll_timestamp_seconds"), 60, "a directory poll")
         time.sleep(1.5)
         assert _metric(port, 'webr_producer_records_total{outcome="produced",reason=""}') == 0.0
         partial.rename(incoming / "a.warc.gz")

@@ -16,6 +16,7 @@ from core.records import parse_message, text_doc_id
 from core.topics import partition_count
 from devtools.tansu import KafkaTopic, TansuBroker
 from producers.files import main, make_parser, make_producer
+from producers.settings import FilesSettings
 
 GOOD = [
     {"id": "a1", "url": "https://example.org/a", "text": "Alpha page about gardens.", "lang": "en"},
@@ -154,7 +155,7 @@ def test_large_page_and_producer_guarantees(
     assert parse_message(record.value).text == big
 
     args = make_parser().parse_args(["--bootstrap-servers", topic.bootstrap, "--topic", topic.name, "x"])
-    producer = make_producer(args)
+    producer = make_producer(FilesSettings.from_args(args).kafka)
     try:
         assert producer.config["enable_idempotence"] is True
         assert producer.config["acks"] == -1

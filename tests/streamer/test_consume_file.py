@@ -10,34 +10,14 @@ import pytest
 
 from consumers.webr.prompts import PROMPT_VERSION
 from devtools.fakeopenai import FakeOpenAI, Fault
-from tests.support.documents import marker, page, read_outcomes, run_consume, write_jsonl
+from tests.support.documents import consume_file, marker, page, read_outcomes, write_jsonl
 
 SECRET = "sk-test-NEVER-LOG-THIS-1234567890"
 
 
 def consume(source: Path, output: Path, server: FakeOpenAI, *extra: str, env: dict[str, str] | None = None):
-    return run_consume(
-        "--source",
-        str(source),
-        "--output",
-        str(output),
-        "--base-url",
-        server.url,
-        "--api-key",
-        SECRET,
-        "--model",
-        "gpt-4o-mini",
-        "--seed",
-        "7",
-        "--max-concurrency",
-        "8",
-        "--roll-records",
-        "10",
-        "--log-level",
-        "DEBUG",
-        *extra,
-        env={**os.environ, **(env or {})},
-    )
+    flags = ["--seed", "7", "--max-concurrency", "8", "--roll-records", "10", "--log-level", "DEBUG"]
+    return consume_file(source, output, server.url, *flags, *extra, api_key=SECRET, env={**os.environ, **(env or {})})
 
 
 def read(output: Path, rejected: bool = False) -> list[dict]:
@@ -192,10 +172,10 @@ def test_flags_override_environment_override_toml(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
     settings = ConsumeSettings.load({"max_concurrency": 9}, config)
-    assert (settings.model, settings.seed, settings.max_concurrency) == ("from-toml", 4, 9)
-    assert settings.api_key.get_secret_value() == SECRET
-    assert SECRET not in repr(settings) and SECRET not in str(settings.llm())
-    assert settings.llm().sampling.temperature == 0.6  # a non-OpenAI server gets the vLLM reference defaults
+    assert (settings.llm.model, settings.webr.seed, settings.llm.max_concurrency) == ("from-toml", 4, 9)
+    assert settings.llm.api_key.get_secret_value() == SECRET
+    assert SECRET not in repr(settings) and SECRET not in str(settings.llm)
+    assert settings.llm.sampling.temperature == 0.6  # a non-OpenAI server gets the vLLM reference defaults
 
 
 def test_long_pages_are_cut_by_tokens_and_huge_ones_rejected(tmp_path: Path, fake_llm: FakeOpenAI) -> None:

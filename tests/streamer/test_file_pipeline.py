@@ -24,10 +24,15 @@ async def test_file_run_dedups_in_offset_order_and_accounts_for_every_record(tmp
     lines = [line.rstrip("\n") for line in write_jsonl(tmp_path / "p.jsonl", docs).read_text().splitlines()]
     source = write_jsonl(tmp_path / "p.jsonl", docs, ["not json"])
     settings = ConsumeSettings(
-        source=str(source), output=str(tmp_path / "out"), roll_records=3, max_in_flight_docs=4, seed=SEED
+        source=str(source),
+        output=str(tmp_path / "out"),
+        roll_records=3,
+        max_in_flight_docs=4,
+        seed=SEED,
+        base_url="http://127.0.0.1:1/v1",  # a scripted client: no server, no key
     )
     client = ScriptedChatClient({"request": [SAME_REQUEST] * len(docs)})
-    engine = Engine(DocumentProcessor(client, settings.webr()), DedupStage(settings.webr().dedup()))
+    engine = Engine(DocumentProcessor(client, settings.webr), DedupStage(settings.webr.dedup()))
     progress: list[int] = []
 
     def on_progress(seen: RunSummary) -> None:
@@ -36,7 +41,7 @@ async def test_file_run_dedups_in_offset_order_and_accounts_for_every_record(tmp
     summary = await run_file(settings, engine, on_progress=on_progress)
 
     rows, rejected = read_outcomes(tmp_path / "out")
-    branches = {d["id"]: plan_of(d["id"], d["webpage"], settings.webr()).category.branch for d in docs}
+    branches = {d["id"]: plan_of(d["id"], d["webpage"], settings.webr).category.branch for d in docs}
     first_of_branch = {b: next(i for i in branches if branches[i] == b) for b in set(branches.values())}
     assert sorted(r["doc_id"] for r in rows) == sorted(first_of_branch.values())
     duplicates = [r for r in rejected if r["reason"] == "near_duplicate_request"]

@@ -9,30 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from devtools.fakeopenai import FakeOpenAI, FaultKind
-from tests.support.documents import page, read_outcomes, run_consume, write_jsonl
+from tests.support.documents import consume_file, page, read_outcomes, write_jsonl
 
 
 def _consume(source: Path, output: Path, server: FakeOpenAI, *extra: str):
-    return run_consume(
-        "--source",
-        str(source),
-        "--output",
-        str(output),
-        "--base-url",
-        server.url,
-        "--api-key",
-        "sk-test",
-        "--model",
-        "gpt-4o-mini",
-        "--max-concurrency",
-        "8",
-        "--roll-records",
-        "10",
-        "--log-format",
-        "json",
-        "--no-progress",
-        *extra,
-    )
+    flags = ["--max-concurrency", "8", "--roll-records", "10", "--log-format", "json", "--no-progress"]
+    return consume_file(source, output, server.url, *flags, *extra)
 
 
 def test_server_gone_for_seconds_mid_run_every_document_becomes_a_row(

@@ -47,6 +47,14 @@ def run_consume(
     )
 
 
+def consume_file(
+    source: Path, output: Path, llm_url: str, *extra: str, api_key: str = "sk-test", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A file run of `python -m streamer.consume` with gpt-4o-mini at the OpenAI-compatible server `llm_url`."""
+    common = ["--source", str(source), "--output", str(output), "--base-url", llm_url, "--api-key", api_key]
+    return run_consume(*common, "--model", "gpt-4o-mini", *extra, env=env)
+
+
 def read_outcomes(output: Path) -> tuple[list[dict], list[dict]]:
     """(rows, rejections) of every Parquet file under a local output root."""
     rows: list[dict] = []

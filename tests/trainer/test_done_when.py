@@ -11,28 +11,13 @@ import sys
 from pathlib import Path
 
 from devtools.fakeopenai import FakeOpenAI
-from tests.support.documents import page, run_consume, write_jsonl
+from tests.support.documents import consume_file, page, write_jsonl
 
 from .conftest import REPO, Dirs, rows_used
 
 
 def consume(source: Path, output: Path, server: FakeOpenAI) -> None:
-    done = run_consume(
-        "--source",
-        str(source),
-        "--output",
-        str(output),
-        "--base-url",
-        server.url,
-        "--api-key",
-        "sk-test",
-        "--model",
-        "gpt-4o-mini",
-        "--seed",
-        "7",
-        "--roll-records",
-        "4",
-    )
+    done = consume_file(source, output, server.url, "--seed", "7", "--roll-records", "4")
     assert done.returncode == 0, done.stderr[-3000:]
 
 

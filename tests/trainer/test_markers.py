@@ -21,7 +21,7 @@ from pyarrow import fs as pafs
 from core.markers import CommitMarkers, advance_marker, marker_path, read_marker, read_markers
 from core.outcomes import PairRow, SourceRef, Usage
 from core.storage import Location, resolve
-from streamer.kafka.recovery import clear_uncommitted
+from streamer.recovery import clear_uncommitted
 from streamer.sinks.parquet import ParquetSink, RollPolicy, WrittenFile
 from trainer.exceptions import EXIT_OK
 from trainer.snapshot import Manifest, diff, take_snapshot

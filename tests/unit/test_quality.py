@@ -123,7 +123,7 @@ def test_settings_refuse_thresholds_out_of_range() -> None:
 def test_consume_flags_reach_the_filters_and_defaults_are_the_filters_own() -> None:
     from streamer.settings import ConsumeSettings
 
-    flags = {"source": "pages.jsonl", "output": "out", "max_repetition": 0.5, "response_language": False}
-    quality = ConsumeSettings.load(flags).webr().quality
+    run = {"source": "pages.jsonl", "output": "out", "base_url": "http://vllm:8000/v1"}
+    quality = ConsumeSettings.load({**run, "max_repetition": 0.5, "response_language": False}).webr.quality
     assert quality == QualitySettings(max_repetition=0.5, response_language=False)
-    assert ConsumeSettings.load({"source": "pages.jsonl", "output": "out"}).webr().quality == QualitySettings()
+    assert ConsumeSettings.load(run).webr.quality == QualitySettings()
