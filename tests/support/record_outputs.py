@@ -1,7 +1,7 @@
 """Record real SmolLM2-135M-Instruct outputs for every WebR step, as fixtures for the quality-filter tests.
 
     python -m tests.support.record_outputs --base-url http://127.0.0.1:8000/v1 --model smollm2 \
-        --pages demo/pages.jsonl --out tests/fixtures/smollm2_outputs.json
+        --pages tests/fixtures/smollm2_pages.jsonl --out tests/fixtures/smollm2_outputs.json
 
 Each page gets a persona, then a WI and a WR request, the WI response, the WR rollout and its refinement, with
 the engine's own prompts and the vLLM defaults (temperature 0.6, top_p 0.9) at a fixed seed. Each record carries

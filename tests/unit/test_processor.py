@@ -93,6 +93,23 @@ def test_wr_document_answers_without_the_page_then_refines_with_it() -> None:
     assert row.usage.calls == 4 and row.usage.cost_usd is None  # no price known, none invented
 
 
+def test_every_call_carries_a_sampling_seed_of_its_run_document_and_step() -> None:
+    def seeds(doc: Document, seed: int = SEED) -> list[int | None]:
+        client = ScriptedChatClient()
+        processor = DocumentProcessor(client, WebRSettings(seed=seed))
+        asyncio.run(processor.process(doc, SourceRef("t", 0, 0), seq=0))
+        return [call.seed for call in client.calls]
+
+    wr, other = doc_in("WR"), doc_in("WR", 2)
+    first = seeds(wr)
+    assert len(first) == 4 and None not in first
+    assert len(set(first)) == 4, "each step samples with its own seed"
+    assert seeds(wr) == first, "a rerun samples with the same seeds"
+    assert set(seeds(other)).isdisjoint(first), "another document, other seeds"
+    assert set(seeds(wr, SEED + 1)).isdisjoint(first), "another run seed, other seeds"
+    assert all(0 <= s < 2**31 for s in first)
+
+
 @pytest.mark.parametrize(
     ("branch", "step", "reply", "stage", "reason"),
     [

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 RECORDED = json.loads((REPO / "tests/fixtures/smollm2_outputs.json").read_text(encoding="utf-8"))
 PAGES = {
     doc["id"]: normalise(doc["webpage"])
-    for doc in map(json.loads, (REPO / "demo/pages.jsonl").read_text(encoding="utf-8").splitlines())
+    for doc in map(json.loads, (REPO / "tests/fixtures/smollm2_pages.jsonl").read_text(encoding="utf-8").splitlines())
 }
 DEFAULTS = QualitySettings()
 
