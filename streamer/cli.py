@@ -43,7 +43,11 @@ def add_model_flags(
         if annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
-        if typing.get_origin(annotation) is typing.Literal:
+        if typing.get_origin(annotation) is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        if typing.get_origin(annotation) in (list, tuple):
+            kwargs["action"] = "append"  # repeated flags make a list
+        elif typing.get_origin(annotation) is typing.Literal:
             kwargs["choices"] = typing.get_args(annotation)
         elif annotation in (int, float):
             kwargs["type"] = annotation

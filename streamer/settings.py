@@ -8,12 +8,18 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
-from consumers.llm.settings import OPENAI_BASE_URL, Backend, LLMSettings, Sampling
+from consumers.llm.settings import OPENAI_BASE_URL, Backend, BaseURLs, LLMSettings, Sampling
 from consumers.webr.processor import WebRSettings
 from consumers.webr.quality import QualitySettings
 from streamer.kafka.settings import KafkaSettings
@@ -43,10 +49,12 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
         description="input records per output file (a crash redoes at most this many per partition)",
     )
     # LLM backend
-    base_url: str = Field(
-        default=OPENAI_BASE_URL,
+    base_url: Annotated[BaseURLs, NoDecode] = Field(
+        default=(OPENAI_BASE_URL,),
+        min_length=1,
         validation_alias=AliasChoices("base_url", "WEBR_BASE_URL", "OPENAI_BASE_URL"),
-        description="OpenAI-compatible API root, e.g. http://vllm-host:8000/v1",
+        description="OpenAI-compatible API root, e.g. http://vllm-host:8000/v1; several replicas of the model: "
+        "repeat the flag or separate them with commas",
     )
     api_key: SecretStr = Field(
         default=SecretStr(""),
@@ -58,7 +66,12 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
         description="whose reference defaults apply (sampling, prices): openai, vllm, or auto by the --base-url host",
     )
     model: str = Field(default="gpt-4o-mini", description="model name as the server knows it")
-    max_concurrency: int = Field(default=64, gt=0, description="LLM requests in flight at once")
+    max_concurrency: int = Field(default=64, gt=0, description="LLM requests in flight at once, over all replicas")
+    adaptive_concurrency: bool = Field(
+        default=True,
+        description="size each replica's requests in flight to its batch (vLLM's /metrics, else latency); "
+        "without rate limits only",
+    )
     max_requests_per_minute: int | None = Field(default=None, gt=0, description="request budget per minute")
     max_tokens_per_minute: int | None = Field(default=None, gt=0, description="token budget per minute")
     request_timeout_s: float = Field(default=120.0, gt=0, description="timeout of one LLM request")
@@ -154,11 +167,12 @@ class ConsumeSettings(BaseSettings, KafkaSettings):
 
     def llm(self) -> LLMSettings:
         base = LLMSettings(
-            base_url=self.base_url,
+            base_urls=self.base_url,
             backend=self.backend,
             api_key=self.api_key,
             model=self.model,
             max_concurrency=self.max_concurrency,
+            adaptive_concurrency=self.adaptive_concurrency,
             max_requests_per_minute=self.max_requests_per_minute,
             max_tokens_per_minute=self.max_tokens_per_minute,
             request_timeout_s=self.request_timeout_s,

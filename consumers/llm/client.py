@@ -1,9 +1,9 @@
 """Chat completions against OpenAI or any OpenAI-compatible server (vLLM), with our own retries and limits.
 
 The SDK's own retries are off (`max_retries=0`): they would sleep while holding a concurrency slot, ignore our
-shared rate-limit cooldown and hide attempts from the stats. One attempt here is: the endpoint's circuit breaker,
-a priority-ordered concurrency slot, a rate-limit reservation, one HTTP request; the backoff sleep between
-attempts holds none of them.
+shared rate-limit cooldown and hide attempts from the stats. One attempt here is: a lease on a replica from the
+`ReplicaPool` (priority-ordered, with the document's affinity; replicas out of rotation get none), a rate-limit
+reservation, one HTTP request to that replica; the backoff sleep between attempts holds none of them.
 
 Transient is never final: a 429, a 5xx, a timeout or a refused connection is retried for as long as it takes
 (or until `give_up_after_s`, when the user asked for a deadline), so a document keeps the calls it has completed
@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_before_delay, stop_never
 
-from consumers.llm.breaker import BreakerStats, CircuitBreaker
 from consumers.llm.budgets import StepBudgets
 from consumers.llm.errors import AttemptFailed, Completion, Failure, classify_exception, parse_completion
 from consumers.llm.feedback import LimitFeedback
 from consumers.llm.pricing import prices_for
-from consumers.llm.ratelimit import PriorityGate, RateLimiter
+from consumers.llm.ratelimit import RateLimiter
+from consumers.llm.replicas import PoolStats, Replica, ReplicaPool
 from consumers.llm.settings import LLMSettings
 from consumers.llm.tokens import count_tokens, messages_tokens
 from consumers.llm.types import LATENCY_BUCKETS_S, ChatResult, ErrorKind, LLMCallError, Message
@@ -38,7 +38,7 @@ log = logging.getLogger("consumers.llm")
 
 # A bad output (truncated, empty, unparsable) is retried once: sampling may do better, twice rarely does.
 _BAD_OUTPUT_RETRIES = 1
-# Backoff between attempts of one call never exceeds this; while the endpoint is down the breaker holds calls.
+# Backoff between attempts of one call never exceeds this; while every replica is out the pool holds calls.
 _MAX_BACKOFF_EXPONENT = 16
 # Step sizes are still learnt (for reservations) where no max_tokens is sent; nothing caps them then.
 _NO_CEILING = 1 << 30
@@ -62,17 +62,19 @@ class ClientStats:
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     in_flight: int = 0
     failures_by_kind: dict[str, int] = field(default_factory=dict)
-    held_s: float = 0.0  # attempt time spent held by the open circuit breaker
     rate_scale: float = 1.0  # the share of the rate limits in use (adapted from the server's answers)
-    breaker: BreakerStats = field(default_factory=BreakerStats)  # the endpoint's circuit breaker (its own)
+    pool: PoolStats = field(default_factory=PoolStats)  # per replica: in flight, limit, circuit breaker (its own)
 
 
 @dataclass
 class _CallState:
     step: str
     max_tokens: int | None  # sent with the request when set
+    affinity: str | None
+    deadline: float | None  # loop time after which an attempt waiting for a replica gives up
     attempts: int = 0
     bad_outputs: int = 0
+    replica: Replica | None = None  # of the last attempt
 
 
 def prompt_estimate(messages: list[Message]) -> int:
@@ -96,7 +98,6 @@ class OpenAIChatClient:
         settings: LLMSettings,
         *,
         limiter: RateLimiter | None = None,
-        breaker: CircuitBreaker | None = None,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 10.0,
         initial_completion_estimate: int = 300,
@@ -107,10 +108,9 @@ class OpenAIChatClient:
         self.limiter = limiter or RateLimiter(
             settings.max_requests_per_minute, settings.max_tokens_per_minute, headroom=settings.rate_limit_share
         )
-        self.breaker = breaker or CircuitBreaker(settings.base_url)
-        self.stats.breaker = self.breaker.stats
+        self.pool = ReplicaPool(settings)
+        self.stats.pool = self.pool.stats
         self._feedback = LimitFeedback(self.limiter)
-        self._gate = PriorityGate(settings.max_concurrency)
         self._prices = prices_for(settings)
         self._sampling = settings.sampling.model_dump(exclude_none=True, exclude={"max_tokens"})
         # OpenAI's reference sends no max_tokens; elsewhere each step sends its own within the configured cap.
@@ -119,25 +119,30 @@ class OpenAIChatClient:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._initial_completion_estimate = initial_completion_estimate
-        self._api: openai.AsyncOpenAI | None = None
+        self._apis: dict[str, openai.AsyncOpenAI] = {}  # per replica URL
 
     def __repr__(self) -> str:
-        return f"OpenAIChatClient(model={self.model!r}, base_url={self.settings.base_url!r})"
+        return f"OpenAIChatClient(model={self.model!r}, base_urls={self.settings.base_urls!r})"
 
     async def start(self) -> None:
-        if self._api is not None:
+        if self._apis:
             return
-        self._api = openai.AsyncOpenAI(
-            # vLLM accepts any key; the SDK refuses an empty one.
-            api_key=self.settings.api_key.get_secret_value() or "EMPTY",
-            base_url=self.settings.base_url,
-            max_retries=0,
-            timeout=self.settings.request_timeout_s,
-        )
+        self._apis = {
+            url: openai.AsyncOpenAI(
+                # vLLM accepts any key; the SDK refuses an empty one.
+                api_key=self.settings.api_key.get_secret_value() or "EMPTY",
+                base_url=url,
+                max_retries=0,
+                timeout=self.settings.request_timeout_s,
+            )
+            for url in self.settings.base_urls
+        }
+        await self.pool.start()
 
     async def aclose(self) -> None:
-        if self._api is not None:
-            api, self._api = self._api, None
+        apis, self._apis = self._apis, {}
+        await self.pool.aclose()
+        for api in apis.values():
             await api.close()
 
     async def __aenter__(self) -> OpenAIChatClient:
@@ -152,12 +157,15 @@ class OpenAIChatClient:
             return None
         return self._prices.cost(prompt_tokens, completion_tokens, cached_tokens)
 
-    async def chat(self, messages: list[Message], *, priority: int = 0, step: str = "default") -> ChatResult:
+    async def chat(
+        self, messages: list[Message], *, priority: int = 0, step: str = "default", affinity: str | None = None
+    ) -> ChatResult:
         """One chat completion for `step` of a chain; raises LLMCallError when it fails for good."""
-        if self._api is None:
+        if not self._apis:
             raise RuntimeError("the client is not started: use `async with client:` or `await client.start()`")
-        state = _CallState(step, self._steps.max_tokens(step) if self._send_max_tokens else None)
         give_up = self.settings.give_up_after_s
+        deadline = None if give_up is None else asyncio.get_running_loop().time() + give_up
+        state = _CallState(step, self._steps.max_tokens(step) if self._send_max_tokens else None, affinity, deadline)
         retrying = AsyncRetrying(
             stop=stop_never if give_up is None else stop_before_delay(give_up),
             wait=self._wait,
@@ -184,38 +192,32 @@ class OpenAIChatClient:
         return result
 
     async def _attempt(self, messages: list[Message], priority: int, estimate: int, state: _CallState) -> ChatResult:
-        assert self._api is not None
         state.attempts += 1
         self.stats.attempts += 1
-        held = time.monotonic()
-        probe = await self.breaker.admit()
-        self.stats.held_s += time.monotonic() - held
-        down: bool | None = None
-        try:
-            async with self._gate.slot(priority):
-                reservation = await self.limiter.acquire(estimate + self._completion_estimate(state), priority=priority)
-                self.stats.in_flight += 1
-                sent_at = asyncio.get_running_loop().time()
-                started = time.monotonic()
-                extra = {"max_tokens": state.max_tokens} if state.max_tokens else {}
-                try:
-                    raw = await self._api.chat.completions.with_raw_response.create(
-                        model=self.model, messages=messages, **self._sampling, **extra
-                    )
-                except (openai.APIError, TimeoutError, ConnectionError) as exc:
-                    failure = classify_exception(exc)
-                    if failure is None:
-                        raise
-                    down = failure.kind is ErrorKind.TRANSIENT
-                    headers = exc.response.headers if isinstance(exc, openai.APIStatusError) else None
-                    self._on_failure(failure, headers, sent_at)
-                    raise AttemptFailed(failure) from exc
-                finally:
-                    self.stats.in_flight -= 1
-                down = False
-                latency = time.monotonic() - started
-        finally:
-            self.breaker.record(probe=probe, down=down)
+        async with self.pool.lease(priority, state.affinity, deadline=state.deadline) as replica:
+            state.replica = replica
+            reservation = await self.limiter.acquire(estimate + self._completion_estimate(state), priority=priority)
+            self.stats.in_flight += 1
+            sent_at = asyncio.get_running_loop().time()
+            started = time.monotonic()
+            extra = {"max_tokens": state.max_tokens} if state.max_tokens else {}
+            try:
+                # The HTTP request, to the leased replica.
+                raw = await self._apis[replica.url].chat.completions.with_raw_response.create(
+                    model=self.model, messages=messages, **self._sampling, **extra
+                )
+            except (openai.APIError, TimeoutError, ConnectionError) as exc:
+                failure = classify_exception(exc)
+                if failure is None:
+                    raise
+                self.pool.record(replica, down=failure.kind is ErrorKind.TRANSIENT)
+                headers = exc.response.headers if isinstance(exc, openai.APIStatusError) else None
+                self._on_failure(failure, headers, sent_at)
+                raise AttemptFailed(failure) from exc
+            finally:
+                self.stats.in_flight -= 1
+            latency = time.monotonic() - started
+            self.pool.record(replica, down=False, latency_s=latency, step=state.step)
         try:
             completion = self._with_usage(parse_completion(raw.content, raw.status_code), messages)
             reservation.settle(estimate + (state.max_tokens or completion.completion_tokens or 0))
@@ -284,22 +286,30 @@ class OpenAIChatClient:
         return True
 
     def _wait(self, retry_state: RetryCallState) -> float:
-        """The server's hint when it gave one; nothing when the breaker holds calls anyway or a reply was cut;
-        else exponential backoff with jitter (half fixed, half random)."""
+        """The server's hint when it gave one; nothing when the replica is out of rotation (the pool sends the
+        call elsewhere, or holds it) or a reply was cut; else exponential backoff with jitter (half fixed, half
+        random)."""
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         failure = exc.failure if isinstance(exc, AttemptFailed) else None
         if failure is not None and failure.retry_after_s is not None:
             return failure.retry_after_s + random.uniform(0.0, min(0.25, 0.1 * failure.retry_after_s))
-        if self.breaker.is_open or (failure is not None and failure.kind is ErrorKind.BAD_OUTPUT):
+        if self._ejected(retry_state) or (failure is not None and failure.kind is ErrorKind.BAD_OUTPUT):
             return 0.0
         exponent = min(retry_state.attempt_number - 1, _MAX_BACKOFF_EXPONENT)
         ceiling = min(self._backoff_max_s, self._backoff_initial_s * 2**exponent)
         return random.uniform(ceiling / 2, ceiling)
 
+    @staticmethod
+    def _ejected(retry_state: RetryCallState) -> bool:
+        """Whether the replica of the failed attempt is out of rotation now."""
+        state = retry_state.args[3] if len(retry_state.args) > 3 else None
+        replica = state.replica if isinstance(state, _CallState) else None
+        return replica is not None and replica.breaker.is_open
+
     def _before_sleep(self, retry_state: RetryCallState) -> None:
         self.stats.retries += 1
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, AttemptFailed) and not self.breaker.is_open:
+        if isinstance(exc, AttemptFailed) and not self._ejected(retry_state):
             wait = retry_state.upcoming_sleep
             log.info(
                 "llm call attempt %d failed (%s), retrying in %.2fs",

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 Backend = Literal["auto", "openai", "vllm"]
@@ -14,6 +14,20 @@ Backend = Literal["auto", "openai", "vllm"]
 def is_openai(base_url: str) -> bool:
     """OpenAI's own API (rate limited, priced) as opposed to a self-hosted OpenAI-compatible server."""
     return (urlparse(base_url).hostname or "").endswith("openai.com")
+
+
+def split_urls(value: object) -> object:
+    """Base URLs from one URL, a comma-separated list, or a list of either (a flag given several times)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        return value
+    urls = (u.strip().rstrip("/") for item in value for u in str(item).split(","))
+    return tuple(dict.fromkeys(u for u in urls if u))  # in order, each once
+
+
+BaseURLs = Annotated[tuple[str, ...], BeforeValidator(split_urls)]
+"""One or more OpenAI-compatible API roots (replicas of one model), given as a list or comma-separated."""
 
 
 class Sampling(BaseModel):
@@ -38,11 +52,29 @@ class LLMSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    base_url: str = OPENAI_BASE_URL
+    base_urls: BaseURLs = Field(
+        default=(OPENAI_BASE_URL,),
+        min_length=1,
+        validation_alias=AliasChoices("base_urls", "base_url"),
+        description="API roots of the replicas serving the model; calls are spread over them",
+    )
     backend: Backend = Field(default="auto", description="OpenAI or vLLM semantics; auto: by the base URL's host")
     api_key: SecretStr = SecretStr("")
     model: str = "gpt-4o-mini"
-    max_concurrency: int = Field(default=64, gt=0, description="requests in flight at once")
+    max_concurrency: int = Field(default=64, gt=0, description="requests in flight at once, over all replicas")
+    adaptive_concurrency: bool = Field(
+        default=True,
+        description="size each replica's requests in flight to its batch (vLLM's /metrics, else latency); "
+        "servers with rate limits (OpenAI) keep max_concurrency",
+    )
+    scheduler_poll_s: float = Field(default=0.5, gt=0, description="how often a replica's /metrics is read")
+    eject_after_failures: int = Field(
+        default=3, ge=1, description="transient failures in a row that take a replica out of rotation"
+    )
+    health_check_initial_s: float = Field(
+        default=0.5, gt=0, description="first health check of an ejected replica after this; then doubling"
+    )
+    health_check_max_s: float = Field(default=5.0, gt=0, description="longest wait between health checks")
     max_requests_per_minute: int | None = Field(default=None, gt=0)
     max_tokens_per_minute: int | None = Field(default=None, gt=0)
     request_timeout_s: float = Field(default=120.0, gt=0)
@@ -60,10 +92,16 @@ class LLMSettings(BaseModel):
     @property
     def is_openai(self) -> bool:
         """OpenAI semantics (reference sampling, prices): OpenAI itself, or a gateway declared as such."""
-        return self.backend == "openai" or (self.backend == "auto" and is_openai(self.base_url))
+        return self.backend == "openai" or (self.backend == "auto" and any(map(is_openai, self.base_urls)))
+
+    @property
+    def rate_limited(self) -> bool:
+        """Limits configured or implied (OpenAI): the rate limiter, not the batch, decides what goes out."""
+        limits = self.max_requests_per_minute is not None or self.max_tokens_per_minute is not None
+        return limits or self.is_openai
 
     @model_validator(mode="after")
     def _key_needed_for_openai(self) -> LLMSettings:
-        if is_openai(self.base_url) and not self.api_key.get_secret_value():
+        if any(map(is_openai, self.base_urls)) and not self.api_key.get_secret_value():
             raise ValueError("an API key is required for OpenAI: set OPENAI_API_KEY or pass --api-key")
         return self

@@ -54,10 +54,13 @@ class ChatClient(Protocol):
     number so a started document's next call (same page prefix, warm in the server's cache) overtakes the
     first call of a newer document. `step` names the step of the chain (persona, request...), whose replies
     have their own typical length: the client sizes `max_tokens` and its rate-limit reservation per step.
+    `affinity` (the document id) keeps a document's calls on one replica, whose prefix cache holds its page.
     """
 
     model: str
 
-    async def chat(self, messages: list[Message], *, priority: int = 0, step: str = "default") -> ChatResult: ...
+    async def chat(
+        self, messages: list[Message], *, priority: int = 0, step: str = "default", affinity: str | None = None
+    ) -> ChatResult: ...
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> float | None: ...

@@ -24,6 +24,7 @@ class Call:
     step: str
     priority: int
     messages: list[Message]
+    affinity: str | None = None
 
     @property
     def user_text(self) -> str:
@@ -58,8 +59,10 @@ class ScriptedChatClient:
         self.called = asyncio.Event()
         """Set by every call, held or not."""
 
-    async def chat(self, messages: list[Message], *, priority: int = 0, step: str = "default") -> ChatResult:
-        self.calls.append(Call(step, priority, messages))
+    async def chat(
+        self, messages: list[Message], *, priority: int = 0, step: str = "default", affinity: str | None = None
+    ) -> ChatResult:
+        self.calls.append(Call(step, priority, messages, affinity))
         self.called.set()
         if self.hold is not None:
             await self.hold.wait()
