@@ -50,7 +50,7 @@ class SchedulerLimit:
         self.ceiling = ceiling
         self.value = min(ceiling, initial or ceiling)
         self.queue_share = queue_share
-        self.capacity: float | None = None  # the batch size at the last reading with requests waiting
+        self.capacity: float | None = None  # the batch size when requests last waited
 
     def on_answer(self, latency_s: float, step: str, in_flight: int) -> None:
         pass
@@ -62,7 +62,8 @@ class SchedulerLimit:
     def on_reading(self, running: float, waiting: float, kv_usage: float | None, in_flight: int) -> None:
         """One reading of the gauges, with this client's requests in flight to the replica at that moment."""
         if waiting > 0:
-            self.capacity = running
+            # A reading taken as a request leaves shows one slot free: the batch shrinks one request a reading.
+            self.capacity = running if self.capacity is None else max(running, self.capacity - 1)
         queue = self.queue()
         if waiting > queue:
             # Half the excess: other clients of the same replica see it too and cut their share as well.
@@ -94,8 +95,14 @@ class GradientLimit:
 
     def on_answer(self, latency_s: float, step: str, in_flight: int) -> None:
         base = self._no_load.get(step, latency_s)
-        # Tracks drops at once and rises slowly: the latency of the replica without a queue.
-        self._no_load[step] = base + (self.fast if latency_s < base else self.slow) * (latency_s - base)
+        # The latency of the replica without a queue: follows drops at once; rises slowly, and only from answers
+        # to calls sent while at most half the limit was out (a full limit's queue would pass for no load).
+        if latency_s < base:
+            self._no_load[step] = base + self.fast * (latency_s - base)
+        elif in_flight <= max(1, self.value // 2):
+            self._no_load[step] = base + self.slow * (latency_s - base)
+        else:
+            self._no_load[step] = base
         self._ratios += latency_s / max(base, 1e-6)
         self._answers += 1
         self._saturated |= in_flight >= self.value

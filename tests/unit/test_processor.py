@@ -49,6 +49,7 @@ def test_wi_document_is_persona_request_response_with_the_page_leading_every_cal
     assert isinstance(row, PairRow)
     assert client.steps == ["persona", "request", "response"]
     assert {c.priority for c in client.calls} == {5}, "a document's calls carry its sequence number"
+    assert {c.affinity for c in client.calls} == {doc.doc_id}, "and its id, to stay on one replica"
     for call in client.calls:
         assert call.user_text.startswith(f"<document>\n{marker(1)}")
     assert "A harbour reporter" in client.calls[1].user_text
@@ -199,3 +200,24 @@ def test_replies_are_scripted_per_step_in_order() -> None:
     result = asyncio.run(client.chat([], step="request"))
     assert (result.text, result.prompt_tokens) == ("request reply 3", 0)
     assert client.steps == ["request"] * 3 and len(client.results) == 2
+
+
+def test_once_the_source_is_drained_the_documents_with_most_calls_left_go_first() -> None:
+    wi, wr = doc_in("WI", 1), doc_in("WR", 2)
+    client = ScriptedChatClient()
+    processor = DocumentProcessor(client, WebRSettings(seed=SEED))
+    processor.drain()
+
+    async def both() -> None:
+        await asyncio.gather(
+            processor.process(wi, SourceRef("t", 0, 0, None), seq=1),
+            processor.process(wr, SourceRef("t", 0, 1, None), seq=2),
+        )
+
+    asyncio.run(both())
+    by_doc = {d.doc_id: [c.priority for c in client.calls if c.affinity == d.doc_id] for d in (wi, wr)}
+    weight = 1 << 40
+    assert by_doc[wi.doc_id] == [1 - 3 * weight, 1 - 2 * weight, 1 - weight]  # persona, request, response
+    assert by_doc[wr.doc_id] == [2 - 4 * weight, 2 - 3 * weight, 2 - 2 * weight, 2 - weight]
+    # the WR chain's persona call (four calls left) goes before the WI chain's (three), although it came later
+    assert by_doc[wr.doc_id][0] < by_doc[wi.doc_id][0]
