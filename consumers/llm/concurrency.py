@@ -46,7 +46,7 @@ class FixedLimit:
 class SchedulerLimit:
     """From the replica's scheduler gauges: requests running in the batch, waiting for it, and KV cache in use."""
 
-    def __init__(self, ceiling: int, *, initial: int | None = None, queue_share: float = 0.05) -> None:
+    def __init__(self, ceiling: int, *, initial: int | None = None, queue_share: float = 0.25) -> None:
         self.ceiling = ceiling
         self.value = min(ceiling, initial or ceiling)
         self.queue_share = queue_share

@@ -315,6 +315,16 @@ class ReplicaPool:
                 pass  # down or restarting: the breaker deals with it; keep the limit and read again
             if reading is not None and isinstance(replica.limit, SchedulerLimit):
                 replica.limit.on_reading(*reading, in_flight=replica.in_flight)
+                log.debug(
+                    "llm endpoint %s: running %g, waiting %g, kv %s; in flight %d, limit %d, %d calls waiting here",
+                    replica.url,
+                    reading[0],
+                    reading[1],
+                    reading[2],
+                    replica.in_flight,
+                    replica.limit.value,
+                    len(self._waiters),
+                )
                 replica.stats.limit = replica.limit.value
                 self._dispatch()
             await asyncio.sleep(self.settings.scheduler_poll_s)

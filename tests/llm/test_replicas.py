@@ -248,9 +248,9 @@ def test_scheduler_limit_grows_into_room_and_shrinks_when_requests_wait() -> Non
     limit.on_reading(running=10, waiting=0, kv_usage=0.99, in_flight=12)
     assert limit.value == 12  # the KV cache is full: no more
     limit.on_reading(running=10, waiting=6, kv_usage=0.99, in_flight=16)
-    assert (limit.capacity, limit.value) == (10, 9)  # half the excess over a one-request queue
+    assert (limit.capacity, limit.queue(), limit.value) == (10, 2, 10)  # half the excess over a quarter's queue
     limit.on_reading(running=6, waiting=0, kv_usage=0.5, in_flight=9)
-    assert limit.value == 14  # four free slots and the queue
+    assert limit.value == 16  # four free slots and the queue
 
 
 def test_gauges_are_read_from_a_vllm_metrics_page() -> None:
