@@ -215,12 +215,13 @@ async def test_scheduler_gauges_size_the_limit_to_the_batch(fake_llm: FakeOpenAI
 
 
 async def test_without_scheduler_gauges_latency_sizes_the_limit(fake_llm: FakeOpenAI) -> None:
-    fake_llm.configure(capacity=4, latency_s=0.1, expose_metrics=False)
+    # latency long enough that a loaded machine's event-loop stalls do not read as a queue
+    fake_llm.configure(capacity=4, latency_s=0.25, expose_metrics=False)
     settings = _settings(fake_llm.url, max_concurrency=32)
     async with OpenAIChatClient(settings) as client:
         await asyncio.sleep(0.3)  # the pool finds no gauges
         started = time.monotonic() - fake_llm._t0
-        await asyncio.gather(*(client.chat(_messages(f"call {i}")) for i in range(200)))
+        await asyncio.gather(*(client.chat(_messages(f"call {i}")) for i in range(120)))
         ended = time.monotonic() - fake_llm._t0
         [replica] = client.pool.replicas
     assert isinstance(replica.limit, GradientLimit)
