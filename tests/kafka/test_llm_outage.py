@@ -65,17 +65,17 @@ def test_one_of_two_replicas_stopped_mid_run_every_document_becomes_a_row(
     tmp_path: Path,
     consumers: list[Consumer],
 ) -> None:
-    """120 documents, two replicas; one stops after the first commits and is back on its port 6 s later."""
+    """180 documents, two replicas; one stops after the first commits and is back on its port 3 s later."""
     topic = make_topic(partitions=2)
-    steady, flaky = fake_llm_factory(latency_s=(0.05, 0.2)), fake_llm_factory(latency_s=(0.05, 0.2))
-    docs = documents(120)
+    steady, flaky = fake_llm_factory(latency_s=(0.2, 0.4)), fake_llm_factory(latency_s=(0.2, 0.4))
+    docs = documents(180)
     topic.produce(docs)
     out_uri = str(tmp_path / "out")
     consumer = Consumer(topic, out_uri, f"{steady.url},{flaky.url}", tmp_path, "--stop-after-idle", "5")
     consumers.append(consumer.start())
     wait_committed(topic, 10)
     flaky.stop()
-    time.sleep(6.0)
+    time.sleep(3.0)
     flaky.start()
     restarted_with = len(flaky.records)
     assert consumer.wait(180) == 0, consumer.log()[-3000:]
