@@ -5,8 +5,8 @@ Waiting calls are served by (priority, arrival), like a semaphore's waiters; a c
 
 - **its document's replica** (`affinity`, the document id): the replica that served the document's last call holds
   the page in its prefix cache, so the next call's prompt, which starts with the same page, is mostly served
-  from cache. A call waits for that replica while it is full, unless another replica is far less busy (its load,
-  requests in flight over its limit, lower by `_SPILL_GAP`): then it moves there, and so does the document.
+  from cache. A call waits for that replica while it is full, unless another replica is clearly less busy (its
+  load, requests in flight over its limit, lower by `_SPILL_GAP`): then it moves there, and so does the document.
 - otherwise (a document's first call, or its replica is out of rotation) on the replica with the least
   outstanding requests relative to its limit.
 
@@ -40,8 +40,10 @@ from consumers.llm.types import ErrorKind
 
 log = logging.getLogger("consumers.llm")
 
-# A call leaves its document's full replica for one whose load (in flight / limit) is lower by this much.
-_SPILL_GAP = 0.5
+# A call leaves its document's full replica for one whose load (in flight / limit) is lower by this much: with a
+# limit of the batch plus a quarter, a load under 0.8 means free slots in that replica's batch. (A gap of 0.5 kept
+# two 16-slot replicas 96.5% busy; 0.2 kept them 99.8% busy, with about the same prefix-cache hits.)
+_SPILL_GAP = 0.2
 # Documents whose replica is remembered; the oldest are forgotten first (a finished document needs none).
 _AFFINITY_MEMORY = 1 << 16
 _HEALTH_TIMEOUT_S = 5.0

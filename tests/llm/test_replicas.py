@@ -93,13 +93,13 @@ async def _settle() -> None:
 async def test_a_full_replica_keeps_its_documents_unless_another_is_far_less_busy() -> None:
     pool = ReplicaPool(_settings("http://a:1/v1", "http://b:1/v1", adaptive_concurrency=False))
     a, b = pool.replicas
-    a.limit = b.limit = FixedLimit(4)
-    on_a = [_Holder(pool, "d") for _ in range(4)]
-    on_b = [_Holder(pool, "e") for _ in range(3)]
+    a.limit = b.limit = FixedLimit(10)
+    on_a = [_Holder(pool, "d") for _ in range(10)]
+    on_b = [_Holder(pool, "e") for _ in range(9)]
     await _settle()
-    assert [h.replica for h in on_a] == [a] * 4 and [h.replica for h in on_b] == [b] * 3
+    assert [h.replica for h in on_a] == [a] * 10 and [h.replica for h in on_b] == [b] * 9
 
-    # a is full, b is three quarters busy: not far less busy, so d's next call waits for a
+    # a is full, b 90% busy: not far less busy, so d's next call waits for a
     waiting = _Holder(pool, "d")
     await _settle()
     assert waiting.replica is None
@@ -107,7 +107,7 @@ async def test_a_full_replica_keeps_its_documents_unless_another_is_far_less_bus
     await _settle()
     assert waiting.replica is a
 
-    # b a quarter busy against a full a: the call moves, and the document with it
+    # b 70% busy against a full a: the call moves, and the document with it
     await on_b.pop().release()
     await on_b.pop().release()
     moved = _Holder(pool, "d")
