@@ -19,7 +19,12 @@ Every limit stays within 1 and the ceiling (`--max-concurrency`, which also boun
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Protocol
+
+# Readings with requests waiting that the batch's capacity is the largest of (the batch may shrink when the KV
+# cache binds: long prompts leave room for fewer sequences).
+_CAPACITY_READINGS = 20
 
 
 class ConcurrencyLimit(Protocol):
@@ -51,6 +56,7 @@ class SchedulerLimit:
         self.value = min(ceiling, initial or ceiling)
         self.queue_share = queue_share
         self.capacity: float | None = None  # the batch size when requests last waited
+        self._full: deque[float] = deque(maxlen=_CAPACITY_READINGS)
 
     def on_answer(self, latency_s: float, step: str, in_flight: int) -> None:
         pass
@@ -62,8 +68,10 @@ class SchedulerLimit:
     def on_reading(self, running: float, waiting: float, kv_usage: float | None, in_flight: int) -> None:
         """One reading of the gauges, with this client's requests in flight to the replica at that moment."""
         if waiting > 0:
-            # A reading taken as a request leaves shows one slot free: the batch shrinks one request a reading.
-            self.capacity = running if self.capacity is None else max(running, self.capacity - 1)
+            # The largest batch of the last readings with requests waiting: one taken as a request leaves, before
+            # a waiting one takes its place, shows a slot free that is not.
+            self._full.append(running)
+            self.capacity = max(self._full)
         queue = self.queue()
         if waiting > queue:
             # Half the excess: other clients of the same replica see it too and cut their share as well.
