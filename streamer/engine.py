@@ -24,6 +24,10 @@ class Processor(Protocol):
 
     async def process(self, doc: Document, ref: SourceRef, *, seq: int) -> Outcome: ...
 
+    def drain(self) -> None:
+        """The source is exhausted (the end of a file run): finish what runs, the longest chains first."""
+        ...
+
     def reject_invalid(self, error: InvalidRecord, ref: SourceRef, raw: bytes | None) -> Rejection: ...
 
 

@@ -153,6 +153,8 @@ async def _drain(
             batch = list(islice(records, chunk))
             more = bool(batch)
             pipeline.accept(PARTITION, batch)
+            if not more:
+                pipeline.processor.drain()
         pipeline.dispatch()
         if not more and not pipeline.busy:
             return

@@ -211,19 +211,34 @@ class LLMStatsCollector(Collector):
             sum_value=stats.latency_s_sum,
         )
         yield GaugeMetricFamily("webr_llm_in_flight", "LLM requests in flight", value=stats.in_flight)
-        breaker = stats.breaker
+        pool = stats.pool
         yield GaugeMetricFamily(
-            "webr_llm_endpoint_down", "1 while the endpoint's circuit breaker holds calls", value=int(breaker.open)
+            "webr_llm_endpoint_down",
+            "1 while every replica is out of rotation and calls wait",
+            value=int(bool(pool.replicas) and pool.all_down),
         )
-        yield CounterMetricFamily("webr_llm_endpoint_outages", "Times the circuit breaker opened", value=breaker.opened)
+        yield CounterMetricFamily(
+            "webr_llm_endpoint_outages",
+            "Times a replica's circuit breaker opened",
+            value=sum(r.breaker.opened for r in pool.replicas),
+        )
         yield CounterMetricFamily(
             "webr_llm_endpoint_outage_seconds",
-            "Length of ended outages (breaker open to closed)",
-            value=breaker.outage_s,
+            "Length of ended outages (breaker open to a health check answered), summed over replicas",
+            value=sum(r.breaker.outage_s for r in pool.replicas),
         )
         yield CounterMetricFamily(
-            "webr_llm_held_seconds", "Attempt time spent waiting for a failing endpoint", value=stats.held_s
+            "webr_llm_held_seconds", "Attempt time spent waiting while no replica was in rotation", value=pool.held_s
         )
+        for name, help_text, value_of in (
+            ("webr_llm_replica_in_flight", "LLM requests in flight, by replica", lambda r: r.in_flight),
+            ("webr_llm_replica_limit", "Requests in flight a replica may take (adaptive)", lambda r: r.limit),
+            ("webr_llm_replica_healthy", "1 while a replica is in rotation", lambda r: int(not r.breaker.open)),
+        ):
+            gauge = GaugeMetricFamily(name, help_text, labels=["endpoint"])
+            for replica in pool.replicas:
+                gauge.add_metric([replica.url], value_of(replica))
+            yield gauge
         yield GaugeMetricFamily(
             "webr_llm_rate_limit_scale",
             "Share of the configured rate limits in use, adapted from the server",

@@ -1,18 +1,19 @@
-"""A circuit breaker per endpoint: while the server is down, calls wait here instead of failing.
+"""A circuit breaker per endpoint: a replica that keeps failing is taken out of rotation until it answers again.
 
-A stopped or restarting server fails every request in flight at once. Retrying each of them on its own backoff
-would hammer the server the moment it comes back and, worse, give up on documents whose calls were already paid
-for. The breaker opens after `threshold` consecutive transient failures (5xx, timeouts, refused connections);
-while open, every attempt waits in `admit()` and only one probe goes out at a time, on an exponential schedule
-(`probe_initial_s` doubling to `probe_max_s`). The probe's answer from the server, whatever its status, closes
-the breaker: a 400 or a 429 still proves the endpoint is up, and the rate limiter takes it from there. Answers
-to requests sent before the breaker opened prove nothing about now (a server going down finishes a few).
+A stopped or restarting server fails every request in flight at once. Retrying each of them against it on its own
+backoff would hammer the server the moment it comes back and, worse, give up on documents whose calls were already
+paid for. The breaker opens after `threshold` consecutive transient failures (5xx, timeouts, refused connections);
+while open, the replica pool (`consumers.llm.replicas`) sends it no call: calls go to the other replicas, or wait
+when every replica is out. Health checks (a GET of the API's model list, see the pool) go out on an exponential
+schedule (`probe_initial_s` doubling to `probe_max_s`); any answer below 500 readmits the replica on trial: it
+takes one call at a time until a call succeeds, and a transient failure on trial opens the breaker again at once
+(the health-check interval keeps doubling, so a server that answers health checks but fails its calls is tried
+less and less often). Answers to requests sent before the breaker opened prove nothing about now (a server going
+down finishes a few): they change nothing while it is open.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ class BreakerStats:
 
 
 class CircuitBreaker:
-    """Admission gate for one endpoint. Use `admit()` before an attempt and `record()` after it."""
+    """Health of one endpoint from its calls' results (`record`) and its health checks (`probed`)."""
 
     def __init__(
         self, endpoint: str, *, threshold: int = 3, probe_initial_s: float = 0.5, probe_max_s: float = 5.0
@@ -43,84 +44,60 @@ class CircuitBreaker:
         self.probe_initial_s = probe_initial_s
         self.probe_max_s = probe_max_s
         self.stats = BreakerStats()
+        self.trial = False  # readmitted by a health check; no call has succeeded since
+        self.probe_wait = probe_initial_s  # until the next health check, while open
         self._failures = 0
-        self._opened_at = 0.0  # wall clock, for the outage's length
-        self._probe_at = 0.0  # loop clock
-        self._probe_wait = probe_initial_s
-        self._probing = False
-        self._changed = asyncio.Event()
+        self._opened_at = 0.0
 
     @property
     def is_open(self) -> bool:
         return self.stats.open
 
-    async def admit(self) -> bool:
-        """Wait until an attempt may go out; True when this attempt is the probe of an open breaker."""
-        loop = asyncio.get_running_loop()
-        while self.stats.open:
-            now = loop.time()
-            if not self._probing and now >= self._probe_at:
-                self._probing = True
-                self.stats.probes += 1
-                return True
-            changed = self._changed
-            timeout = None if self._probing else self._probe_at - now
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout)
-        return False
-
-    def record(self, *, probe: bool, down: bool | None) -> None:
-        """The result of an attempt: `down` True for a transient failure, False for any answer from the server,
-        None when the attempt never reached a verdict (cancelled): a probe then hands its turn on."""
-        if probe:
-            self._probing = False
-        if down is None:
-            if probe:
-                self._notify()
-            return
+    def record(self, *, down: bool) -> bool:
+        """The result of a call: `down` True for a transient failure, False for any answer from the server.
+        Returns True when this result opened the breaker."""
+        if self.stats.open:
+            return False
         if not down:
             self._failures = 0
-            if probe and self.stats.open:
-                self._close()
-            return
+            if self.trial:
+                self.trial = False
+                self.probe_wait = self.probe_initial_s
+            return False
         self._failures += 1
-        if self.stats.open:
-            if probe:
-                self._schedule_probe(backoff=True)
-        elif self._failures >= self.threshold:
+        if self.trial or self._failures >= self.threshold:
             self._open()
+            return True
+        return False
+
+    def probed(self, *, up: bool) -> None:
+        """The result of a health check of the open breaker: `up` readmits the endpoint on trial."""
+        self.stats.probes += 1
+        if not up:
+            self.probe_wait = min(self.probe_max_s, self.probe_wait * 2)
+            return
+        outage = time.monotonic() - self._opened_at
+        self.stats.open = False
+        self.stats.outage_s += outage
+        self.trial = True
+        self._failures = 0
+        log.warning(
+            "llm endpoint %s answers again after %.1fs: back in rotation",
+            self.endpoint,
+            outage,
+            extra={"endpoint": self.endpoint, "breaker": "closed", "outage_s": round(outage, 3)},
+        )
 
     def _open(self) -> None:
         self.stats.open = True
         self.stats.opened += 1
         self._opened_at = time.monotonic()
-        self._probe_wait = self.probe_initial_s
-        self._schedule_probe(backoff=False)
+        if self.trial:  # failed again right after a health check: wait longer before the next one
+            self.probe_wait = min(self.probe_max_s, self.probe_wait * 2)
+        self.trial = False
         log.warning(
-            "llm endpoint %s is failing (%d transient failures in a row): holding new calls, probing",
+            "llm endpoint %s is failing (%d transient failures in a row): out of rotation, checking its health",
             self.endpoint,
             self._failures,
             extra={"endpoint": self.endpoint, "breaker": "open"},
         )
-
-    def _close(self) -> None:
-        outage = time.monotonic() - self._opened_at
-        self.stats.open = False
-        self.stats.outage_s += outage
-        log.warning(
-            "llm endpoint %s answers again after %.1fs: resuming",
-            self.endpoint,
-            outage,
-            extra={"endpoint": self.endpoint, "breaker": "closed", "outage_s": round(outage, 3)},
-        )
-        self._notify()
-
-    def _schedule_probe(self, *, backoff: bool) -> None:
-        if backoff:
-            self._probe_wait = min(self.probe_max_s, self._probe_wait * 2)
-        self._probe_at = asyncio.get_running_loop().time() + self._probe_wait
-        self._notify()
-
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()

@@ -1,9 +1,10 @@
 """Chat completions against OpenAI or any OpenAI-compatible server (vLLM), with our own retries and limits.
 
 No SDK on the hot path: one HTTP exchange is `transport.post_chat` (aiohttp, orjson), and what went wrong is
-decided in `errors.py` from statuses, headers and body fields. Retries are ours (tenacity): one attempt is the
-endpoint's circuit breaker, a priority-ordered concurrency slot, a rate-limit reservation, one HTTP request; the
-backoff sleep between attempts holds none of them, and every attempt shows in the stats.
+decided in `errors.py` from statuses, headers and body fields. Retries are ours (tenacity): one attempt is a lease
+on a replica from the `ReplicaPool` (priority-ordered, with the document's affinity; replicas out of rotation get
+none), a rate-limit reservation, one HTTP request to that replica; the backoff sleep between attempts holds none of
+them, and every attempt shows in the stats.
 
 Transient is never final: a 429, a 5xx, a timeout or a refused connection is retried for as long as it takes
 (or until `give_up_after_s`, when the user asked for a deadline), so a document keeps the calls it has completed
@@ -23,7 +24,6 @@ from dataclasses import dataclass, field
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never
 
-from consumers.llm.breaker import BreakerStats, CircuitBreaker
 from consumers.llm.budgets import StepBudgets
 from consumers.llm.errors import (
     AttemptFailed,
@@ -35,7 +35,8 @@ from consumers.llm.errors import (
 )
 from consumers.llm.feedback import LimitFeedback
 from consumers.llm.pricing import prices_for
-from consumers.llm.ratelimit import PriorityGate, RateLimiter
+from consumers.llm.ratelimit import RateLimiter
+from consumers.llm.replicas import PoolStats, Replica, ReplicaPool
 from consumers.llm.settings import LLMSettings
 from consumers.llm.tokens import count_tokens, messages_tokens, prompt_estimate
 from consumers.llm.transport import chat_url, encode, env_proxy, open_session, post_chat
@@ -45,7 +46,7 @@ log = logging.getLogger("consumers.llm")
 
 # A bad output (truncated, empty, unparsable) is retried once: sampling may do better, twice rarely does.
 _BAD_OUTPUT_RETRIES = 1
-# Backoff between attempts of one call never exceeds this; while the endpoint is down the breaker holds calls.
+# Backoff between attempts of one call never exceeds this; while every replica is out the pool holds calls.
 _MAX_BACKOFF_EXPONENT = 16
 # Step sizes are still learnt (for reservations) where no max_tokens is sent; nothing caps them then.
 _NO_CEILING = 1 << 30
@@ -69,9 +70,8 @@ class ClientStats:
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     in_flight: int = 0
     failures_by_kind: dict[str, int] = field(default_factory=dict)
-    held_s: float = 0.0  # attempt time spent held by the open circuit breaker
     rate_scale: float = 1.0  # the share of the rate limits in use (adapted from the server's answers)
-    breaker: BreakerStats = field(default_factory=BreakerStats)  # the endpoint's circuit breaker (its own)
+    pool: PoolStats = field(default_factory=PoolStats)  # per replica: in flight, limit, circuit breaker (its own)
 
 
 @dataclass
@@ -79,8 +79,16 @@ class _CallState:
     step: str
     max_tokens: int | None  # sent with the request when set
     seed: int | None  # sent with the request when set, plus the bad outputs so far
+    affinity: str | None
+    deadline: float | None  # loop time after which an attempt waiting for a replica gives up
     attempts: int = 0
     bad_outputs: int = 0
+    replica: Replica | None = None  # of the last attempt
+
+
+def _ejected(state: _CallState) -> bool:
+    """Whether the replica of the call's last attempt is out of rotation now."""
+    return state.replica is not None and state.replica.breaker.is_open
 
 
 class OpenAIChatClient:
@@ -94,7 +102,6 @@ class OpenAIChatClient:
         settings: LLMSettings,
         *,
         limiter: RateLimiter | None = None,
-        breaker: CircuitBreaker | None = None,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 10.0,
         initial_completion_estimate: int = 300,
@@ -105,10 +112,9 @@ class OpenAIChatClient:
         self.limiter = limiter or RateLimiter(
             settings.max_requests_per_minute, settings.max_tokens_per_minute, headroom=settings.rate_limit_share
         )
-        self.breaker = breaker or CircuitBreaker(settings.base_url)
-        self.stats.breaker = self.breaker.stats
+        self.pool = ReplicaPool(settings)
+        self.stats.pool = self.pool.stats
         self._feedback = LimitFeedback(self.limiter)
-        self._gate = PriorityGate(settings.max_concurrency)
         self._prices = prices_for(settings)
         self._sampling = settings.sampling.model_dump(exclude_none=True, exclude={"max_tokens"})
         # OpenAI's reference sends no max_tokens; elsewhere each step sends its own within the configured cap.
@@ -117,25 +123,33 @@ class OpenAIChatClient:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._initial_completion_estimate = initial_completion_estimate
-        self._url = chat_url(settings.base_url)
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions: dict[str, tuple[aiohttp.ClientSession, str]] = {}  # replica URL -> (session, chat URL)
 
     def __repr__(self) -> str:
-        return f"OpenAIChatClient(model={self.model!r}, base_url={self.settings.base_url!r})"
+        return f"OpenAIChatClient(model={self.model!r}, base_urls={self.settings.base_urls!r})"
 
     async def start(self) -> None:
-        if self._session is not None:
+        if self._sessions:
             return
-        self._session = open_session(
-            self.settings.api_key.get_secret_value(),
-            max_connections=self.settings.max_concurrency,
-            timeout_s=self.settings.request_timeout_s,
-            proxy=env_proxy(self.settings.base_url),
-        )
+        # A session per replica: each has its own keep-alive pool and its own proxy (or none) from the environment.
+        self._sessions = {
+            url: (
+                open_session(
+                    self.settings.api_key.get_secret_value(),
+                    max_connections=self.settings.max_concurrency,
+                    timeout_s=self.settings.request_timeout_s,
+                    proxy=env_proxy(url),
+                ),
+                chat_url(url),
+            )
+            for url in self.settings.base_urls
+        }
+        await self.pool.start()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
+        sessions, self._sessions = self._sessions, {}
+        await self.pool.aclose()
+        for session, _ in sessions.values():
             await session.close()
 
     async def __aenter__(self) -> OpenAIChatClient:
@@ -158,14 +172,18 @@ class OpenAIChatClient:
         step: str = "default",
         prompt_tokens: int | None = None,
         seed: int | None = None,
+        affinity: str | None = None,
     ) -> ChatResult:
         """One chat completion for `step` of a chain; raises LLMCallError when it fails for good.
 
         `prompt_tokens`: the caller's estimate of the prompt (see `tokens.prompt_estimate`), when it has one
         cheaper than counting the messages again."""
-        if self._session is None:
+        if not self._sessions:
             raise RuntimeError("the client is not started: use `async with client:` or `await client.start()`")
-        state = _CallState(step, self._steps.max_tokens(step) if self._send_max_tokens else None, seed)
+        give_up = self.settings.give_up_after_s
+        deadline = None if give_up is None else asyncio.get_running_loop().time() + give_up
+        max_tokens = self._steps.max_tokens(step) if self._send_max_tokens else None
+        state = _CallState(step, max_tokens, seed, affinity, deadline)
         estimate = prompt_tokens if prompt_tokens is not None else prompt_estimate(messages)
         started = time.monotonic()
         try:
@@ -212,47 +230,41 @@ class OpenAIChatClient:
         give_up = self.settings.give_up_after_s
         retrying = AsyncRetrying(
             stop=stop_never if give_up is None else _stop_before(started + give_up),
-            wait=self._wait,
+            wait=lambda retry_state: self._wait(retry_state, state),
             retry=retry_if_exception(lambda exc: self._retryable(exc, state)),
-            before_sleep=self._before_sleep,
+            before_sleep=lambda retry_state: self._before_sleep(retry_state, state),
             reraise=True,
         )
         return await retrying(attempt)
 
     async def _attempt(self, messages: list[Message], priority: int, estimate: int, state: _CallState) -> ChatResult:
-        assert self._session is not None
         state.attempts += 1
         self.stats.attempts += 1
-        held = time.monotonic()
-        probe = await self.breaker.admit()
-        self.stats.held_s += time.monotonic() - held
-        down: bool | None = None
-        try:
-            async with self._gate.slot(priority):
-                reservation = await self.limiter.acquire(estimate + self._completion_estimate(state), priority=priority)
-                self.stats.in_flight += 1
-                sent_at = asyncio.get_running_loop().time()
-                started = time.monotonic()
-                try:
-                    raw = await post_chat(self._session, self._url, self._body(messages, state))
-                except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-                    failure = classify_exception(exc)
-                    if failure is None:
-                        raise
-                    down = failure.kind is ErrorKind.TRANSIENT
-                    self._on_failure(failure, None, sent_at)
-                    raise AttemptFailed(failure) from exc
-                finally:
-                    self.stats.in_flight -= 1
-                latency = time.monotonic() - started
-                if not 200 <= raw.status < 300:
-                    failure = classify_reply(raw.status, raw.headers, raw.body)
-                    down = failure.kind is ErrorKind.TRANSIENT
-                    self._on_failure(failure, raw.headers, sent_at)
-                    raise AttemptFailed(failure)
-                down = False
-        finally:
-            self.breaker.record(probe=probe, down=down)
+        async with self.pool.lease(priority, state.affinity, deadline=state.deadline) as replica:
+            state.replica = replica
+            session, url = self._sessions[replica.url]
+            reservation = await self.limiter.acquire(estimate + self._completion_estimate(state), priority=priority)
+            self.stats.in_flight += 1
+            sent_at = asyncio.get_running_loop().time()
+            started = time.monotonic()
+            try:
+                raw = await post_chat(session, url, self._body(messages, state))  # to the leased replica
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                failure = classify_exception(exc)
+                if failure is None:
+                    raise
+                self.pool.record(replica, down=failure.kind is ErrorKind.TRANSIENT)
+                self._on_failure(failure, None, sent_at)
+                raise AttemptFailed(failure) from exc
+            finally:
+                self.stats.in_flight -= 1
+            latency = time.monotonic() - started
+            if not 200 <= raw.status < 300:
+                failure = classify_reply(raw.status, raw.headers, raw.body)
+                self.pool.record(replica, down=failure.kind is ErrorKind.TRANSIENT)
+                self._on_failure(failure, raw.headers, sent_at)
+                raise AttemptFailed(failure)
+            self.pool.record(replica, down=False, latency_s=latency, step=state.step)
         try:
             completion = self._with_usage(parse_completion(raw.body, raw.status), messages)
             reservation.settle(estimate + (state.max_tokens or completion.completion_tokens or 0))
@@ -328,23 +340,24 @@ class OpenAIChatClient:
             return state.bad_outputs <= _BAD_OUTPUT_RETRIES
         return True
 
-    def _wait(self, retry_state: RetryCallState) -> float:
-        """The server's hint when it gave one; nothing when the breaker holds calls anyway or a reply was cut;
-        else exponential backoff with jitter (half fixed, half random)."""
+    def _wait(self, retry_state: RetryCallState, state: _CallState) -> float:
+        """The server's hint when it gave one; nothing when the replica is out of rotation (the pool sends the
+        call elsewhere, or holds it) or a reply was cut; else exponential backoff with jitter (half fixed, half
+        random)."""
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         failure = exc.failure if isinstance(exc, AttemptFailed) else None
         if failure is not None and failure.retry_after_s is not None:
             return failure.retry_after_s + random.uniform(0.0, min(0.25, 0.1 * failure.retry_after_s))
-        if self.breaker.is_open or (failure is not None and failure.kind is ErrorKind.BAD_OUTPUT):
+        if _ejected(state) or (failure is not None and failure.kind is ErrorKind.BAD_OUTPUT):
             return 0.0
         exponent = min(retry_state.attempt_number - 1, _MAX_BACKOFF_EXPONENT)
         ceiling = min(self._backoff_max_s, self._backoff_initial_s * 2**exponent)
         return random.uniform(ceiling / 2, ceiling)
 
-    def _before_sleep(self, retry_state: RetryCallState) -> None:
+    def _before_sleep(self, retry_state: RetryCallState, state: _CallState) -> None:
         self.stats.retries += 1
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, AttemptFailed) and not self.breaker.is_open:
+        if isinstance(exc, AttemptFailed) and not _ejected(state):
             wait = retry_state.upcoming_sleep
             log.info(
                 "llm call attempt %d failed (%s), retrying in %.2fs",

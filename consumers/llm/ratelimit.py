@@ -22,8 +22,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 _EPS = 1e-9
@@ -466,48 +465,3 @@ def _pack(candidates: list[_Waiter], room: float, slots: int) -> list[_Waiter]:
             chosen.append(fit[i - 1])
             total -= fit[i - 1].tokens
     return chosen[::-1][:slots]
-
-
-class PriorityGate:
-    """A semaphore whose waiters are served by (priority, arrival); slots are held with `async with`."""
-
-    def __init__(self, slots: int) -> None:
-        if slots < 1:
-            raise ValueError("a gate needs at least one slot")
-        self._free = slots
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-
-    @property
-    def free(self) -> int:
-        return self._free
-
-    @asynccontextmanager
-    async def slot(self, priority: int = 0) -> AsyncIterator[None]:
-        await self._acquire(priority)
-        try:
-            yield
-        finally:
-            self._release()
-
-    async def _acquire(self, priority: int) -> None:
-        # Free slots imply no live waiter: `_release` hands a slot to a waiter before it frees one.
-        if self._free > 0:
-            self._free -= 1
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (priority, next(self._seq), future))
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self._release()  # the slot was handed over as we were cancelled: pass it on
-            raise
-
-    def _release(self) -> None:
-        while self._waiters:
-            _, _, future = heapq.heappop(self._waiters)
-            if not future.done():
-                future.set_result(None)  # hand the slot over directly: no window for a newcomer to jump in
-                return
-        self._free += 1

@@ -6,7 +6,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from consumers.llm.pricing import load_price_table
 from core.settings import Knob
@@ -18,6 +27,20 @@ Backend = Literal["auto", "openai", "vllm"]
 def is_openai(base_url: str) -> bool:
     """OpenAI's own API (rate limited, priced) as opposed to a self-hosted OpenAI-compatible server."""
     return (urlparse(base_url).hostname or "").endswith("openai.com")
+
+
+def split_urls(value: object) -> object:
+    """Base URLs from one URL, a comma-separated list, or a list of either (a flag given several times)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        return value
+    urls = (u.strip().rstrip("/") for item in value for u in str(item).split(","))
+    return tuple(dict.fromkeys(u for u in urls if u))  # in order, each once
+
+
+BaseURLs = Annotated[tuple[str, ...], BeforeValidator(split_urls)]
+"""One or more OpenAI-compatible API roots (replicas of one model), given as a list or comma-separated."""
 
 
 class Sampling(BaseModel):
@@ -42,8 +65,12 @@ class LLMSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    base_url: Annotated[str, Knob(env=("OPENAI_BASE_URL",))] = Field(
-        default=OPENAI_BASE_URL, description="OpenAI-compatible API root, e.g. http://vllm-host:8000/v1"
+    base_urls: Annotated[BaseURLs, Knob(name="base_url", env=("OPENAI_BASE_URL",))] = Field(
+        default=(OPENAI_BASE_URL,),
+        min_length=1,
+        validation_alias=AliasChoices("base_urls", "base_url"),
+        description="OpenAI-compatible API root, e.g. http://vllm-host:8000/v1; repeat it (or separate with commas) "
+        "for several replicas of the model: calls are spread over them",
     )
     backend: Backend = Field(
         default="auto",
@@ -53,7 +80,20 @@ class LLMSettings(BaseModel):
         default=SecretStr(""), description="API key (default: $OPENAI_API_KEY); never logged"
     )
     model: str = Field(default="gpt-4o-mini", description="model name as the server knows it")
-    max_concurrency: int = Field(default=64, gt=0, description="LLM requests in flight at once")
+    max_concurrency: int = Field(default=64, gt=0, description="LLM requests in flight at once, over all replicas")
+    adaptive_concurrency: bool = Field(
+        default=True,
+        description="size each replica's requests in flight to its batch (vLLM's /metrics, else latency); "
+        "servers with rate limits (OpenAI) keep max_concurrency",
+    )
+    scheduler_poll_s: float = Field(default=0.5, gt=0, description="how often a replica's /metrics is read")
+    eject_after_failures: int = Field(
+        default=3, ge=1, description="transient failures in a row that take a replica out of rotation"
+    )
+    health_check_initial_s: float = Field(
+        default=0.5, gt=0, description="first health check of an ejected replica after this; then doubling"
+    )
+    health_check_max_s: float = Field(default=5.0, gt=0, description="longest wait between health checks")
     max_requests_per_minute: int | None = Field(default=None, gt=0, description="request budget per minute")
     max_tokens_per_minute: int | None = Field(default=None, gt=0, description="token budget per minute")
     request_timeout_s: float = Field(default=120.0, gt=0, description="timeout of one LLM request")
@@ -83,7 +123,13 @@ class LLMSettings(BaseModel):
     @property
     def is_openai(self) -> bool:
         """OpenAI semantics (reference sampling, prices): OpenAI itself, or a gateway declared as such."""
-        return self.backend == "openai" or (self.backend == "auto" and is_openai(self.base_url))
+        return self.backend == "openai" or (self.backend == "auto" and any(map(is_openai, self.base_urls)))
+
+    @property
+    def rate_limited(self) -> bool:
+        """Limits configured or implied (OpenAI): the rate limiter, not the batch, decides what goes out."""
+        limits = self.max_requests_per_minute is not None or self.max_tokens_per_minute is not None
+        return limits or self.is_openai
 
     @field_validator("price_table")
     @classmethod
@@ -95,6 +141,6 @@ class LLMSettings(BaseModel):
 
     @model_validator(mode="after")
     def _key_needed_for_openai(self) -> LLMSettings:
-        if is_openai(self.base_url) and not self.api_key.get_secret_value():
+        if any(map(is_openai, self.base_urls)) and not self.api_key.get_secret_value():
             raise ValueError("an API key is required for OpenAI: set OPENAI_API_KEY or pass --api-key")
         return self

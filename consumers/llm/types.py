@@ -59,6 +59,7 @@ class ChatClient(Protocol):
     `seed`, when given, is sent as the request's sampling seed (vLLM samples it with a generator of its own,
     whatever else is in the batch), so a rerun writes the same text; a retry after bad output adds its count
     to it, so the retry samples differently.
+    `affinity` (the document id) keeps a document's calls on one replica, whose prefix cache holds its page.
     """
 
     model: str
@@ -71,6 +72,7 @@ class ChatClient(Protocol):
         step: str = "default",
         prompt_tokens: int | None = None,
         seed: int | None = None,
+        affinity: str | None = None,
     ) -> ChatResult: ...
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> float | None: ...

@@ -66,6 +66,12 @@ class Plan:
     words: int
     page_first: bool
 
+    @property
+    def calls(self) -> int:
+        """LLM calls of the chain: persona and request, then the response (WI) or a rollout and its refinement
+        (WR)."""
+        return 3 if self.category.is_wi else 4
+
 
 def draw_plan(rng: random.Random) -> Plan:
     """Draw branch/category, the request noun, the word limit and the WI prompt order."""

@@ -1,9 +1,12 @@
 """WebR for one document at a time: a chain of LLM calls driven by the state machine, ending as one outcome.
 
 `process()` may run for many documents concurrently; a document's own calls run back to back (each waits for
-the previous one) with the document's sequence number as priority, so its page stays warm in the server's
-prefix cache. The order-dependent dedup is not here: it is the pipeline's stage after the engine
-(`consumers.webr.dedup.DedupStage`), which sees outcomes in source order.
+the previous one) with the document's sequence number as priority, so a started document's next call, its page
+warm in the server's prefix cache, goes before a newer document's first, and with the document id as affinity,
+so all of them go to the replica that holds that cache. Once the source is exhausted (`drain()`, at the end of a
+file run) the documents with the most calls left go first, so the last ones do not run their chains one call
+after another while the server idles. The order-dependent dedup is not here: it is the pipeline's stage after
+the engine (`consumers.webr.dedup.DedupStage`), which sees outcomes in source order.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from core.outcomes import Outcome, PairRow, Rejection, SourceRef, Usage
 from core.records import Document
 
 log = logging.getLogger(__name__)
+
+# Draining, a call's priority is its sequence number less this per call left: more calls left always go first.
+_CALL_LEFT_WEIGHT = 1 << 40
 
 
 class WebRSettings(BaseModel):
@@ -72,6 +78,7 @@ class _Run:
     seq: int
     machine: DocumentStateMachine
     usage: Usage = field(default_factory=Usage)
+    calls_left: int = 0  # LLM calls of the chain not answered yet, this one included
 
 
 def _reject_flaw(flaw: Flaw | None) -> None:
@@ -90,6 +97,11 @@ class DocumentProcessor:
     def __init__(self, llm: ChatClient, settings: WebRSettings) -> None:
         self.llm = llm
         self.settings = settings
+        self._draining = False
+
+    def drain(self) -> None:
+        """No new documents will come: from now on the documents with the most calls left go first."""
+        self._draining = True
 
     async def process(self, doc: Document, ref: SourceRef, *, seq: int) -> Outcome:
         """Run the chain; every per-document failure becomes a `Rejection` (cancellation propagates)."""
@@ -111,7 +123,11 @@ class DocumentProcessor:
         estimate = prompt_estimate(messages, known=page, known_tokens=page_tokens) if page else None
         step = str(run.machine.state)
         seed = call_seed(self.settings.seed, run.doc.doc_id, step)
-        result = await self.llm.chat(messages, priority=run.seq, step=step, prompt_tokens=estimate, seed=seed)
+        priority = run.seq - run.calls_left * _CALL_LEFT_WEIGHT if self._draining else run.seq
+        result = await self.llm.chat(
+            messages, priority=priority, step=step, prompt_tokens=estimate, seed=seed, affinity=run.doc.doc_id
+        )
+        run.calls_left -= 1
         cost = self.llm.cost_usd(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
         run.usage = run.usage + Usage(
             1, result.prompt_tokens, result.completion_tokens, result.cached_tokens, cost, result.attempts
@@ -126,6 +142,10 @@ class DocumentProcessor:
         capped, page_tokens, truncated = truncate_to_tokens(run.doc.text, self.settings.max_page_tokens)
         page = normalise(capped)
         rng = document_rng(self.settings.seed, run.doc.doc_id)
+        # Drawn before the persona call (which draws nothing), so the chain's length is known from its start.
+        part = section(page, rng, self.settings.keep_whole_probability)
+        plan = draw_plan(rng)
+        run.calls_left = plan.calls
 
         m.advance(DocState.PERSONA)
         persona = clean(await self._call(run, prompts.persona_messages(page), page, page_tokens))
@@ -134,10 +154,8 @@ class DocumentProcessor:
         _reject_flaw(inspect_persona(persona, self.settings.quality))
 
         m.advance(DocState.SECTIONED)
-        part = section(page, rng, self.settings.keep_whole_probability)
         # A paragraph prefix of the page: its share of the page's tokens, by characters (an estimate either way).
         part_tokens = page_tokens if part.is_whole else page_tokens * len(part.text) // max(len(page), 1)
-        plan = draw_plan(rng)
 
         m.advance(DocState.REQUEST)
         request = clean(

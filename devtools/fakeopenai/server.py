@@ -57,6 +57,7 @@ class ServerConfig:
     fault_rates: dict[FaultKind, float] = field(default_factory=dict)  # probability per accepted request
     api_key: str | None = None  # when set, other keys get 401
     simulate_cache: bool = True
+    expose_metrics: bool = True  # False: GET /metrics is 404, as on servers other than vLLM
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,8 @@ class FakeOpenAI:
         return web.json_response({"object": "list", "data": [model]})
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if not self.config.expose_metrics:
+            raise web.HTTPNotFound()
         return web.Response(body=generate_latest(self._registry), content_type="text/plain")
 
     def collect(self) -> Any:

@@ -131,7 +131,7 @@ def test_consumer_settings_are_a_valid_kafka_run(monkeypatch: pytest.MonkeyPatch
     env = {**data, **{name: "from-the-pod" for name, _ in env_items(container)}}
     assert unknown_variables(env) == set()
     settings = settings_from(env, monkeypatch)
-    assert settings.llm.base_url == "http://vllm:8000/v1"
+    assert settings.llm.base_urls == ("http://vllm:8000/v1",)
     port = next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
     assert settings.kafka.metrics_port == port
 

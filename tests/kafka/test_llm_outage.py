@@ -57,3 +57,33 @@ def test_llm_server_stopped_mid_run_every_document_becomes_a_row(
     answered = sum(r.status == 200 for r in llm.records)
     used = sum(r["llm_calls"] for r in out.rows)
     assert used <= answered <= used + 16
+
+
+def test_one_of_two_replicas_stopped_mid_run_every_document_becomes_a_row(
+    make_topic: Callable[..., KafkaTopic],
+    fake_llm_factory: Callable[..., FakeOpenAI],
+    tmp_path: Path,
+    consumers: list[Consumer],
+) -> None:
+    """180 documents, two replicas; one stops after the first commits and is back on its port 3 s later."""
+    topic = make_topic(partitions=2)
+    steady, flaky = fake_llm_factory(latency_s=(0.2, 0.4)), fake_llm_factory(latency_s=(0.2, 0.4))
+    docs = documents(180)
+    topic.produce(docs)
+    out_uri = str(tmp_path / "out")
+    consumer = Consumer(topic, out_uri, f"{steady.url},{flaky.url}", tmp_path, "--stop-after-idle", "5")
+    consumers.append(consumer.start())
+    wait_committed(topic, 10)
+    flaky.stop()
+    time.sleep(3.0)
+    flaky.start()
+    restarted_with = len(flaky.records)
+    assert consumer.wait(180) == 0, consumer.log()[-3000:]
+
+    out = read_output(out_uri, topic.name)
+    assert out.rejected == [], [(r["doc_id"], r["reason"]) for r in out.rejected[:5]]
+    assert sorted(r["doc_id"] for r in out.rows) == sorted(k.decode() for k, _ in docs)
+    assert sum(topic.committed().values()) == len(docs)  # type: ignore[arg-type]
+    breaker = [(e["endpoint"], e["breaker"]) for e in consumer.events() if "breaker" in e]
+    assert breaker == [(flaky.url, "open"), (flaky.url, "closed")]
+    assert len(flaky.records) > restarted_with, "the restarted replica got no traffic"

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from consumers.llm.breaker import CircuitBreaker
 from consumers.llm.client import OpenAIChatClient
 from consumers.llm.settings import LLMSettings, Sampling
 from consumers.llm.types import ErrorKind, LLMCallError
@@ -181,13 +180,15 @@ async def test_refusal_text_is_an_answer_not_an_error(client: OpenAIChatClient, 
 
 async def test_server_errors_never_end_a_call_by_default(fake_llm: FakeOpenAI) -> None:
     fake_llm.inject(Fault.server_error(500), times=9)
-    breaker = CircuitBreaker(fake_llm.url, threshold=3, probe_initial_s=0.02, probe_max_s=0.1)
-    async with OpenAIChatClient(_settings(fake_llm), breaker=breaker, backoff_initial_s=0.02) as client:
+    settings = _settings(fake_llm, health_check_initial_s=0.02, health_check_max_s=0.1)
+    async with OpenAIChatClient(settings, backoff_initial_s=0.02) as client:
         result = await client.chat(_messages("hello"))
     assert result.attempts == 10
     assert [r.status for r in fake_llm.records] == [500] * 9 + [200]
-    # three failures in a row opened the breaker; from then on only probes went out, and the answer closed it
-    assert (breaker.stats.opened, breaker.stats.open, breaker.stats.probes) == (1, False, 7)
+    # Three failures in a row took the endpoint out; each health check (its model list answers) let one trial
+    # call through, which failed and took it out again, until the tenth attempt's answer kept it in.
+    [replica] = client.stats.pool.replicas
+    assert (replica.breaker.opened, replica.breaker.open, replica.breaker.probes) == (7, False, 7)
 
 
 async def test_deadline_stops_retrying_before_a_long_wait(fake_llm: FakeOpenAI) -> None:

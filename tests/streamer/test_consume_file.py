@@ -200,6 +200,28 @@ def test_flags_override_environment_override_toml(tmp_path: Path, monkeypatch: p
     assert settings.llm.sampling.temperature == 0.6  # a non-OpenAI server gets the vLLM reference defaults
 
 
+def test_base_urls_from_repeated_flags_commas_the_environment_or_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamer.consume import make_parser
+    from streamer.settings import ConsumeSettings
+
+    def load(*argv: str) -> tuple[str, ...]:
+        args = make_parser().parse_args(["--source", "s", "--output", "o", *argv])
+        return ConsumeSettings.from_args(args).llm.base_urls
+
+    a, b, c = "http://vllm-0:8000/v1", "http://vllm-1:8000/v1", "http://vllm-2:8000/v1"
+    assert load("--base-url", a) == (a,)
+    assert load("--base-url", a, "--base-url", f"{b},{c}") == (a, b, c)
+    monkeypatch.setenv("WEBR_BASE_URL", f"{a}, {b}")
+    assert load() == (a, b)
+    assert load("--base-url", c) == (c,)  # a flag wins over the environment
+    monkeypatch.delenv("WEBR_BASE_URL")
+    config = tmp_path / "c.toml"
+    config.write_text(f'base_url = ["{a}", "{b}"]\n')
+    assert load("--config", str(config)) == (a, b)
+
+
 def test_long_pages_are_cut_by_tokens_and_huge_ones_rejected(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
     docs = [
         {"id": "short", "webpage": page(1)},

@@ -46,6 +46,41 @@ def test_server_gone_for_seconds_mid_run_every_document_becomes_a_row(
     assert [e["breaker"] for e in events if "breaker" in e] == ["open", "closed"]
 
 
+def test_a_replica_stopped_mid_run_loses_nothing_and_takes_calls_again_once_restarted(
+    tmp_path: Path, fake_llm_factory: Callable[..., FakeOpenAI]
+) -> None:
+    """Two replicas; one stops early in the run and comes back on the same port 3 s later."""
+    steady, flaky = fake_llm_factory(latency_s=(0.1, 0.2)), fake_llm_factory(latency_s=(0.1, 0.2))
+    docs = [{"id": f"doc-{i}", "webpage": page(i)} for i in range(120)]
+    seen: dict[str, int] = {}
+
+    def stop_then_restart() -> None:
+        deadline = time.monotonic() + 60
+        while len(steady.records) + len(flaky.records) < 60 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        flaky.stop()
+        seen["flaky_before"] = len(flaky.records)
+        time.sleep(3.0)
+        flaky.start()
+        seen["flaky_restarted"] = len(flaky.records)
+
+    chaos = threading.Thread(target=stop_then_restart)
+    chaos.start()
+    result = _consume(write_jsonl(tmp_path / "docs.jsonl", docs), tmp_path / "out", steady, "--base-url", flaky.url)
+    chaos.join()
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows, rejected = read_outcomes(tmp_path / "out")
+    assert rejected == []
+    assert sorted(r["doc_id"] for r in rows) == sorted(d["id"] for d in docs)
+    assert seen["flaky_before"] > 0, "the replica took no calls before it stopped"
+    assert len(flaky.records) > seen["flaky_restarted"], "the restarted replica got no traffic"
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert [(e["endpoint"], e["breaker"]) for e in events if "breaker" in e] == [
+        (flaky.url, "open"),
+        (flaky.url, "closed"),
+    ]
+
+
 def test_429s_and_server_errors_in_numbers_reject_nothing(
     tmp_path: Path, fake_llm_factory: Callable[..., FakeOpenAI]
 ) -> None:

@@ -26,6 +26,7 @@ class Call:
     messages: list[Message]
     prompt_tokens: int | None = None
     seed: int | None = None
+    affinity: str | None = None
 
     @property
     def user_text(self) -> str:
@@ -68,8 +69,9 @@ class ScriptedChatClient:
         step: str = "default",
         prompt_tokens: int | None = None,
         seed: int | None = None,
+        affinity: str | None = None,
     ) -> ChatResult:
-        self.calls.append(Call(step, priority, messages, prompt_tokens, seed))
+        self.calls.append(Call(step, priority, messages, prompt_tokens, seed, affinity))
         self.called.set()
         if self.hold is not None:
             await self.hold.wait()

@@ -50,6 +50,7 @@ def test_wi_document_is_persona_request_response_with_the_page_leading_every_cal
     assert isinstance(row, PairRow)
     assert client.steps == ["persona", "request", "response"]
     assert {c.priority for c in client.calls} == {5}, "a document's calls carry its sequence number"
+    assert {c.affinity for c in client.calls} == {doc.doc_id}, "and its id, to stay on one replica"
     for call in client.calls:
         assert call.user_text.startswith(f"<document>\n{marker(1)}")
     assert "A harbour reporter" in client.calls[1].user_text
@@ -233,3 +234,24 @@ def test_calls_carrying_the_page_come_with_a_prompt_estimate_from_its_one_count(
         counted = prompt_estimate(call.messages)
         assert call.prompt_tokens is not None
         assert 0.95 * counted <= call.prompt_tokens <= 1.25 * counted, (call.step, call.prompt_tokens, counted)
+
+
+def test_once_the_source_is_drained_the_documents_with_most_calls_left_go_first() -> None:
+    wi, wr = doc_in("WI", 1), doc_in("WR", 2)
+    client = ScriptedChatClient()
+    processor = DocumentProcessor(client, WebRSettings(seed=SEED))
+    processor.drain()
+
+    async def both() -> None:
+        await asyncio.gather(
+            processor.process(wi, SourceRef("t", 0, 0, None), seq=1),
+            processor.process(wr, SourceRef("t", 0, 1, None), seq=2),
+        )
+
+    asyncio.run(both())
+    by_doc = {d.doc_id: [c.priority for c in client.calls if c.affinity == d.doc_id] for d in (wi, wr)}
+    weight = 1 << 40
+    assert by_doc[wi.doc_id] == [1 - 3 * weight, 1 - 2 * weight, 1 - weight]  # persona, request, response
+    assert by_doc[wr.doc_id] == [2 - 4 * weight, 2 - 3 * weight, 2 - 2 * weight, 2 - weight]
+    # the WR chain's persona call (four calls left) goes before the WI chain's (three), although it came later
+    assert by_doc[wr.doc_id][0] < by_doc[wi.doc_id][0]

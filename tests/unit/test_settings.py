@@ -62,7 +62,7 @@ def sample(leaf: Leaf, files: Path) -> Any:
 
 
 def shown(value: Any) -> Any:
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [shown(v) for v in value]
     return value.get_secret_value() if isinstance(value, SecretStr) else value
 
@@ -188,11 +188,11 @@ def test_openai_variables_are_read_after_the_webr_ones(clean_env: pytest.MonkeyP
     clean_env.setenv("OPENAI_API_KEY", "sk-openai")
     clean_env.setenv("OPENAI_BASE_URL", "http://openai-var/v1")
     settings = ConsumeSettings.load({"source": "s", "output": "o"})
-    assert (settings.llm.base_url, settings.llm.api_key.get_secret_value()) == ("http://openai-var/v1", "sk-openai")
+    assert (settings.llm.base_urls[0], settings.llm.api_key.get_secret_value()) == ("http://openai-var/v1", "sk-openai")
     clean_env.setenv("WEBR_API_KEY", "sk-webr")
     clean_env.setenv("WEBR_BASE_URL", "http://webr-var/v1")
     settings = ConsumeSettings.load({"source": "s", "output": "o"})
-    assert (settings.llm.base_url, settings.llm.api_key.get_secret_value()) == ("http://webr-var/v1", "sk-webr")
+    assert (settings.llm.base_urls[0], settings.llm.api_key.get_secret_value()) == ("http://webr-var/v1", "sk-webr")
 
 
 def test_sampling_given_overrides_the_backends_reference(clean_env: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,336 @@
+"""Replicas of one model behind one client: where each call goes, and how many go to each replica at once.
+
+Every attempt takes a lease from the `ReplicaPool` before it is sent and gives it back when it is answered.
+Waiting calls are served by (priority, arrival), like a semaphore's waiters; a call is placed on:
+
+- **its document's replica** (`affinity`, the document id): the replica that served the document's last call holds
+  the page in its prefix cache, so the next call's prompt, which starts with the same page, is mostly served
+  from cache. A call waits for that replica while it is full, unless another replica is clearly less busy (its
+  load, requests in flight over its limit, lower by `_SPILL_GAP`): then it moves there, and so does the document.
+- otherwise (a document's first call, or its replica is out of rotation) on the replica with the least
+  outstanding requests relative to its limit.
+
+At most `max_concurrency` requests are out over all replicas, and each replica's own limit
+(`consumers.llm.concurrency`) keeps its batch full without a queue at the server. A replica that keeps failing is
+taken out of rotation by its circuit breaker (`consumers.llm.breaker`): its calls go elsewhere, and health checks
+(`GET <base>/models`) bring it back. When every replica is out, calls wait here, holding nothing, until one
+answers: transient is never final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from consumers.llm.breaker import BreakerStats, CircuitBreaker
+from consumers.llm.concurrency import ConcurrencyLimit, FixedLimit, GradientLimit, SchedulerLimit
+from consumers.llm.errors import AttemptFailed, Failure
+from consumers.llm.settings import LLMSettings
+from consumers.llm.types import ErrorKind
+
+log = logging.getLogger("consumers.llm")
+
+# A call leaves its document's full replica for one whose load (in flight / limit) is lower by this much: with a
+# limit of the batch plus a quarter, a load under 0.8 means free slots in that replica's batch. (A gap of 0.5 kept
+# two 16-slot replicas 96.5% busy; 0.2 kept them 99.8% busy, with about the same prefix-cache hits.)
+_SPILL_GAP = 0.2
+# Documents whose replica is remembered; the oldest are forgotten first (a finished document needs none).
+_AFFINITY_MEMORY = 1 << 16
+_HEALTH_TIMEOUT_S = 5.0
+# vLLM's scheduler gauges (the KV cache gauge was `gpu_cache_usage_perc` before vLLM's V1 engine).
+_RUNNING = "vllm:num_requests_running"
+_WAITING = "vllm:num_requests_waiting"
+_KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+
+
+@dataclass(slots=True)
+class ReplicaStats:
+    """One replica's gauges and counters for the metrics exporter; only the pool writes them."""
+
+    url: str
+    in_flight: int = 0
+    limit: int = 0
+    calls: int = 0
+    breaker: BreakerStats = field(default_factory=BreakerStats)
+
+
+@dataclass(slots=True)
+class PoolStats:
+    """Every replica's stats, and the attempt time spent waiting while no replica was in rotation."""
+
+    replicas: list[ReplicaStats] = field(default_factory=list)
+    held_s: float = 0.0
+
+    @property
+    def all_down(self) -> bool:
+        return all(r.breaker.open for r in self.replicas)
+
+
+class Replica:
+    """One endpoint: its circuit breaker, its concurrency limit and what is in flight there."""
+
+    def __init__(self, url: str, limit: ConcurrencyLimit, breaker: CircuitBreaker) -> None:
+        self.url = url
+        self.limit = limit
+        self.breaker = breaker
+        self.in_flight = 0
+        self.stats = ReplicaStats(url, limit=limit.value, breaker=breaker.stats)
+        self.health_check: asyncio.Task[None] | None = None
+
+    @property
+    def room(self) -> int:
+        """Calls it may take now: none while out of rotation, one at a time on trial."""
+        if self.breaker.is_open:
+            return 0
+        return (1 if self.breaker.trial else self.limit.value) - self.in_flight
+
+    @property
+    def load(self) -> float:
+        return self.in_flight / self.limit.value
+
+    def __repr__(self) -> str:
+        return f"Replica({self.url!r}, in_flight={self.in_flight}, limit={self.limit.value})"
+
+
+@dataclass(order=True)
+class _Waiter:
+    priority: int
+    seq: int
+    affinity: str | None = field(compare=False)
+    future: asyncio.Future[Replica] = field(compare=False)
+
+
+def metrics_url(base_url: str) -> str:
+    """vLLM serves /metrics at the server's root, beside /v1."""
+    root = base_url.rstrip("/")
+    return (root.removesuffix("/v1") or root) + "/metrics"
+
+
+def read_gauges(text: str) -> tuple[float, float, float | None] | None:
+    """(running, waiting, KV cache usage) summed over models from a Prometheus text page; None without them."""
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == _RUNNING or sample.name == _WAITING or sample.name in _KV_USAGE:
+                values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    if _RUNNING not in values or _WAITING not in values:
+        return None
+    kv = next((values[name] for name in _KV_USAGE if name in values), None)
+    return values[_RUNNING], values[_WAITING], kv
+
+
+class ReplicaPool:
+    """Leases on replicas (see the module docstring). Use `async with pool:` or `start()` / `aclose()`."""
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self.settings = settings
+        self.max_concurrency = settings.max_concurrency
+        self.adaptive = settings.adaptive_concurrency and not settings.rate_limited
+        self.replicas = [
+            Replica(
+                url,
+                SchedulerLimit(self.max_concurrency) if self.adaptive else FixedLimit(self.max_concurrency),
+                CircuitBreaker(
+                    url,
+                    threshold=settings.eject_after_failures,
+                    probe_initial_s=settings.health_check_initial_s,
+                    probe_max_s=settings.health_check_max_s,
+                ),
+            )
+            for url in settings.base_urls
+        ]
+        self.stats = PoolStats([r.stats for r in self.replicas])
+        self.in_flight = 0
+        self._affinity: OrderedDict[str, Replica] = OrderedDict()
+        self._waiters: list[_Waiter] = []
+        self._seq = itertools.count()
+        self._session: aiohttp.ClientSession | None = None
+        self._watchers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        key = self.settings.api_key.get_secret_value()
+        self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"} if key else None)
+        if self.adaptive:
+            self._watchers = [asyncio.create_task(self._watch(r), name=f"watch {r.url}") for r in self.replicas]
+
+    async def aclose(self) -> None:
+        tasks = [*self._watchers, *(r.health_check for r in self.replicas if r.health_check is not None)]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._watchers = []
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def __aenter__(self) -> ReplicaPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- leases ---------------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lease(
+        self, priority: int = 0, affinity: str | None = None, *, deadline: float | None = None
+    ) -> AsyncIterator[Replica]:
+        """A replica to send one attempt to; held until the block ends (the answer, or the attempt's failure).
+        Past `deadline` (loop time; a user's `give_up_after_s`) with no replica in rotation, the attempt fails
+        as transient."""
+        held = time.monotonic() if self.stats.all_down else None
+        try:
+            async with asyncio.timeout_at(deadline):
+                replica = await self._acquire(priority, affinity)
+        except TimeoutError:
+            raise AttemptFailed(Failure(ErrorKind.TRANSIENT, "no replica in rotation")) from None
+        if held is not None:
+            self.stats.held_s += time.monotonic() - held
+        try:
+            yield replica
+        finally:
+            replica.in_flight -= 1
+            replica.stats.in_flight = replica.in_flight
+            self.in_flight -= 1
+            self._dispatch()
+
+    async def _acquire(self, priority: int, affinity: str | None) -> Replica:
+        waiter = _Waiter(priority, next(self._seq), affinity, asyncio.get_running_loop().create_future())
+        bisect.insort(self._waiters, waiter)
+        self._dispatch()
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                # Placed as we were cancelled: give the place back.
+                replica = waiter.future.result()
+                replica.in_flight -= 1
+                replica.stats.in_flight = replica.in_flight
+                self.in_flight -= 1
+                self._dispatch()
+            raise
+
+    def _dispatch(self) -> None:
+        """Place waiters, best priority first, while there is room; a waiter whose replica is full is passed
+        over (it does not block the others, which may go elsewhere)."""
+        kept: list[_Waiter] = []
+        for i, waiter in enumerate(self._waiters):
+            if waiter.future.done():
+                continue  # cancelled
+            if self.in_flight >= self.max_concurrency or not any(r.room > 0 for r in self.replicas):
+                kept += (w for w in self._waiters[i:] if not w.future.done())
+                break
+            replica = self._choose(waiter.affinity)
+            if replica is None:
+                kept.append(waiter)
+                continue
+            replica.in_flight += 1
+            replica.stats.in_flight = replica.in_flight
+            replica.stats.calls += 1
+            self.in_flight += 1
+            if waiter.affinity is not None:
+                self._remember(waiter.affinity, replica)
+            waiter.future.set_result(replica)
+        self._waiters = kept
+
+    def _choose(self, affinity: str | None) -> Replica | None:
+        free = [r for r in self.replicas if r.room > 0]
+        if not free:
+            return None
+        least = min(free, key=lambda r: (r.load, r.in_flight))
+        home = self._affinity.get(affinity) if affinity is not None else None
+        if home is None or home.breaker.is_open:
+            return least
+        if home.room > 0:
+            return home
+        return least if home.load - least.load >= _SPILL_GAP else None
+
+    def _remember(self, affinity: str, replica: Replica) -> None:
+        self._affinity[affinity] = replica
+        self._affinity.move_to_end(affinity)
+        if len(self._affinity) > _AFFINITY_MEMORY:
+            self._affinity.popitem(last=False)
+
+    # -- results --------------------------------------------------------------------------------------------
+
+    def record(self, replica: Replica, *, down: bool, latency_s: float = 0.0, step: str = "default") -> None:
+        """An attempt's result: `down` for a transient failure, else an answer (`latency_s` when it succeeded)."""
+        if down:
+            if replica.breaker.record(down=True):
+                self._start_health_checks(replica)
+            return
+        replica.breaker.record(down=False)
+        if latency_s > 0:
+            replica.limit.on_answer(latency_s, step, replica.in_flight)
+            replica.stats.limit = replica.limit.value
+
+    def _start_health_checks(self, replica: Replica) -> None:
+        if replica.health_check is None or replica.health_check.done():
+            replica.health_check = asyncio.create_task(self._health_checks(replica), name=f"health {replica.url}")
+
+    async def _health_checks(self, replica: Replica) -> None:
+        while replica.breaker.is_open:
+            await asyncio.sleep(replica.breaker.probe_wait)
+            replica.breaker.probed(up=await self._answers(replica.url + "/models"))
+        self._dispatch()
+
+    async def _answers(self, url: str) -> bool:
+        """Whether the server answers at all (an error status below 500, say 401, also proves it is up)."""
+        assert self._session is not None
+        timeout = aiohttp.ClientTimeout(total=min(_HEALTH_TIMEOUT_S, self.settings.request_timeout_s))
+        try:
+            async with self._session.get(url, timeout=timeout) as response:
+                return response.status < 500
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    # -- adaptive limits ------------------------------------------------------------------------------------
+
+    async def _watch(self, replica: Replica) -> None:
+        """Read the replica's scheduler gauges every `scheduler_poll_s`; a replica without them (no /metrics,
+        or not vLLM's) gets a latency-based limit instead."""
+        assert self._session is not None
+        url = metrics_url(replica.url)
+        timeout = aiohttp.ClientTimeout(total=max(1.0, 4 * self.settings.scheduler_poll_s))
+        while True:
+            reading: tuple[float, float, float | None] | None = None
+            try:
+                async with self._session.get(url, timeout=timeout) as response:
+                    if response.status < 500:
+                        reading = read_gauges(await response.text()) if response.status == 200 else None
+                        if reading is None:
+                            break
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                pass  # down or restarting: the breaker deals with it; keep the limit and read again
+            if reading is not None and isinstance(replica.limit, SchedulerLimit):
+                replica.limit.on_reading(*reading, in_flight=replica.in_flight)
+                log.debug(
+                    "llm endpoint %s: running %g, waiting %g, kv %s; in flight %d, limit %d, %d calls waiting here",
+                    replica.url,
+                    reading[0],
+                    reading[1],
+                    reading[2],
+                    replica.in_flight,
+                    replica.limit.value,
+                    len(self._waiters),
+                )
+                replica.stats.limit = replica.limit.value
+                self._dispatch()
+            await asyncio.sleep(self.settings.scheduler_poll_s)
+        log.info("llm endpoint %s has no vLLM scheduler gauges: sizing its concurrency from latency", replica.url)
+        replica.limit = GradientLimit(self.max_concurrency)
+        replica.stats.limit = replica.limit.value
+        self._dispatch()
