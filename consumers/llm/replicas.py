@@ -226,12 +226,14 @@ class ReplicaPool:
     def _dispatch(self) -> None:
         """Place waiters, best priority first, while there is room; a waiter whose replica is full is passed
         over (it does not block the others, which may go elsewhere)."""
+        if self.in_flight >= self.max_concurrency:
+            return  # nobody can be placed: the common case at capacity, so no pass over the waiters
         kept: list[_Waiter] = []
         for i, waiter in enumerate(self._waiters):
             if waiter.future.done():
                 continue  # cancelled
             if self.in_flight >= self.max_concurrency or not any(r.room > 0 for r in self.replicas):
-                kept += (w for w in self._waiters[i:] if not w.future.done())
+                kept.extend(self._waiters[i:])  # cancelled ones among them are dropped by a later pass
                 break
             replica = self._choose(waiter.affinity)
             if replica is None:

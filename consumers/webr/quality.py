@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import islice
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,8 +65,11 @@ class Flaw:
     detail: str
 
 
-def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+@lru_cache(maxsize=256)
+def words(text: str) -> tuple[str, ...]:
+    """Lower-cased words. Cached: a request or response is measured by several checks, and each request is
+    compared with its page (a str caches its hash, so a hit costs no pass over the text)."""
+    return tuple(_WORD.findall(text.lower()))
 
 
 def has_words(text: str, n: int) -> bool:
@@ -75,7 +79,7 @@ def has_words(text: str, n: int) -> bool:
 
 def sentences(text: str) -> list[str]:
     """Sentences and lines, lower-cased with their punctuation and spacing folded, empty ones dropped."""
-    parts = (" ".join(words(part)) for part in _SENTENCE_END.split(text))
+    parts = (" ".join(_WORD.findall(part)) for part in _SENTENCE_END.split(text.lower()))
     return [p for p in parts if p]
 
 
@@ -91,7 +95,7 @@ def repeated_sentence_share(text: str) -> float:
     return repeated / total if total else 0.0
 
 
-def repeated_ngram_share(tokens: list[str], n: int = REPEAT_NGRAM) -> float:
+def repeated_ngram_share(tokens: Sequence[str], n: int = REPEAT_NGRAM) -> float:
     """Share of words covered by a word n-gram that occurs more than once (Gopher's duplicate n-gram fraction)."""
     if len(tokens) < max(n, MIN_WORDS_FOR_NGRAMS):
         return 0.0
@@ -104,7 +108,7 @@ def repeated_ngram_share(tokens: list[str], n: int = REPEAT_NGRAM) -> float:
     return sum(covered) / len(tokens)
 
 
-def copied_share(request: list[str], page: list[str], n: int = COPY_NGRAM) -> float:
+def copied_share(request: Sequence[str], page: Sequence[str], n: int = COPY_NGRAM) -> float:
     """Share of the request's words covered by word n-grams found verbatim in the page."""
     if len(request) < n:
         return 0.0
@@ -116,7 +120,7 @@ def copied_share(request: list[str], page: list[str], n: int = COPY_NGRAM) -> fl
     return sum(covered) / len(request)
 
 
-def ngrams(tokens: list[str], n: int) -> Iterator[tuple[str, ...]]:
+def ngrams(tokens: Sequence[str], n: int) -> Iterator[tuple[str, ...]]:
     """Word n-grams in order (built by `zip` in C: a page has thousands)."""
     return zip(*(tokens[i:] for i in range(n)), strict=False)
 
