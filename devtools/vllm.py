@@ -30,6 +30,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumers.llm.replicas import metrics_url
 from devtools.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ class VLLMServer:
 
     @property
     def metrics_url(self) -> str:
-        return self.base_url.removesuffix("/v1") + "/metrics"
+        return metrics_url(self.base_url)
 
     def metrics(self, **labels: str) -> dict[str, float]:
         """Scrape /metrics; sum samples per name over the samples whose labels match `labels`.
