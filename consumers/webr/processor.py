@@ -144,6 +144,8 @@ class DocumentProcessor:
         rng = document_rng(self.settings.seed, run.doc.doc_id)
         # Drawn before the persona call (which draws nothing), so the chain's length is known from its start.
         part = section(page, rng, self.settings.keep_whole_probability)
+        # A paragraph prefix of the page: its share of the page's tokens, by characters (an estimate either way).
+        part_tokens = page_tokens if part.is_whole else page_tokens * len(part.text) // max(len(page), 1)
         plan = draw_plan(rng)
         run.calls_left = plan.calls
 
@@ -154,8 +156,6 @@ class DocumentProcessor:
         _reject_flaw(inspect_persona(persona, self.settings.quality))
 
         m.advance(DocState.SECTIONED)
-        # A paragraph prefix of the page: its share of the page's tokens, by characters (an estimate either way).
-        part_tokens = page_tokens if part.is_whole else page_tokens * len(part.text) // max(len(page), 1)
 
         m.advance(DocState.REQUEST)
         request = clean(
