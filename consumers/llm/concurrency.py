@@ -6,8 +6,8 @@ apply and where a call cannot move to another, idle replica. So the limit is wha
 queue that refills a freed slot at once:
 
 - `SchedulerLimit`, where the server exposes vLLM's scheduler gauges on `/metrics`: fewer when requests wait there
-  beyond the small queue, more when nothing waits, the batch runs below the size it reached when requests last
-  waited, and the KV cache has room.
+  beyond the small queue, more when fewer than the queue wait, the batch runs below the size it reached when
+  requests last waited, and the KV cache has room.
 - `GradientLimit` otherwise, from latency alone (after Netflix's concurrency-limits gradient2): the latest round
   of answers' latency against the replica's no-load latency, per step of the chain (steps differ in length);
   latency that grows past `tolerance` means requests queue, and the limit shrinks by the ratio.
@@ -76,8 +76,10 @@ class SchedulerLimit:
         if waiting > queue:
             # Half the excess: other clients of the same replica see it too and cut their share as well.
             self.value = min(self.value, in_flight) - math.ceil((waiting - queue) / 2)
-        elif in_flight >= self.value - 1 and (kv_usage is None or kv_usage < 0.95):
-            # We are what holds the batch back: grow into the room the gauges show, or probe for it.
+        elif waiting < queue and in_flight >= self.value - 1 and (kv_usage is None or kv_usage < 0.95):
+            # The server's queue is short of its share and we are what holds the batch back: grow into the room
+            # the gauges show, or probe for it. A full queue means the batch has all it can take, whatever a
+            # reading taken between two requests says of the running count.
             if self.capacity is None:
                 self.value = math.ceil(self.value * 1.5)
             else:

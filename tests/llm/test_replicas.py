@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -202,14 +203,23 @@ async def test_scheduler_gauges_size_the_limit_to_the_batch(fake_llm: FakeOpenAI
     fake_llm.configure(capacity=4, latency_s=0.1)
     settings = _settings(fake_llm.url, max_concurrency=32, scheduler_poll_s=0.05)
     async with OpenAIChatClient(settings) as client:
-        started = time.monotonic() - fake_llm._t0
-        # later calls go first: what waits here is served by priority, what waits at the server in arrival order
-        await asyncio.gather(*(client.chat(_messages(f"call {i}"), priority=-i) for i in range(160)))
-        ended = time.monotonic() - fake_llm._t0
         [replica] = client.pool.replicas
+        started = time.monotonic() - fake_llm._t0
+        calls = asyncio.gather(*(client.chat(_messages(f"call {i}"), priority=-i) for i in range(160)))
+        # later calls go first: what waits here is served by priority, what waits at the server in arrival order
+        await asyncio.sleep(1.0)  # past the first 32, sent at once (the limit starts at the ceiling)
+        limits = []
+        while not calls.done():
+            limits.append(replica.limit.value)
+            await asyncio.sleep(0.02)
+        await calls
+        ended = time.monotonic() - fake_llm._t0
     assert isinstance(replica.limit, SchedulerLimit)
     assert replica.limit.capacity == 4
-    assert 4 <= replica.limit.value <= 6  # the batch and a small queue, not the 32 allowed
+    # The batch and a small queue (4 + 1), not the 32 allowed. A probe above it (after a reading that caught the
+    # batch between two requests) is cut back at the next reading, so it shows in the maximum, not the median.
+    assert 4 <= statistics.median(limits) <= 6, limits
+    assert max(limits[len(limits) // 4 :]) <= 2 * 5, limits
     assert fake_llm.stats().busy_slots(started + 1.0, ended - 0.5) >= 0.8 * 4
     # The first 32 went out at once (the limit starts at the ceiling); of the rest, which waited here, the
     # latest-created calls (best priority) reached the server first.
