@@ -126,10 +126,14 @@ def copied_share(request: Sequence[str], page: Sequence[str], n: int = COPY_NGRA
     """Share of the request's words covered by word n-grams found verbatim in the page."""
     if len(request) < n:
         return 0.0
-    page_grams = set(ngrams(page, n))
+    grams = list(ngrams(request, n))
+    # The page's n-grams are only looked up in the request's few, not stored: zip then reuses one tuple.
+    copied = set(grams).intersection(ngrams(page, n))
+    if not copied:
+        return 0.0
     covered = [False] * len(request)
-    for i, gram in enumerate(ngrams(request, n)):
-        if gram in page_grams:
+    for i, gram in enumerate(grams):
+        if gram in copied:
             covered[i : i + n] = [True] * n
     return sum(covered) / len(request)
 
