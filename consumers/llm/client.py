@@ -36,7 +36,7 @@ from consumers.llm.errors import (
 from consumers.llm.feedback import LimitFeedback
 from consumers.llm.pricing import prices_for
 from consumers.llm.ratelimit import RateLimiter
-from consumers.llm.replicas import PoolStats, Replica, ReplicaPool
+from consumers.llm.replicas import POOL_CONNECTIONS, PoolStats, Replica, ReplicaPool
 from consumers.llm.settings import LLMSettings
 from consumers.llm.tokens import count_tokens, messages_tokens, prompt_estimate
 from consumers.llm.transport import chat_url, encode, env_proxy, open_session, post_chat
@@ -131,12 +131,13 @@ class OpenAIChatClient:
     async def start(self) -> None:
         if self._sessions:
             return
-        # A session per replica: each has its own keep-alive pool and its own proxy (or none) from the environment.
+        # A session per replica: each has its own keep-alive pool and its own proxy (or none) from the environment,
+        # for the calls and for the pool's health checks and /metrics polls alike.
         self._sessions = {
             url: (
                 open_session(
                     self.settings.api_key.get_secret_value(),
-                    max_connections=self.settings.max_concurrency,
+                    max_connections=self.settings.max_concurrency + POOL_CONNECTIONS,
                     timeout_s=self.settings.request_timeout_s,
                     proxy=env_proxy(url),
                 ),
@@ -144,7 +145,7 @@ class OpenAIChatClient:
             )
             for url in self.settings.base_urls
         }
-        await self.pool.start()
+        await self.pool.start({url: session for url, (session, _) in self._sessions.items()})
 
     async def aclose(self) -> None:
         sessions, self._sessions = self._sessions, {}

@@ -14,7 +14,8 @@ At most `max_concurrency` requests are out over all replicas, and each replica's
 (`consumers.llm.concurrency`) keeps its batch full without a queue at the server. A replica that keeps failing is
 taken out of rotation by its circuit breaker (`consumers.llm.breaker`): its calls go elsewhere, and health checks
 (`GET <base>/models`) bring it back. When every replica is out, calls wait here, holding nothing, until one
-answers: transient is never final.
+answers: transient is never final. Health checks and `/metrics` polls go through the client's session of the
+replica (`start(sessions)`): the same proxy, key and keep-alive connections as its calls.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -47,6 +48,9 @@ _SPILL_GAP = 0.2
 # Documents whose replica is remembered; the oldest are forgotten first (a finished document needs none).
 _AFFINITY_MEMORY = 1 << 16
 _HEALTH_TIMEOUT_S = 5.0
+POOL_CONNECTIONS = 2
+"""Connections a replica's session holds beyond `max_concurrency`: a health check and a `/metrics` poll never
+wait behind calls for one."""
 # vLLM's scheduler gauges (the KV cache gauge was `gpu_cache_usage_perc` before vLLM's V1 engine).
 _RUNNING = "vllm:num_requests_running"
 _WAITING = "vllm:num_requests_waiting"
@@ -86,6 +90,7 @@ class Replica:
         self.in_flight = 0
         self.stats = ReplicaStats(url, limit=limit.value, breaker=breaker.stats)
         self.health_check: asyncio.Task[None] | None = None
+        self.watcher: asyncio.Task[None] | None = None  # reads /metrics; ends when the replica has no gauges
 
     @property
     def room(self) -> int:
@@ -130,7 +135,7 @@ def read_gauges(text: str) -> tuple[float, float, float | None] | None:
 
 
 class ReplicaPool:
-    """Leases on replicas (see the module docstring). Use `async with pool:` or `start()` / `aclose()`."""
+    """Leases on replicas (see the module docstring); `start(sessions)` watches them, `aclose()` stops that."""
 
     def __init__(self, settings: LLMSettings) -> None:
         self.settings = settings
@@ -154,33 +159,26 @@ class ReplicaPool:
         self._affinity: OrderedDict[str, Replica] = OrderedDict()
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
-        self._session: aiohttp.ClientSession | None = None
-        self._watchers: list[asyncio.Task[None]] = []
+        self._sessions: Mapping[str, aiohttp.ClientSession] = {}
 
-    async def start(self) -> None:
-        if self._session is not None:
+    async def start(self, sessions: Mapping[str, aiohttp.ClientSession]) -> None:
+        """Start watching the replicas through `sessions` (replica URL -> its session, `transport.open_session`
+        with the replica's proxy), which the caller owns and closes after `aclose()`."""
+        if self._sessions:
             return
-        key = self.settings.api_key.get_secret_value()
-        self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"} if key else None)
+        self._sessions = sessions
         if self.adaptive:
-            self._watchers = [asyncio.create_task(self._watch(r), name=f"watch {r.url}") for r in self.replicas]
+            for r in self.replicas:
+                r.watcher = asyncio.create_task(self._watch(r), name=f"watch {r.url}")
 
     async def aclose(self) -> None:
-        tasks = [*self._watchers, *(r.health_check for r in self.replicas if r.health_check is not None)]
+        tasks = [t for r in self.replicas for t in (r.watcher, r.health_check) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._watchers = []
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-    async def __aenter__(self) -> ReplicaPool:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        for r in self.replicas:
+            r.watcher = None
+        self._sessions = {}
 
     # -- leases ---------------------------------------------------------------------------------------------
 
@@ -192,11 +190,14 @@ class ReplicaPool:
         Past `deadline` (loop time; a user's `give_up_after_s`) with no replica in rotation, the attempt fails
         as transient."""
         held = time.monotonic() if self.stats.all_down else None
-        try:
-            async with asyncio.timeout_at(deadline):
-                replica = await self._acquire(priority, affinity)
-        except TimeoutError:
-            raise AttemptFailed(Failure(ErrorKind.TRANSIENT, "no replica in rotation")) from None
+        if deadline is None:  # the default: no timeout context to enter and leave on every attempt
+            replica = await self._acquire(priority, affinity)
+        else:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    replica = await self._acquire(priority, affinity)
+            except TimeoutError:
+                raise AttemptFailed(Failure(ErrorKind.TRANSIENT, "no replica in rotation")) from None
         if held is not None:
             self.stats.held_s += time.monotonic() - held
         try:
@@ -286,15 +287,14 @@ class ReplicaPool:
     async def _health_checks(self, replica: Replica) -> None:
         while replica.breaker.is_open:
             await asyncio.sleep(replica.breaker.probe_wait)
-            replica.breaker.probed(up=await self._answers(replica.url + "/models"))
+            replica.breaker.probed(up=await self._answers(replica))
         self._dispatch()
 
-    async def _answers(self, url: str) -> bool:
+    async def _answers(self, replica: Replica) -> bool:
         """Whether the server answers at all (an error status below 500, say 401, also proves it is up)."""
-        assert self._session is not None
         timeout = aiohttp.ClientTimeout(total=min(_HEALTH_TIMEOUT_S, self.settings.request_timeout_s))
         try:
-            async with self._session.get(url, timeout=timeout) as response:
+            async with self._sessions[replica.url].get(replica.url + "/models", timeout=timeout) as response:
                 return response.status < 500
         except (aiohttp.ClientError, TimeoutError):
             return False
@@ -304,13 +304,12 @@ class ReplicaPool:
     async def _watch(self, replica: Replica) -> None:
         """Read the replica's scheduler gauges every `scheduler_poll_s`; a replica without them (no /metrics,
         or not vLLM's) gets a latency-based limit instead."""
-        assert self._session is not None
-        url = metrics_url(replica.url)
+        session, url = self._sessions[replica.url], metrics_url(replica.url)
         timeout = aiohttp.ClientTimeout(total=max(1.0, 4 * self.settings.scheduler_poll_s))
         while True:
             reading: tuple[float, float, float | None] | None = None
             try:
-                async with self._session.get(url, timeout=timeout) as response:
+                async with session.get(url, timeout=timeout) as response:
                     if response.status < 500:
                         reading = read_gauges(await response.text()) if response.status == 200 else None
                         if reading is None:

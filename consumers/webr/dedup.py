@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import xxhash
+
 from core.outcomes import Outcome, PairRow, Rejection
 
 if TYPE_CHECKING:  # datasketch pulls in scipy (a second of start-up): imported when the first pair is judged
@@ -29,7 +31,7 @@ def shingles(text: str, n: int = 3) -> set[bytes]:
     words = _WORD.findall(text.lower())
     if len(words) < n:
         return {w.encode() for w in words}
-    return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
+    return set(map(str.encode, map(" ".join, zip(*(words[i:] for i in range(n)), strict=False))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +54,10 @@ class DedupIndex:
         if self._empty is None:
             from datasketch import MinHash
 
-            self._empty = MinHash(num_perm=self.settings.num_perm)
+            # xxh32 instead of datasketch's default sha1: a 32-bit hash is all MinHash uses, and sha1 through
+            # its Python wrapper cost more than the rest of the signature. The index holds no stored hashes
+            # (a restart rebuilds it from the requests), so nothing written depends on the function.
+            self._empty = MinHash(num_perm=self.settings.num_perm, hashfunc=xxhash.xxh32_intdigest)
         # Copies share the permutations drawn once: drawing them for every text cost more than hashing it.
         mh = self._empty.copy()
         mh.update_batch(list(shingles(text)))

@@ -22,12 +22,15 @@ from itertools import islice
 from pydantic import BaseModel, ConfigDict, Field
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+# A word, or a sentence end (punctuation before white space, or a line break): one pass finds both, where
+# splitting into sentences and then each sentence into words took two.
+_WORD_OR_END = re.compile(r"(\w+)|[.!?。！？](?=\s)|\n")
 REPEAT_NGRAM = 5  # words per n-gram of the repeated-phrase measure
 COPY_NGRAM = 6  # words per n-gram of the copied-request measure
 MIN_WORDS_FOR_NGRAMS = 2 * REPEAT_NGRAM  # below this, n-gram shares are noise
 MIN_WORDS_FOR_LANGUAGE = 8  # fastText guesses wildly on a few words
 MIN_LANGUAGE_SCORE = 0.5  # both the page's and the response's language must be this sure to disagree
+_LANGUAGE_CHARS = 2000  # fastText reads the first characters of a text, white space folded
 
 
 class QualitySettings(BaseModel):
@@ -79,8 +82,17 @@ def has_words(text: str, n: int) -> bool:
 
 def sentences(text: str) -> list[str]:
     """Sentences and lines, lower-cased with their punctuation and spacing folded, empty ones dropped."""
-    parts = (" ".join(_WORD.findall(part)) for part in _SENTENCE_END.split(text.lower()))
-    return [p for p in parts if p]
+    found: list[str] = []
+    current: list[str] = []
+    for word in _WORD_OR_END.findall(text.lower()):  # "" for a sentence end
+        if word:
+            current.append(word)
+        elif current:
+            found.append(" ".join(current))
+            current = []
+    if current:
+        found.append(" ".join(current))
+    return found
 
 
 def repeated_sentence_share(text: str) -> float:
@@ -101,6 +113,8 @@ def repeated_ngram_share(tokens: Sequence[str], n: int = REPEAT_NGRAM) -> float:
         return 0.0
     grams = list(ngrams(tokens, n))
     counts = Counter(grams)
+    if len(counts) == len(grams):
+        return 0.0  # no n-gram occurs twice: the usual case, without a pass over the grams
     covered = [False] * len(tokens)
     for i, gram in enumerate(grams):
         if counts[gram] > 1:
@@ -112,10 +126,14 @@ def copied_share(request: Sequence[str], page: Sequence[str], n: int = COPY_NGRA
     """Share of the request's words covered by word n-grams found verbatim in the page."""
     if len(request) < n:
         return 0.0
-    page_grams = set(ngrams(page, n))
+    grams = list(ngrams(request, n))
+    # The page's n-grams are only looked up in the request's few, not stored: zip then reuses one tuple.
+    copied = set(grams).intersection(ngrams(page, n))
+    if not copied:
+        return 0.0
     covered = [False] * len(request)
-    for i, gram in enumerate(ngrams(request, n)):
-        if gram in page_grams:
+    for i, gram in enumerate(grams):
+        if gram in copied:
             covered[i : i + n] = [True] * n
     return sum(covered) / len(request)
 
@@ -151,17 +169,27 @@ def language(text: str) -> tuple[str, float] | None:
 
     if not has_words(text, MIN_WORDS_FOR_LANGUAGE):
         return None
-    best = detect(" ".join(text.split())[:2000], model="lite", k=1)[0]
+    best = detect(_folded_head(text, _LANGUAGE_CHARS), model="lite", k=1)[0]
     return best["lang"], float(best["score"])
+
+
+def _folded_head(text: str, n: int) -> str:
+    """The first `n` characters of `text` with its white space folded to single spaces, without folding a
+    whole page: folding only shortens, so a head of 2n characters nearly always holds them."""
+    head = " ".join(text[: 2 * n].split())
+    if len(head) < n and len(text) > 2 * n:
+        head = " ".join(text.split())
+    return head[:n]
 
 
 def wrong_language(response: str, page: str) -> Flaw | None:
     """A response in another language than its page (small models drift into English or into the page's
     code-switching); only when both guesses are confident, so short or mixed texts pass."""
-    said, about = language(response), language(page)
-    if said is None or about is None or said[0] == about[0]:
-        return None
-    if min(said[1], about[1]) < MIN_LANGUAGE_SCORE:
+    said = language(response)
+    if said is None or said[1] < MIN_LANGUAGE_SCORE:
+        return None  # the page's language cannot make it a flaw: not asked
+    about = language(page)
+    if about is None or about[0] == said[0] or about[1] < MIN_LANGUAGE_SCORE:
         return None
     detail = f"response in {said[0]} ({said[1]:.2f}), page in {about[0]} ({about[1]:.2f})"
     return Flaw("wrong_language_response", detail)

@@ -84,3 +84,23 @@ def test_stage_recalls_committed_rows_and_forgets_everything_on_reset() -> None:
     stage.reset()
     assert len(stage) == 0
     assert isinstance(stage.admit(pair(1, BASE)), PairRow)
+
+
+def _variant(base: list[str], changed: int, tag: str) -> str:
+    """`base` with its last `changed` words replaced by words of its own."""
+    return " ".join(base[: len(base) - changed] + [f"{tag}{k}" for k in range(changed)])
+
+
+def test_signatures_track_the_true_overlap_of_requests() -> None:
+    """The MinHash hash function decides what counts as a near duplicate: requests sharing ~80% of their
+    3-word shingles are caught, those sharing ~30% are not, for every one of many unrelated requests."""
+    caught = passed = 0
+    for i in range(30):
+        base = [f"w{i}x{j}" for j in range(100)]
+        index = DedupIndex()
+        assert index.check_and_add("WI", " ".join(base), "p") is None
+        # 10 of 100 words changed: 88 of 108 distinct shingles shared (Jaccard 0.81 > 0.7)
+        caught += index.check_and_add("WI", _variant(base, 10, "near"), "p") == "near_duplicate_request"
+        # 50 of 100 words changed: 48 of 148 shared (Jaccard 0.32)
+        passed += index.check_and_add("WI", _variant(base, 50, "far"), "p") is None
+    assert caught >= 28 and passed == 30, (caught, passed)
