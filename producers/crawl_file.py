@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,7 +152,7 @@ class FileRun:
         if progress is None:
             progress = FileProgress(self.key, self.size, 0, False, end_offsets(kafka.bootstrap_servers, kafka.topic))
             # Recorded before the first send, so that a run killed before its first checkpoint is resumed by a scan.
-            ctx.store.checkpoint(progress, ())
+            self._record(progress, ())
         else:
             recovered = sent_records(kafka.bootstrap_servers, kafka.topic, progress.scan_from, self.key)
             log.warning(
@@ -193,7 +194,7 @@ class FileRun:
         """What a Kafka error means for this run: fenced (or the lease gone), another producer has the file and this
         run records nothing more; otherwise the run stops, and the file's next run aborts the open transaction."""
         ctx = self.ctx
-        if isinstance(exc, ProducerFencedError) or not ctx.store.claim(self.key, ctx.owner, ctx.settings.claim_ttl_s):
+        if isinstance(exc, ProducerFencedError) or not ctx.store.renew(self.key, ctx.owner, ctx.settings.claim_ttl_s):
             return FileTakenOver(f"{self.path}: taken over by another producer ({exc}); leaving the file to it")
         return DeliveryError(f"{self.path}: {exc}")
 
@@ -271,15 +272,19 @@ class FileRun:
         ctx = self.ctx
         self.producer.flush()
         self._resolve(bar, block=True)
-        if not ctx.store.claim(self.key, ctx.owner, ctx.settings.claim_ttl_s):
+        if not ctx.store.renew(self.key, ctx.owner, ctx.settings.claim_ttl_s):
             raise FileTakenOver(f"{self.path}: lease lost to another producer (stalled longer than --claim-ttl-s)")
         self.producer.commit_transaction()
         ctx.summary.produced += self.acked
         ctx.metrics.record("produced", "", self.acked)
         self.progress.done = done
-        ctx.store.checkpoint(self.progress, self.acked_keys)
+        self._record(self.progress, self.acked_keys)
         self.in_flight.difference_update(self.acked_keys)
         self.acked_keys = []
         self.acked = 0
         self.resolved_since = 0
         self.last_checkpoint = time.monotonic()
+
+    def _record(self, progress: FileProgress, keys: Sequence[tuple[str, bytes]]) -> None:
+        if not self.ctx.store.checkpoint(progress, keys, self.ctx.owner):
+            raise FileTakenOver(f"{self.path}: lease lost to another producer before its progress was recorded")
