@@ -126,7 +126,10 @@ class KafkaTopic:
         offset + 1 instead of the high watermark.
         """
         name = topic or self.name
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        # As the streamer reads: transactions (the crawl producer's) count once committed.
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+        )
         try:
             parts = wait_for(lambda: consumer.partitions_for_topic(name), 15, f"metadata of {name}")
             consumer.assign([TopicPartition(name, p) for p in sorted(parts)])  # type: ignore[union-attr]

@@ -8,9 +8,10 @@ quality filters (producers.filters) and the exact-dedup check (producers.state),
 with its URL, crawl date, WARC-Record-ID and language. Every record that is not sent is counted by reason; an
 unreadable one is reported with its byte offset and reading goes on.
 
-A file's progress is written to the state store only for records Kafka acknowledged, in file order; a run killed
-mid-file resumes after the last acknowledged record, and first reads the topic for messages the dead run sent
-but never saw acknowledged (producers.recovery), so no record lands twice. `--watch` polls a directory or an S3
+Each file is sent in Kafka transactions by a producer of its own, and its progress is written to the state store
+only for what was committed, in file order; a run killed mid-file resumes after the last checkpoint, fencing the
+dead run's producer and then reading the topic for what it sent after that checkpoint (producers.recovery), so no
+record lands twice. `--watch` polls a directory or an S3
 prefix for new `*.warc[.gz]` / `*.wet[.gz]` files (producers.crawl_sources) and runs until SIGTERM.
 """
 
@@ -32,7 +33,7 @@ from pydantic import ValidationError
 from producers.crawl_file import CrawlContext, CrawlSummary, DeliveryError, FileRun
 from producers.crawl_metrics import CrawlMetrics
 from producers.crawl_sources import CrawlSource, open_source
-from producers.files import create_topic, make_producer
+from producers.files import create_topic
 from producers.filters import FilterConfig
 from producers.language import LanguageIdentifier
 from producers.pages import PageOptions, wanted_languages
@@ -54,10 +55,8 @@ def run(settings: CrawlSettings) -> CrawlSummary:
         metrics.serve(settings.metrics_port)
     store = StateStore(settings.state_dir, max_keys=settings.dedup_max_keys, ttl_days=settings.dedup_ttl_days)
     options = PageOptions(wanted_languages(settings.languages), settings.min_language_score, settings.filters())
-    producer = make_producer(settings.kafka)
     ctx = CrawlContext(
         settings,
-        producer,
         store,
         LanguageIdentifier(),
         options,
@@ -82,8 +81,6 @@ def run(settings: CrawlSettings) -> CrawlSummary:
                 _run_file(ctx, Path(name), wait=True)
     finally:
         signal.signal(signal.SIGTERM, previous)
-        producer.flush()
-        producer.close()
         store.close()
         summary.seconds = round(time.monotonic() - started, 3)
     return summary
@@ -141,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run(settings)
     except DeliveryError as exc:
-        print(f"stopping: {exc}; a rerun resumes after the last acknowledged record", file=sys.stderr)
+        print(f"stopping: {exc}; a rerun resumes after the last checkpoint", file=sys.stderr)
         return 1
     print(orjson.dumps(asdict(summary)).decode())
     print(

@@ -1,9 +1,11 @@
-"""One crawl file to Kafka, in file order, with progress recorded only for what Kafka acknowledged.
+"""One crawl file to Kafka, in file order, in Kafka transactions, with progress recorded only for what was committed.
 
-`FileRun` resolves records strictly in file order: a dropped record is resolved at once, a sent one when Kafka
-acknowledges it. Every `CHECKPOINT_EVERY` records or `CHECKPOINT_SECONDS` the state store gets, in one
-transaction, the file's new offset, the dedup keys of the acknowledged documents and the per-partition offsets
-from which a resumed run must look for unacknowledged messages (producers.recovery).
+`FileRun` sends a file with its own transactional producer (one `transactional_id` per file and topic), so a run
+taking the file over fences every earlier one before it looks at the topic (producers.recovery). Records resolve
+strictly in file order: a dropped record at once, a sent one when Kafka acknowledges it. Every `CHECKPOINT_EVERY`
+records or `CHECKPOINT_SECONDS` the run waits for every acknowledgement, commits the transaction and only then
+gives the state store, in one SQLite transaction, the file's new offset, the dedup keys of the committed documents
+and the per-partition offsets from which a resumed run must look for messages sent after that checkpoint.
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ import sys
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError, ProducerFencedError
 from kafka.producer.future import FutureRecordMetadata
 from tqdm import tqdm
 
 from producers.crawl_metrics import CrawlMetrics
+from producers.files import make_producer
 from producers.language import LanguageIdentifier
 from producers.pages import PageOptions, text_key, to_page, url_key
-from producers.recovery import FILE_HEADER, RECORD_HEADER, end_offsets, sent_records, wait_until_settled
+from producers.recovery import FILE_HEADER, RECORD_HEADER, end_offsets, sent_records, transactional_id
 from producers.settings import CrawlSettings
 from producers.state import FileProgress, StateStore
 from producers.warc_records import CrawlRecord, Item, RecordError, iter_warc
@@ -37,7 +42,12 @@ CHECKPOINT_SECONDS = 2.0
 
 
 class DeliveryError(Exception):
-    """Kafka refused a message after the producer's own retries: the run stops, progress stays before it."""
+    """Kafka refused a message or a commit after the client's own retries: the run stops, progress stays before it
+    (the open transaction is aborted when the file is next taken up)."""
+
+
+class FileTakenOver(Exception):
+    """Another producer holds the file's lease or fenced this run's transactional id: stop it, record nothing."""
 
 
 @dataclass(slots=True)
@@ -74,7 +84,6 @@ class CrawlContext:
     """Everything a file run needs, built once per process."""
 
     settings: CrawlSettings
-    producer: KafkaProducer
     store: StateStore
     langid: LanguageIdentifier
     options: PageOptions
@@ -97,7 +106,9 @@ class FileRun:
         self.pending: deque[_Entry] = deque()
         self.in_flight: set[tuple[str, bytes]] = set()
         self.acked_keys: list[tuple[str, bytes]] = []
+        self.acked = 0
         self.progress: FileProgress | None = None
+        self.producer: KafkaProducer | None = None
         self.last_checkpoint = time.monotonic()
         self.resolved_since = 0
 
@@ -108,6 +119,9 @@ class FileRun:
             return False
         try:
             return self._run_claimed()
+        except FileTakenOver as exc:
+            log.warning("%s", exc)
+            return False
         finally:
             ctx.store.release(self.key, ctx.owner)
 
@@ -119,12 +133,27 @@ class FileRun:
             ctx.summary.files_already_done += 1
             return True
         ctx.summary.files += 1
+        self.producer = make_producer(kafka, transactional_id(kafka.topic, self.key))
+        try:
+            # Fences every earlier run of this file: the broker aborts its open transaction and refuses its requests
+            # from now on, so what the scan below finds is all it will ever have sent.
+            self.producer.init_transactions()
+            return self._produce(progress)
+        except KafkaError as exc:
+            raise self._failed(exc) from exc
+        finally:
+            self.producer.close()
+
+    def _produce(self, progress: FileProgress | None) -> bool:
+        ctx = self.ctx
+        kafka = ctx.settings.kafka
+        assert self.producer is not None
         recovered: dict[str, tuple[int, int]] = {}
         if progress is None:
-            scan_from = end_offsets(kafka.bootstrap_servers, kafka.topic)
-            progress = FileProgress(self.key, self.size, 0, False, scan_from)
+            progress = FileProgress(self.key, self.size, 0, False, end_offsets(kafka.bootstrap_servers, kafka.topic))
+            # Recorded before the first send, so that a run killed before its first checkpoint is resumed by a scan.
+            self._record(progress, ())
         else:
-            wait_until_settled(kafka.bootstrap_servers, kafka.topic, ctx.settings.resume_quiet_s)
             recovered = sent_records(kafka.bootstrap_servers, kafka.topic, progress.scan_from, self.key)
             log.warning(
                 "%s: resuming at byte %d; %d records found sent", self.path, progress.next_offset, len(recovered)
@@ -139,21 +168,35 @@ class FileRun:
             disable=None if ctx.settings.progress else True,
         )
         try:
+            self.producer.begin_transaction()
             for item in iter_warc(self.path, progress.next_offset):
                 if ctx.stopping:
                     break
                 ctx.summary.records += 1
                 self.pending.append(self._handle(item, recovered))
-                self._drain(bar, block=False)
-            ctx.producer.flush()
-            self._drain(bar, block=True)
+                self._resolve(bar, block=False)
+                if (
+                    self.resolved_since >= CHECKPOINT_EVERY
+                    or time.monotonic() - self.last_checkpoint > CHECKPOINT_SECONDS
+                ):
+                    self._checkpoint(bar, done=False)
+                    self.producer.begin_transaction()
+            # SIGTERM included: what was sent is committed and recorded, a rerun resumes after it.
             done = not ctx.stopping
-            self._checkpoint(done=done)
+            self._checkpoint(bar, done=done)
             if done:
                 ctx.metrics.files.inc()
             return done
         finally:
             bar.close()
+
+    def _failed(self, exc: KafkaError) -> Exception:
+        """What a Kafka error means for this run: fenced (or the lease gone), another producer has the file and this
+        run records nothing more; otherwise the run stops, and the file's next run aborts the open transaction."""
+        ctx = self.ctx
+        if isinstance(exc, ProducerFencedError) or not ctx.store.renew(self.key, ctx.owner, ctx.settings.claim_ttl_s):
+            return FileTakenOver(f"{self.path}: taken over by another producer ({exc}); leaving the file to it")
+        return DeliveryError(f"{self.path}: {exc}")
 
     def _handle(self, item: Item, recovered: dict[str, tuple[int, int]]) -> _Entry:
         ctx = self.ctx
@@ -184,7 +227,8 @@ class FileRun:
             return _Entry(item.next_offset)
         headers = [(FILE_HEADER, self.key.encode()), (RECORD_HEADER, item.record_id.encode())]
         topic = ctx.settings.kafka.topic
-        future = ctx.producer.send(topic, key=doc.doc_id.encode(), value=doc.to_json(), headers=headers)
+        assert self.producer is not None
+        future = self.producer.send(topic, key=doc.doc_id.encode(), value=doc.to_json(), headers=headers)
         self.in_flight.update(keys)
         return _Entry(item.next_offset, future, keys)
 
@@ -201,21 +245,16 @@ class FileRun:
         self.ctx.metrics.record("dropped", reason)
         return _Entry(item.next_offset)
 
-    def _drain(self, bar: tqdm, block: bool) -> None:
-        """Resolve the head of the queue in file order; checkpoint now and then."""
+    def _resolve(self, bar: tqdm, block: bool) -> None:
+        """Resolve the head of the queue in file order (all of it when `block`)."""
         assert self.progress is not None
         while self.pending:
             head = self.pending[0]
             if head.future is not None:
                 if not head.future.is_done and not block:
                     break
-                try:
-                    metadata = head.future.get(timeout=self.ctx.settings.delivery_timeout_s)
-                except Exception as exc:
-                    self._checkpoint(done=False)
-                    raise DeliveryError(f"{self.path}: send failed: {exc}") from exc
-                self.ctx.summary.produced += 1
-                self.ctx.metrics.record("produced", "")
+                metadata = head.future.get(timeout=self.ctx.settings.delivery_timeout_s)
+                self.acked += 1
                 partition = metadata.partition
                 self.progress.scan_from[partition] = max(self.progress.scan_from.get(partition, 0), metadata.offset + 1)
                 self.acked_keys.extend(head.keys)
@@ -224,16 +263,28 @@ class FileRun:
                 bar.update(head.next_offset - self.progress.next_offset)
                 self.progress.next_offset = head.next_offset
             self.resolved_since += 1
-        if self.resolved_since >= CHECKPOINT_EVERY or time.monotonic() - self.last_checkpoint > CHECKPOINT_SECONDS:
-            self._checkpoint(done=False)
 
-    def _checkpoint(self, done: bool) -> None:
-        assert self.progress is not None
-        if not self.ctx.store.claim(self.key, self.ctx.owner, self.ctx.settings.claim_ttl_s):
-            raise DeliveryError(f"{self.path}: lease lost to another producer (stalled longer than --claim-ttl-s)")
+    def _checkpoint(self, bar: tqdm, done: bool) -> None:
+        """Commit the transaction, then record it. A crash between the two leaves committed records past the
+        recorded progress, which the rerun's scan finds; a crash before the commit leaves the transaction open,
+        and the rerun's fencing aborts it."""
+        assert self.progress is not None and self.producer is not None
+        ctx = self.ctx
+        self.producer.flush()
+        self._resolve(bar, block=True)
+        if not ctx.store.renew(self.key, ctx.owner, ctx.settings.claim_ttl_s):
+            raise FileTakenOver(f"{self.path}: lease lost to another producer (stalled longer than --claim-ttl-s)")
+        self.producer.commit_transaction()
+        ctx.summary.produced += self.acked
+        ctx.metrics.record("produced", "", self.acked)
         self.progress.done = done
-        self.ctx.store.checkpoint(self.progress, self.acked_keys)
+        self._record(self.progress, self.acked_keys)
         self.in_flight.difference_update(self.acked_keys)
         self.acked_keys = []
+        self.acked = 0
         self.resolved_since = 0
         self.last_checkpoint = time.monotonic()
+
+    def _record(self, progress: FileProgress, keys: Sequence[tuple[str, bytes]]) -> None:
+        if not self.ctx.store.checkpoint(progress, keys, self.ctx.owner):
+            raise FileTakenOver(f"{self.path}: lease lost to another producer before its progress was recorded")

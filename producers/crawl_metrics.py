@@ -21,8 +21,8 @@ class CrawlMetrics:
             "webr_producer_last_poll_timestamp_seconds", "When --watch last looked for new files", registry=registry
         )
 
-    def record(self, outcome: str, reason: str) -> None:
-        self.records.labels(outcome, reason).inc()
+    def record(self, outcome: str, reason: str, count: int = 1) -> None:
+        self.records.labels(outcome, reason).inc(count)
 
     def polled(self) -> None:
         """Called after each directory poll: a stalled watcher shows as a stale timestamp."""

@@ -166,13 +166,14 @@ def produce_file(
             bar.close()
 
 
-def make_producer(kafka: ProducerKafkaSettings) -> KafkaProducer:
-    """Idempotent, acks=all, batched and compressed."""
+def make_producer(kafka: ProducerKafkaSettings, transactional_id: str | None = None) -> KafkaProducer:
+    """Idempotent, acks=all, batched and compressed; transactional when given a `transactional_id`."""
     return KafkaProducer(
         bootstrap_servers=kafka.bootstrap_servers,
         client_id="webr-producer",
         acks="all",
         enable_idempotence=True,
+        transactional_id=transactional_id,
         compression_type=None if kafka.compression == "none" else kafka.compression,
         linger_ms=kafka.linger_ms,
         batch_size=kafka.batch_size,

@@ -1,13 +1,22 @@
-"""Find what a crashed run sent but never saw acknowledged, so a resumed run sends it no second time.
+"""Find what an earlier run of a file sent, so a resumed run sends it no second time.
 
 Every message a crawl producer sends carries two headers: the file it came from and its WARC-Record-ID. A run that
-dies (kill -9) between a send and its acknowledgement leaves messages in the topic that its progress does not know
-about. Before resuming a file, the producer reads each partition from the file's `scan_from` offset (at or before
-its first unacknowledged message) to the end and collects the record ids of that file: those are skipped.
+dies (kill -9) between a send and its checkpoint leaves messages in the topic that its progress does not know
+about. Each file is sent by a transactional producer whose `transactional_id` is derived from the file
+(`transactional_id`), so a run taking the file over first calls `init_transactions()`: the broker bumps the
+producer epoch, aborts the dead run's open transaction and refuses every request of the dead run it handles from
+then on, however late it arrives. Only then does the new run read each partition from the file's `scan_from`
+offset (at or before its first unacknowledged message) to the end and collect the record ids of that file: those
+are skipped.
+
+The scan reads `read_committed`, as every consumer of the topic must: what it finds is then exactly what the
+consumers are given, whatever the broker does with aborted transactions. Kafka hides them (the resumed run sends
+their records again); tansu 0.6 gives them to `read_committed` readers too (the resumed run finds and skips them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 from kafka import KafkaConsumer, TopicPartition
@@ -16,8 +25,15 @@ FILE_HEADER = "webr-crawl-file"
 RECORD_HEADER = "webr-crawl-record"
 
 
+def transactional_id(topic: str, file_key: str) -> str:
+    """The same for every run of one file into one topic (so a run fences the runs before it), of bounded length."""
+    digest = hashlib.sha256(f"{topic}\0{file_key}".encode()).hexdigest()[:32]
+    return f"webr-crawl-{digest}"
+
+
 def end_offsets(bootstrap_servers: str, topic: str) -> dict[int, int]:
-    """The current end offset of every partition: a safe `scan_from` for a file about to start."""
+    """The current end offset of every partition, open transactions included: a safe `scan_from` for a file about
+    to start, and how far a scan must read."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
     try:
         partitions = _partitions(consumer, topic)
@@ -27,45 +43,34 @@ def end_offsets(bootstrap_servers: str, topic: str) -> dict[int, int]:
         consumer.close(autocommit=False)
 
 
-def wait_until_settled(bootstrap_servers: str, topic: str, quiet_s: float, timeout: float = 120.0) -> None:
-    """Return once no partition's end offset has moved for `quiet_s`.
-
-    A producer killed mid-send leaves requests in its socket that the broker may append a little later (longer on
-    a loaded broker). A run taking over the file reads the topic only after the topic is quiet, so it does not
-    miss them and send their records twice.
-    """
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in _partitions(consumer, topic)]
-        last, quiet_since, deadline = consumer.end_offsets(tps), time.monotonic(), time.monotonic() + timeout
-        while time.monotonic() - quiet_since < quiet_s:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic} kept growing for {timeout:.0f}s: another producer is still writing")
-            time.sleep(min(0.25, quiet_s))
-            now = consumer.end_offsets(tps)
-            if now != last:
-                last, quiet_since = now, time.monotonic()
-    finally:
-        consumer.close(autocommit=False)
-
-
 def sent_records(
     bootstrap_servers: str, topic: str, scan_from: dict[int, int], file_key: str, timeout: float = 120.0
 ) -> dict[str, tuple[int, int]]:
-    """{record id: (partition, offset)} of the messages from `file_key` at or after `scan_from`."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, max_poll_records=2000)
+    """{record id: (partition, offset)} of the messages from `file_key` at or after `scan_from` that consumers see.
+
+    Call it only after fencing the file's earlier runs (`init_transactions()`). It reads to the end offsets taken
+    then, which a `read_committed` reader reaches once every transaction before them is committed or aborted:
+    other files' runs commit every few seconds, a dead one is aborted by the broker's transaction timeout.
+    """
+    ends = end_offsets(bootstrap_servers, topic)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        max_poll_records=2000,
+        isolation_level="read_committed",
+    )
     wanted = file_key.encode()
     found: dict[str, tuple[int, int]] = {}
     try:
-        tps = [TopicPartition(topic, p) for p in _partitions(consumer, topic)]
+        tps = [TopicPartition(topic, p) for p in sorted(ends)]
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, scan_from.get(tp.partition, 0))
-        ends = consumer.end_offsets(tps)
         deadline = time.monotonic() + timeout
-        # Reading past an end offset means its whole batch was fetched, so `position >= end` is enough even on a
-        # broker whose end offset is the last batch's base offset + 1.
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
+        # Reading past an end offset means its whole batch was fetched (control batches and aborted ones are
+        # stepped over), so `position >= end` is enough even on a broker whose end offset is the last batch's base
+        # offset + 1.
+        while any(consumer.position(tp) < ends[tp.partition] for tp in tps):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"could not read {topic} to its end within {timeout:.0f}s")
             for batch in consumer.poll(timeout_ms=500).values():

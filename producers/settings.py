@@ -74,12 +74,6 @@ class CrawlSettings(LayeredSettings):
     claim_ttl_s: float = Field(
         default=60.0, gt=0, description="a file's lease: another producer takes over a dead holder's file after this"
     )
-    resume_quiet_s: float = Field(
-        default=3.0,
-        ge=0,
-        description="resuming a file: wait until the topic has not grown for this long before looking for what was "
-        "sent",
-    )
     delivery_timeout_s: float = Field(default=300.0, gt=0, description="wait this long for one ack")
     progress: bool = Field(default=True, description="progress bar (on a terminal)")
     storage: StorageSettings

@@ -93,6 +93,15 @@ class StateStore:
             )
         return True
 
+    def renew(self, path: str, owner: str, ttl_s: float) -> bool:
+        """Extend a lease this owner holds; False once another producer took the file (even if it is done with it
+        since): a run that lost its file must not take it back mid-file, with progress it never scanned for."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "UPDATE claims SET until = ? WHERE path = ? AND owner = ?", (time.time() + ttl_s, path, owner)
+            )
+        return cursor.rowcount == 1
+
     def release(self, path: str, owner: str) -> None:
         with self._transaction():
             self._db.execute("DELETE FROM claims WHERE path = ? AND owner = ?", (path, owner))
@@ -100,12 +109,19 @@ class StateStore:
     def done_paths(self) -> set[str]:
         return {row[0] for row in self._db.execute("SELECT path FROM files WHERE done = 1")}
 
-    def checkpoint(self, progress: FileProgress, keys: Iterable[tuple[str, bytes]]) -> None:
-        """Atomically record acknowledged dedup keys and the file's new progress."""
+    def checkpoint(self, progress: FileProgress, keys: Iterable[tuple[str, bytes]], holder: str) -> bool:
+        """Atomically record committed dedup keys and the file's new progress, if `holder` still holds its lease.
+
+        False (nothing written) once another producer took the file over: a run that stalled past its lease must
+        not move progress under the run that now owns the file, however its last commit went.
+        """
         now = time.time()
         rows = [(kind, key, now) for kind, key in keys]
         scan_from = orjson.dumps({str(p): o for p, o in progress.scan_from.items()}).decode()
         with self._transaction():
+            row = self._db.execute("SELECT owner FROM claims WHERE path = ?", (progress.path,)).fetchone()
+            if row is None or row[0] != holder:
+                return False
             self._db.executemany("INSERT OR REPLACE INTO seen (kind, key, seen_at) VALUES (?, ?, ?)", rows)
             self._db.execute(
                 "INSERT OR REPLACE INTO files (path, size, next_offset, done, scan_from, updated_at)"
@@ -115,6 +131,7 @@ class StateStore:
         self._inserted += len(rows)
         if self._inserted >= max(1000, self.max_keys // 100):
             self.evict()
+        return True
 
     def evict(self) -> int:
         """Drop keys past their TTL and, per kind, the oldest beyond `max_keys`. Returns how many went."""

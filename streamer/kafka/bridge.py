@@ -275,6 +275,9 @@ class ConsumerBridge:
             group_id=s.group_id,
             client_id=s.client_id,
             enable_auto_commit=False,
+            # The crawl producer sends in transactions: records of an aborted one are neither processed here nor
+            # found by its resumed run's scan, which reads the same way (producers/recovery.py).
+            isolation_level="read_committed",
             auto_offset_reset=s.auto_offset_reset,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,

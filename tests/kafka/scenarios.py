@@ -131,6 +131,7 @@ class _PlainMember(threading.Thread):
             group_id=topic.group_id,
             client_id=name,
             enable_auto_commit=False,
+            isolation_level="read_committed",
             session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=SESSION_TIMEOUT_MS // 3,
         )

@@ -224,6 +224,43 @@ def test_killed_mid_file_and_restarted_every_record_lands_once(kafka_broker: Tan
     assert summary["records"] == int(summary["produced"]) + int(summary["recovered"]) < len(pages)
 
 
+def test_a_frozen_producer_that_wakes_after_a_takeover_lands_nothing(kafka_broker: TansuBroker, tmp_path: Path) -> None:
+    """The late-append race, made deterministic: a producer frozen mid-file (SIGSTOP) holds sends in its buffers and
+    an open transaction; its lease lapses, a rerun takes the file over (fencing it) and completes it; then the frozen
+    one wakes and sends. The broker must refuse all of it, and the woken run must give the file up without touching
+    its progress."""
+    topic = _fresh(kafka_broker)
+    pages = _many_pages(1500)
+    path = write_warc(tmp_path / "big.warc.gz", [response_record(p) for p in pages])
+    # No dedup: the dedup store would drop, unsent, every record the woken run finds already recorded.
+    options = _args(topic, tmp_path / "state", "--linger-ms", "50", "--claim-ttl-s", "3", "--dedup", "")
+    cmd = [sys.executable, "-m", "producers.crawl", *options, str(path)]
+    frozen = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _progress(tmp_path / "state") > 0 or frozen.poll() is not None, 120, "a first checkpoint")
+        assert frozen.poll() is None, "finished before it could be frozen: make the file bigger"
+        frozen.send_signal(signal.SIGSTOP)
+        rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+        assert rerun.returncode == 0, rerun.stderr
+        assert _summary(rerun.stdout)["files"] == 1
+        frozen.send_signal(signal.SIGCONT)
+        out, err = frozen.communicate(timeout=120)
+    finally:
+        if frozen.poll() is None:
+            frozen.kill()
+            frozen.communicate()
+    # Woken, it sent what it held and was refused; it left the file to its new owner, then found it done.
+    assert "ProducerFencedError" in err and "taken over by another producer" in err, err
+    assert frozen.returncode == 0, err
+    assert _summary(out)["files_already_done"] == 1
+    assert _progress(tmp_path / "state") == path.stat().st_size
+
+    messages = topic.read(len(pages) + 10, timeout=30)
+    ids = Counter(dict(m.headers)[RECORD_HEADER].decode() for m in messages)
+    assert set(ids) == {p.record_id for p in pages}
+    assert [rid for rid, count in ids.items() if count > 1] == []
+
+
 def test_two_producers_on_the_same_files_send_each_record_once(kafka_broker: TansuBroker, tmp_path: Path) -> None:
     """Processes sharing a state directory take turns on a file (a lease), so none is sent twice."""
     topic = _fresh(kafka_broker)

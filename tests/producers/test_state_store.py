@@ -9,9 +9,10 @@ from producers.state import FileProgress, StateStore
 
 
 def _keys(store: StateStore, kind: str, n: int, start: int = 0) -> None:
+    assert store.claim("f", "me", ttl_s=60)
     for i in range(start, start + n):
         progress = FileProgress("f", 1, i, False, {0: i})
-        store.checkpoint(progress, [(kind, f"{kind}-{i}".encode())])
+        assert store.checkpoint(progress, [(kind, f"{kind}-{i}".encode())], "me")
         time.sleep(0.001)  # distinct seen_at, so "oldest" is well defined
 
 
@@ -42,8 +43,9 @@ def test_keys_past_their_ttl_are_forgotten(tmp_path: Path) -> None:
 def test_progress_round_trips(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     assert store.progress("/data/a.warc.gz") is None
-    store.checkpoint(FileProgress("/data/a.warc.gz", 100, 40, False, {0: 3, 2: 9}), [])
-    store.checkpoint(FileProgress("/data/b.warc.gz", 10, 10, True, {}), [])
+    assert store.claim("/data/a.warc.gz", "me", ttl_s=60) and store.claim("/data/b.warc.gz", "me", ttl_s=60)
+    assert store.checkpoint(FileProgress("/data/a.warc.gz", 100, 40, False, {0: 3, 2: 9}), [], "me")
+    assert store.checkpoint(FileProgress("/data/b.warc.gz", 10, 10, True, {}), [], "me")
     assert store.progress("/data/a.warc.gz") == FileProgress("/data/a.warc.gz", 100, 40, False, {0: 3, 2: 9})
     assert store.done_paths() == {"/data/b.warc.gz"}
 
@@ -57,3 +59,20 @@ def test_a_lease_is_exclusive_until_released_or_lapsed(tmp_path: Path) -> None:
     assert two.claim("f", "two", ttl_s=0.5)
     time.sleep(0.6)
     assert one.claim("f", "one", ttl_s=0.5), "a lapsed lease is taken over"
+    assert not two.renew("f", "two", ttl_s=0.5), "and no longer renewed by the one that lost it"
+    one.release("f", "one")
+    assert not two.renew("f", "two", ttl_s=0.5), "not even once the new holder released it"
+    assert not one.renew("f", "one", ttl_s=0.5), "nor by its holder once released"
+    assert two.claim("f", "two", ttl_s=0.5) and two.renew("f", "two", ttl_s=0.5)
+
+
+def test_only_the_lease_holder_records_progress(tmp_path: Path) -> None:
+    """A run that stalled past its lease and finds the file taken writes nothing, not even its dedup keys."""
+    store = StateStore(tmp_path)
+    assert store.claim("f", "stalled", ttl_s=0.1)
+    time.sleep(0.2)
+    assert store.claim("f", "new", ttl_s=60)
+    assert store.checkpoint(FileProgress("f", 10, 10, True, {}), [], "new")
+    assert not store.checkpoint(FileProgress("f", 10, 4, False, {0: 1}), [("url", b"u")], "stalled")
+    assert store.progress("f") == FileProgress("f", 10, 10, True, {})
+    assert not store.seen("url", b"u")
