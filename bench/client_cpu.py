@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +166,12 @@ def measure_startup(args: argparse.Namespace, pages: list[str], tmp: Path) -> di
     return times
 
 
+def machine_speed_ms() -> float:
+    """Milliseconds for `sum(range(10**6))`, best of 5. Absolute CPU figures differ between machines, even VMs
+    of one kind, by a factor of two or more; each run states this speed so runs on two machines can be compared."""
+    return min(timeit.repeat("sum(range(10**6))", number=10, repeat=5)) / 10 * 1000
+
+
 def _report(what: str, unit: str, scale: float, results: dict[str, list[float]], target: str) -> None:
     medians = {name: statistics.median(values) for name, values in results.items()}
     for name, median in medians.items():
@@ -197,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
     args.checkouts = {"this": REPO, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
     pages = load_pages(args.pages, args.large, args.seed)
+    print(f"machine speed: sum(range(10**6)) in {machine_speed_ms():.1f} ms")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         _report("start-up to the first call", "s", 1.0, measure_startup(args, pages, tmp), "target < 1 s")
