@@ -8,13 +8,13 @@ engine: it judges outcomes in source order, recalls committed rows and starts ov
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import xxhash
 
+from consumers.webr import quality
 from core.outcomes import Outcome, PairRow, Rejection
 
 if TYPE_CHECKING:  # datasketch pulls in scipy (a second of start-up): imported when the first pair is judged
@@ -23,12 +23,11 @@ if TYPE_CHECKING:  # datasketch pulls in scipy (a second of start-up): imported 
 STAGE = "dedup"
 """The stage a duplicate's rejection names: after the engine, in the pipeline."""
 
-_WORD = re.compile(r"\w+", re.UNICODE)
-
 
 def shingles(text: str, n: int = 3) -> set[bytes]:
-    """Lower-cased word n-grams; short texts fall back to their words."""
-    words = _WORD.findall(text.lower())
+    """Lower-cased word n-grams; short texts fall back to their words. The words are the quality filters' own
+    (cached): the request was split into them when it was inspected."""
+    words = quality.words(text)
     if len(words) < n:
         return {w.encode() for w in words}
     return set(map(str.encode, map(" ".join, zip(*(words[i:] for i in range(n)), strict=False))))
