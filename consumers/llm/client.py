@@ -81,6 +81,8 @@ class _CallState:
     seed: int | None  # sent with the request when set, plus the bad outputs so far
     affinity: str | None
     deadline: float | None  # loop time after which an attempt waiting for a replica gives up
+    priority: int  # in the queues for a replica and for the rate limits (`types.QueuedCall`)
+    calls_left: int
     attempts: int = 0
     bad_outputs: int = 0
     replica: Replica | None = None  # of the last attempt
@@ -174,6 +176,7 @@ class OpenAIChatClient:
         prompt_tokens: int | None = None,
         seed: int | None = None,
         affinity: str | None = None,
+        calls_left: int = 1,
     ) -> ChatResult:
         """One chat completion for `step` of a chain; raises LLMCallError when it fails for good.
 
@@ -184,14 +187,14 @@ class OpenAIChatClient:
         give_up = self.settings.give_up_after_s
         deadline = None if give_up is None else asyncio.get_running_loop().time() + give_up
         max_tokens = self._steps.max_tokens(step) if self._send_max_tokens else None
-        state = _CallState(step, max_tokens, seed, affinity, deadline)
+        state = _CallState(step, max_tokens, seed, affinity, deadline, priority, calls_left)
         estimate = prompt_tokens if prompt_tokens is not None else prompt_estimate(messages)
         started = time.monotonic()
         try:
             try:
-                result = await self._attempt(messages, priority, estimate, state)
+                result = await self._attempt(messages, estimate, state)
             except AttemptFailed as first:
-                result = await self._retry(first, started, messages, priority, estimate, state)
+                result = await self._retry(first, started, messages, estimate, state)
         except AttemptFailed as exc:
             self.stats.calls_failed += 1
             kind = exc.kind.value
@@ -212,7 +215,6 @@ class OpenAIChatClient:
         first: AttemptFailed,
         started: float,
         messages: list[Message],
-        priority: int,
         estimate: int,
         state: _CallState,
     ) -> ChatResult:
@@ -226,7 +228,7 @@ class OpenAIChatClient:
         async def attempt() -> ChatResult:
             if pending:
                 raise pending.pop()
-            return await self._attempt(messages, priority, estimate, state)
+            return await self._attempt(messages, estimate, state)
 
         give_up = self.settings.give_up_after_s
         retrying = AsyncRetrying(
@@ -238,13 +240,20 @@ class OpenAIChatClient:
         )
         return await retrying(attempt)
 
-    async def _attempt(self, messages: list[Message], priority: int, estimate: int, state: _CallState) -> ChatResult:
+    def drain(self) -> None:
+        """No more chains will start (the end of a finite run): waiting calls with the most calls left go first."""
+        self.pool.drain()
+        self.limiter.drain()
+
+    async def _attempt(self, messages: list[Message], estimate: int, state: _CallState) -> ChatResult:
         state.attempts += 1
         self.stats.attempts += 1
-        async with self.pool.lease(priority, state.affinity, deadline=state.deadline) as replica:
+        lease = self.pool.lease(state.priority, state.affinity, calls_left=state.calls_left, deadline=state.deadline)
+        async with lease as replica:
             state.replica = replica
             session, url = self._sessions[replica.url]
-            reservation = await self.limiter.acquire(estimate + self._completion_estimate(state), priority=priority)
+            tokens = estimate + self._completion_estimate(state)
+            reservation = await self.limiter.acquire(tokens, priority=state.priority, calls_left=state.calls_left)
             self.stats.in_flight += 1
             sent_at = asyncio.get_running_loop().time()
             started = time.monotonic()

@@ -9,9 +9,9 @@ capacity is not (after an idle spell it lets through twice the slice in one serv
 
 Token estimates are reserved before a call and settled with what the call really cost afterwards, so the ledger
 converges on the truth. A 429 puts the whole limiter into a shared cooldown: every waiting call backs off, not
-only the one that was refused. The head waiter, by (priority, arrival), goes first; the room it leaves goes to
-the waiters that fill it best. There is no polling: the head sleeps on a timer set to the moment enough budget
-expires. Members of a group that know their share (`set_share`) take the server's windows in turn.
+only the one that was refused. The head waiter, by (priority, arrival) (`types.QueuedCall`), goes first; the room
+it leaves goes to the waiters that fill it best. There is no polling: the head sleeps on a timer set to the moment
+enough budget expires. Members of a group that know their share (`set_share`) take the server's windows in turn.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import time
 from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
+
+from consumers.llm.types import QueuedCall
 
 _EPS = 1e-9
 # Timers fire up to the loop's clock resolution early; count an entry as expired that close to its end.
@@ -147,12 +149,9 @@ class Reservation:
             self._limiter._cancel(self)
 
 
-@dataclass(order=True)
-class _Waiter:
-    priority: int
-    seq: int
-    tokens: int = field(compare=False)
-    future: asyncio.Future[Reservation] = field(compare=False)
+@dataclass(order=True, slots=True)
+class _Waiter(QueuedCall[Reservation]):
+    tokens: int = field(default=0, compare=False)
 
 
 class RateLimiter:
@@ -191,6 +190,7 @@ class RateLimiter:
         self._cooldown_until = 0.0
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
+        self._draining = False
         self._timer: asyncio.TimerHandle | None = None
 
     @staticmethod
@@ -326,12 +326,21 @@ class RateLimiter:
             if self._waiters:
                 self._wake()
 
-    async def acquire(self, tokens: int, *, priority: int = 0) -> Reservation:
+    def drain(self) -> None:
+        """No more chains will start: the calls with the most calls left go first, those waiting now included."""
+        self._draining = True
+        for waiter in self._waiters:
+            waiter.drain()
+        heapq.heapify(self._waiters)
+
+    async def acquire(self, tokens: int, *, priority: int = 0, calls_left: int = 1) -> Reservation:
         """Wait until one request of `tokens` estimated tokens fits, then take it from the budget."""
         loop = asyncio.get_running_loop()
         if not self.enabled and not self._waiters and loop.time() >= self._cooldown_until:
             return Reservation(tokens)  # no limits, no cooldown: nothing to wait for
-        waiter = _Waiter(priority, next(self._seq), tokens, loop.create_future())
+        waiter = _Waiter(priority, calls_left, next(self._seq), loop.create_future(), tokens)
+        if self._draining:
+            waiter.drain()
         heapq.heappush(self._waiters, waiter)
         self._wake()
         try:

@@ -1,7 +1,8 @@
 """Replicas of one model behind one client: where each call goes, and how many go to each replica at once.
 
 Every attempt takes a lease from the `ReplicaPool` before it is sent and gives it back when it is answered.
-Waiting calls are served by (priority, arrival), like a semaphore's waiters; a call is placed on:
+Waiting calls are served by (priority, arrival), like a semaphore's waiters, and once the run drains by the calls
+their chain has left first (`types.QueuedCall`); a call is placed on:
 
 - **its document's replica** (`affinity`, the document id): the replica that served the document's last call holds
   the page in its prefix cache, so the next call's prompt, which starts with the same page, is mostly served
@@ -37,7 +38,7 @@ from consumers.llm.breaker import BreakerStats, CircuitBreaker
 from consumers.llm.concurrency import ConcurrencyLimit, FixedLimit, GradientLimit, SchedulerLimit
 from consumers.llm.errors import AttemptFailed, Failure
 from consumers.llm.settings import LLMSettings
-from consumers.llm.types import ErrorKind
+from consumers.llm.types import ErrorKind, QueuedCall
 
 log = logging.getLogger("consumers.llm")
 
@@ -107,12 +108,9 @@ class Replica:
         return f"Replica({self.url!r}, in_flight={self.in_flight}, limit={self.limit.value})"
 
 
-@dataclass(order=True)
-class _Waiter:
-    priority: int
-    seq: int
-    affinity: str | None = field(compare=False)
-    future: asyncio.Future[Replica] = field(compare=False)
+@dataclass(order=True, slots=True)
+class _Waiter(QueuedCall[Replica]):
+    affinity: str | None = field(default=None, compare=False)
 
 
 def metrics_url(base_url: str) -> str:
@@ -159,6 +157,7 @@ class ReplicaPool:
         self._affinity: OrderedDict[str, Replica] = OrderedDict()
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
+        self._draining = False
         self._sessions: Mapping[str, aiohttp.ClientSession] = {}
 
     async def start(self, sessions: Mapping[str, aiohttp.ClientSession]) -> None:
@@ -184,18 +183,18 @@ class ReplicaPool:
 
     @asynccontextmanager
     async def lease(
-        self, priority: int = 0, affinity: str | None = None, *, deadline: float | None = None
+        self, priority: int = 0, affinity: str | None = None, *, calls_left: int = 1, deadline: float | None = None
     ) -> AsyncIterator[Replica]:
         """A replica to send one attempt to; held until the block ends (the answer, or the attempt's failure).
         Past `deadline` (loop time; a user's `give_up_after_s`) with no replica in rotation, the attempt fails
         as transient."""
         held = time.monotonic() if self.stats.all_down else None
         if deadline is None:  # the default: no timeout context to enter and leave on every attempt
-            replica = await self._acquire(priority, affinity)
+            replica = await self._acquire(priority, affinity, calls_left)
         else:
             try:
                 async with asyncio.timeout_at(deadline):
-                    replica = await self._acquire(priority, affinity)
+                    replica = await self._acquire(priority, affinity, calls_left)
             except TimeoutError:
                 raise AttemptFailed(Failure(ErrorKind.TRANSIENT, "no replica in rotation")) from None
         if held is not None:
@@ -208,8 +207,18 @@ class ReplicaPool:
             self.in_flight -= 1
             self._dispatch()
 
-    async def _acquire(self, priority: int, affinity: str | None) -> Replica:
-        waiter = _Waiter(priority, next(self._seq), affinity, asyncio.get_running_loop().create_future())
+    def drain(self) -> None:
+        """No more chains will start: the calls with the most calls left go first, those waiting now included."""
+        self._draining = True
+        for waiter in self._waiters:
+            waiter.drain()
+        self._waiters.sort()
+
+    async def _acquire(self, priority: int, affinity: str | None, calls_left: int) -> Replica:
+        future = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(priority, calls_left, next(self._seq), future, affinity)
+        if self._draining:
+            waiter.drain()
         bisect.insort(self._waiters, waiter)
         self._dispatch()
         try:

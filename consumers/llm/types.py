@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from core.exceptions import PipelineError
 
 Message = dict[str, str]
+T = TypeVar("T")
 
 LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 """Upper bounds of the client's latency histogram (seconds); the last bucket, +Inf, is implied."""
@@ -36,6 +38,29 @@ class ChatResult:
     attempts: int
 
 
+@dataclass(order=True, slots=True)
+class QueuedCall(Generic[T]):
+    """A call waiting for capacity (a replica's slot, a rate-limit reservation); the lowest `rank` goes first.
+
+    The rank is the caller's `priority`, then arrival. Once the run is draining (a finite source is exhausted)
+    it is the calls the call's chain has left, most first, then the same: the documents with the longest chains
+    go first, so the last ones do not run their calls one after another while the server idles. Calls that
+    already wait are ranked again when draining starts (`drain()`); a queue that sorted them first under their
+    priority alone would otherwise start the newest documents, with the most calls left, last."""
+
+    priority: int = field(compare=False)
+    calls_left: int = field(compare=False)
+    seq: int = field(compare=False)
+    future: asyncio.Future[T] = field(compare=False)
+    rank: tuple[int, int, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rank = (0, self.priority, self.seq)
+
+    def drain(self) -> None:
+        self.rank = (-self.calls_left, self.priority, self.seq)
+
+
 class LLMCallError(PipelineError):
     """A call that failed for good (after retries where the error was retryable)."""
 
@@ -52,8 +77,10 @@ class ChatClient(Protocol):
 
     `priority`: lower runs first when calls queue for capacity; the engine passes the document's sequence
     number so a started document's next call (same page prefix, warm in the server's cache) overtakes the
-    first call of a newer document. `step` names the step of the chain (persona, request...), whose replies
-    have their own typical length: the client sizes `max_tokens` and its rate-limit reservation per step.
+    first call of a newer document. `calls_left`: the calls of the caller's chain not answered yet, this one
+    included; after `drain()` (no more documents will come) they decide first (`QueuedCall`).
+    `step` names the step of the chain (persona, request...), whose replies have their own typical length: the
+    client sizes `max_tokens` and its rate-limit reservation per step.
     `prompt_tokens`, when given, is the caller's estimate of the prompt for the rate limiter (the engine counts
     a page once per document); without it the client counts the messages.
     `seed`, when given, is sent as the request's sampling seed (vLLM samples it with a generator of its own,
@@ -73,6 +100,11 @@ class ChatClient(Protocol):
         prompt_tokens: int | None = None,
         seed: int | None = None,
         affinity: str | None = None,
+        calls_left: int = 1,
     ) -> ChatResult: ...
+
+    def drain(self) -> None:
+        """The source is exhausted: from now on, and for calls already waiting, the longest chains go first."""
+        ...
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> float | None: ...

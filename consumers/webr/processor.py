@@ -33,9 +33,6 @@ from core.records import Document
 
 log = logging.getLogger(__name__)
 
-# Draining, a call's priority is its sequence number less this per call left: more calls left always go first.
-_CALL_LEFT_WEIGHT = 1 << 40
-
 
 class WebRSettings(BaseModel):
     """Knobs of the method itself."""
@@ -97,11 +94,10 @@ class DocumentProcessor:
     def __init__(self, llm: ChatClient, settings: WebRSettings) -> None:
         self.llm = llm
         self.settings = settings
-        self._draining = False
 
     def drain(self) -> None:
         """No new documents will come: from now on the documents with the most calls left go first."""
-        self._draining = True
+        self.llm.drain()
 
     async def process(self, doc: Document, ref: SourceRef, *, seq: int) -> Outcome:
         """Run the chain; every per-document failure becomes a `Rejection` (cancellation propagates)."""
@@ -123,9 +119,14 @@ class DocumentProcessor:
         estimate = prompt_estimate(messages, known=page, known_tokens=page_tokens) if page else None
         step = str(run.machine.state)
         seed = call_seed(self.settings.seed, run.doc.doc_id, step)
-        priority = run.seq - run.calls_left * _CALL_LEFT_WEIGHT if self._draining else run.seq
         result = await self.llm.chat(
-            messages, priority=priority, step=step, prompt_tokens=estimate, seed=seed, affinity=run.doc.doc_id
+            messages,
+            priority=run.seq,
+            step=step,
+            prompt_tokens=estimate,
+            seed=seed,
+            affinity=run.doc.doc_id,
+            calls_left=run.calls_left,
         )
         run.calls_left -= 1
         cost = self.llm.cost_usd(result.prompt_tokens, result.completion_tokens, result.cached_tokens)

@@ -95,6 +95,24 @@ async def test_waiters_are_served_by_priority_then_arrival() -> None:
     assert order == ["a1", "a2", "b", "c"]
 
 
+async def test_draining_serves_the_waiters_with_most_calls_left_first() -> None:
+    limiter = RateLimiter(requests_per_minute=600)
+    for _ in range(10):
+        await limiter.acquire(1)  # the slice is full: everything below queues
+    order: list[str] = []
+
+    async def one(name: str, priority: int, calls_left: int) -> None:
+        await limiter.acquire(1, priority=priority, calls_left=calls_left)
+        order.append(name)
+
+    tasks = [asyncio.create_task(one(n, p, c)) for n, p, c in [("old-1", 1, 1), ("new-4", 9, 4), ("old-2", 2, 2)]]
+    await asyncio.sleep(0)
+    limiter.drain()
+    tasks.append(asyncio.create_task(one("oldest-2", 0, 2)))
+    await asyncio.gather(*tasks)
+    assert order == ["new-4", "oldest-2", "old-2", "old-1"]
+
+
 async def test_cooldown_holds_every_waiter() -> None:
     limiter = RateLimiter(requests_per_minute=60_000)
     await limiter.acquire(1)

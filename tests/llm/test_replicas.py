@@ -71,13 +71,13 @@ async def test_first_calls_spread_evenly_and_a_documents_calls_stay_on_its_repli
 class _Holder:
     """Takes a lease and keeps it until `release()`."""
 
-    def __init__(self, pool: ReplicaPool, affinity: str | None = None, priority: int = 0) -> None:
+    def __init__(self, pool: ReplicaPool, affinity: str | None = None, priority: int = 0, calls_left: int = 1) -> None:
         self.replica: Replica | None = None
         self._release = asyncio.Event()
-        self.task = asyncio.create_task(self._hold(pool, affinity, priority))
+        self.task = asyncio.create_task(self._hold(pool, affinity, priority, calls_left))
 
-    async def _hold(self, pool: ReplicaPool, affinity: str | None, priority: int) -> None:
-        async with pool.lease(priority, affinity) as replica:
+    async def _hold(self, pool: ReplicaPool, affinity: str | None, priority: int, calls_left: int) -> None:
+        async with pool.lease(priority, affinity, calls_left=calls_left) as replica:
             self.replica = replica
             await self._release.wait()
 
@@ -139,6 +139,43 @@ async def test_waiters_are_placed_by_priority_and_a_cancelled_one_leaves_nothing
         order.append(p)
         await h.release()
     assert order == [1, 4, 6, 9]
+    assert pool.in_flight == 0
+
+
+async def _served_in_order(waiters: dict[str, _Holder]) -> list[str]:
+    order: list[str] = []
+    for _ in waiters:
+        await _settle()
+        [(name, h)] = [(n, h) for n, h in waiters.items() if h.replica is not None and n not in order]
+        order.append(name)
+        await h.release()
+    return order
+
+
+async def test_draining_ranks_the_calls_already_waiting_by_calls_left_then_priority() -> None:
+    """At the end of a finite run the newest documents' first calls already wait, under their age alone, behind
+    everything older: ranked again when draining starts, they (the longest chains) go first."""
+    pool = ReplicaPool(_settings("http://a:1/v1", max_concurrency=1, adaptive_concurrency=False))
+    first = _Holder(pool)
+    await _settle()
+    waiters = {
+        "old, last call": _Holder(pool, priority=1, calls_left=1),
+        "new, first of four": _Holder(pool, priority=9, calls_left=4),
+        "older, two left": _Holder(pool, priority=2, calls_left=2),
+        "new, first of three": _Holder(pool, priority=8, calls_left=3),
+    }
+    await _settle()
+    pool.drain()
+    waiters["oldest, two left, came after"] = _Holder(pool, priority=0, calls_left=2)
+    await _settle()
+    await first.release()
+    assert await _served_in_order(waiters) == [
+        "new, first of four",
+        "new, first of three",
+        "oldest, two left, came after",
+        "older, two left",
+        "old, last call",
+    ]
     assert pool.in_flight == 0
 
 

@@ -27,6 +27,7 @@ class Call:
     prompt_tokens: int | None = None
     seed: int | None = None
     affinity: str | None = None
+    calls_left: int = 1
 
     @property
     def user_text(self) -> str:
@@ -53,6 +54,7 @@ class ScriptedChatClient:
         self.model = model
         self.price_per_token = price_per_token
         self.hold = hold
+        self.drained = False
         self._script: defaultdict[str, deque[Reply]] = defaultdict(deque)
         for step, replies in (script or {}).items():
             self._script[step].extend(replies)
@@ -70,8 +72,9 @@ class ScriptedChatClient:
         prompt_tokens: int | None = None,
         seed: int | None = None,
         affinity: str | None = None,
+        calls_left: int = 1,
     ) -> ChatResult:
-        self.calls.append(Call(step, priority, messages, prompt_tokens, seed, affinity))
+        self.calls.append(Call(step, priority, messages, prompt_tokens, seed, affinity, calls_left))
         self.called.set()
         if self.hold is not None:
             await self.hold.wait()
@@ -83,6 +86,9 @@ class ScriptedChatClient:
         result = ChatResult(reply, prompt, len(reply) // 4, 0, "stop", 0.0, 1)
         self.results.append(result)
         return result
+
+    def drain(self) -> None:
+        self.drained = True
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> float | None:
         if self.price_per_token is None:

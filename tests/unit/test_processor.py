@@ -236,11 +236,14 @@ def test_calls_carrying_the_page_come_with_a_prompt_estimate_from_its_one_count(
         assert 0.95 * counted <= call.prompt_tokens <= 1.25 * counted, (call.step, call.prompt_tokens, counted)
 
 
-def test_once_the_source_is_drained_the_documents_with_most_calls_left_go_first() -> None:
+def test_each_call_tells_the_client_its_chain_s_calls_left_and_drain_reaches_the_client() -> None:
+    """The queues for capacity rank by calls left once draining (`types.QueuedCall`); the engine gives every call
+    its count and passes `drain()` on."""
     wi, wr = doc_in("WI", 1), doc_in("WR", 2)
     client = ScriptedChatClient()
     processor = DocumentProcessor(client, WebRSettings(seed=SEED))
     processor.drain()
+    assert client.drained
 
     async def both() -> None:
         await asyncio.gather(
@@ -249,9 +252,6 @@ def test_once_the_source_is_drained_the_documents_with_most_calls_left_go_first(
         )
 
     asyncio.run(both())
-    by_doc = {d.doc_id: [c.priority for c in client.calls if c.affinity == d.doc_id] for d in (wi, wr)}
-    weight = 1 << 40
-    assert by_doc[wi.doc_id] == [1 - 3 * weight, 1 - 2 * weight, 1 - weight]  # persona, request, response
-    assert by_doc[wr.doc_id] == [2 - 4 * weight, 2 - 3 * weight, 2 - 2 * weight, 2 - weight]
-    # the WR chain's persona call (four calls left) goes before the WI chain's (three), although it came later
-    assert by_doc[wr.doc_id][0] < by_doc[wi.doc_id][0]
+    by_doc = {d.doc_id: [(c.priority, c.calls_left) for c in client.calls if c.affinity == d.doc_id] for d in (wi, wr)}
+    assert by_doc[wi.doc_id] == [(1, 3), (1, 2), (1, 1)]  # persona, request, response
+    assert by_doc[wr.doc_id] == [(2, 4), (2, 3), (2, 2), (2, 1)]  # persona, request, rollout, refine
