@@ -13,6 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,6 +33,8 @@ from core.schema import pairs_table, rejected_table
 from core.storage import Location
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_ROLL_RECORDS = 1000
 """Input records per file: small enough that a crash redoes little LLM work, large enough for Parquet."""
@@ -64,13 +67,44 @@ class WrittenFile:
     bytes_written: int
 
 
+# Outcomes are turned into Arrow this many at a time as they arrive, so a flush converts at most this many: the
+# first conversion of a process also pays pyarrow's one-off set-up (it imports pandas, 0.3-0.7 s), which then
+# falls in the middle of a run instead of into the flush that ends it, and a file's Python objects are freed
+# as it fills.
+_CONVERT_EVERY = 32
+
+
+@dataclass(slots=True)
+class _Converted(Generic[T]):
+    """Outcomes of one kind for one file: converted to Arrow `_CONVERT_EVERY` at a time, the rest still pending."""
+
+    to_table: Callable[[Sequence[T]], pa.Table]
+    tables: list[pa.Table] = field(default_factory=list)
+    pending: list[T] = field(default_factory=list)
+    count: int = 0
+
+    def append(self, outcome: T) -> None:
+        self.pending.append(outcome)
+        self.count += 1
+        if len(self.pending) >= _CONVERT_EVERY:
+            self.tables.append(self.to_table(self.pending))
+            self.pending = []
+
+    def table(self) -> pa.Table | None:
+        """All of them as one table (None when there are none)."""
+        if self.pending:
+            self.tables.append(self.to_table(self.pending))
+            self.pending = []
+        return pa.concat_tables(self.tables) if self.tables else None
+
+
 @dataclass(slots=True)
 class _OpenFile:
     start_offset: int
     next_offset: int
     first_ts_ms: int | None
-    rows: list[PairRow] = field(default_factory=list)
-    rejections: list[Rejection] = field(default_factory=list)
+    rows: _Converted[PairRow] = field(default_factory=lambda: _Converted(pairs_table))
+    rejections: _Converted[Rejection] = field(default_factory=lambda: _Converted(rejected_table))
 
     @property
     def records(self) -> int:
@@ -120,7 +154,10 @@ class ParquetSink:
         if offset != current.next_offset:
             raise ValueError(f"{stream}[{partition}]: offset {offset} added after {current.next_offset - 1}")
         current.next_offset = offset + 1
-        (current.rows if isinstance(outcome, PairRow) else current.rejections).append(outcome)  # type: ignore[arg-type]
+        if isinstance(outcome, PairRow):
+            current.rows.append(outcome)
+        else:
+            current.rejections.append(outcome)
         if current.records >= self.policy.max_records:
             written.append(self._write(stream, partition, current))
         return written
@@ -164,8 +201,8 @@ class ParquetSink:
         keys: list[str] = []
         size = 0
         for key, table in (
-            (rows_key, pairs_table(current.rows) if current.rows else None),
-            (rejected_key, rejected_table(current.rejections) if current.rejections else None),
+            (rows_key, current.rows.table()),
+            (rejected_key, current.rejections.table()),
         ):
             if table is None:
                 self._delete_if_present(key)
@@ -178,8 +215,8 @@ class ParquetSink:
             partition,
             current.start_offset,
             current.next_offset,
-            len(current.rows),
-            len(current.rejections),
+            current.rows.count,
+            current.rejections.count,
             tuple(keys),
             size,
         )

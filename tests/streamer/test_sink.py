@@ -72,6 +72,22 @@ def test_roll_on_record_count_and_read_back(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob(".tmp-*")), "temporary files must not stay visible"
 
 
+def test_a_file_of_many_outcomes_holds_each_once_in_offset_order(tmp_path: Path) -> None:
+    """Outcomes are converted to Arrow in batches as they arrive; the file holds every one once, in order, with
+    the counts of what it holds."""
+    sink = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=1000))
+    n = 205  # several batches of each kind and a part batch
+    for i in range(n):
+        sink.add("t", 0, i, rejection(i) if i % 3 == 0 else row(i))
+    [written] = sink.flush()
+    assert (written.rows, written.rejections) == (n - 69, 69)
+    rows = pq.read_table(tmp_path / "t" / file_name("t", 0, 0))
+    rejected = pq.read_table(tmp_path / "_rejected" / "t" / file_name("t", 0, 0))
+    assert rows.column("doc_id").to_pylist() == [f"d{i}" for i in range(n) if i % 3]
+    assert rejected.column("doc_id").to_pylist() == [f"d{i}" for i in range(0, n, 3)]
+    assert rows.column("source_offset").to_pylist() == [i for i in range(n) if i % 3]
+
+
 def test_replay_with_other_boundaries_never_doubles(tmp_path: Path) -> None:
     """An uncommitted range rewritten from the same start: stale files at that key go, nothing twice."""
     first = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=10))
