@@ -13,7 +13,8 @@ All three send our prompts with the same per-document plan, so the work per call
 Measured per client: wall time from launch to exit (start-up included), the calls the server answered, and from
 the server's own accounting: the service-time bound (sum of the time each call held a slot / capacity: no client
 can finish sooner), efficiency = bound / wall, and the share of the server's slots busy in steady state (between
-the arrivals of the run's 10% and 90% call). With --rpm/--tpm: throughput in steady state against the binding
+the arrivals of the run's 10% and 90% call), and the tail's idle slots (after the last instant every slot was
+busy, in seconds of the whole server). With --rpm/--tpm: throughput in steady state against the binding
 limit, the 429s, and as the bound the time the limits need for what the server charged (calls / rpm or charged
 tokens / tpm, whichever is longer). Ratios of ours to the others are taken within each run; the summary gives
 medians of --runs.
@@ -92,6 +93,7 @@ class ClientRun:
     bound_s: float | None = None
     efficiency: float | None = None
     busy_share: float | None = None
+    tail_idle_s: float | None = None  # after the last instant every slot was busy: idle slot-seconds / capacity
     binding_share: float | None = None
     ratios: dict[str, float] = field(default_factory=dict)
 
@@ -222,6 +224,7 @@ def _measure(client: str, setup: Setup, server: FakeOpenAI, wall: float, ended: 
         run.bound_s = sum(end - start for start, end in stats.service) / setup.capacity
         run.efficiency = run.bound_s / wall
         run.busy_share = _steady_busy(stats, answered, setup.capacity)
+        run.tail_idle_s = tail_idle(stats.service, setup.capacity)
     if setup.rate_limited:
         rpm, tpm = steady_state(stats, trim_s=3)
         run.binding_share = max(rate / limit for rate, limit in ((rpm, setup.rpm), (tpm, setup.tpm)) if limit)
@@ -229,6 +232,21 @@ def _measure(client: str, setup: Setup, server: FakeOpenAI, wall: float, ended: 
         run.bound_s = 60 * max(n / limit for n, limit in ((len(answered), setup.rpm), (charged, setup.tpm)) if limit)
         run.efficiency = run.bound_s / wall
     return run
+
+
+def tail_idle(service: list[tuple[float, float]], capacity: int) -> float:
+    """The run's tail: from the last instant all `capacity` slots were busy to the last answer, the slot-seconds
+    that stood idle, over `capacity` (seconds of the whole server). A chain that runs its last calls one after
+    another while the server idles shows here; so does the spread of the last calls' own service times."""
+    events = sorted([(start, 1) for start, _ in service] + [(end, -1) for _, end in service])
+    busy, full_until = 0, events[0][0] if events else 0.0
+    for t, step in events:
+        if busy >= capacity:
+            full_until = t  # every slot was busy up to this event
+        busy += step
+    last = events[-1][0] if events else 0.0
+    served = sum(max(0.0, end - max(start, full_until)) for start, end in service)
+    return (capacity * (last - full_until) - served) / capacity
 
 
 def _steady_busy(stats: ServerStats, arrivals: list[float], capacity: int) -> float:
@@ -271,6 +289,7 @@ COLUMNS = (
     ("bound", "s", "bound_s", ".1f"),
     ("efficiency", "", "efficiency", ".2f"),
     ("slots busy", "", "busy_share", ".2f"),
+    ("tail idle", "s", "tail_idle_s", ".1f"),
     ("binding limit", "", "binding_share", ".1%"),
     ("429s", "", "rate_limited", ".0f"),
 )
