@@ -124,7 +124,8 @@ def test_idle_members_leave_before_their_leader_and_the_group_takes_new_members_
     exits = wait_exits(members, timeout=120)
     assert {name: rc for name, (rc, _) in exits.items()} == {m.name: 0 for m in members}
     leaders = [m.name for m in members if "idle, and leading" in m.log()]
-    assert len(leaders) == 1, leaders
+    # Seen once in a full run (no member logged it, all exited 0): the logs say how the group formed and left.
+    assert len(leaders) == 1, {m.name: m.log()[-4000:] for m in members}
     assert exits[leaders[0]][1] == max(t for _, t in exits.values()), exits
 
     more = documents(6, start=len(docs))
