@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from consumers.llm.types import QueuedCall
+from consumers.llm.types import QueuedCall, drain_queue
 
 _EPS = 1e-9
 # Timers fire up to the loop's clock resolution early; count an entry as expired that close to its end.
@@ -329,9 +329,7 @@ class RateLimiter:
     def drain(self) -> None:
         """No more chains will start: the calls with the most calls left go first, those waiting now included."""
         self._draining = True
-        for waiter in self._waiters:
-            waiter.drain()
-        heapq.heapify(self._waiters)
+        drain_queue(self._waiters)
 
     async def acquire(self, tokens: int, *, priority: int = 0, calls_left: int = 1) -> Reservation:
         """Wait until one request of `tokens` estimated tokens fits, then take it from the budget."""

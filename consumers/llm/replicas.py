@@ -38,7 +38,7 @@ from consumers.llm.breaker import BreakerStats, CircuitBreaker
 from consumers.llm.concurrency import ConcurrencyLimit, FixedLimit, GradientLimit, SchedulerLimit
 from consumers.llm.errors import AttemptFailed, Failure
 from consumers.llm.settings import LLMSettings
-from consumers.llm.types import ErrorKind, QueuedCall
+from consumers.llm.types import ErrorKind, QueuedCall, drain_queue
 
 log = logging.getLogger("consumers.llm")
 
@@ -210,9 +210,7 @@ class ReplicaPool:
     def drain(self) -> None:
         """No more chains will start: the calls with the most calls left go first, those waiting now included."""
         self._draining = True
-        for waiter in self._waiters:
-            waiter.drain()
-        self._waiters.sort()
+        drain_queue(self._waiters)
 
     async def _acquire(self, priority: int, affinity: str | None, calls_left: int) -> Replica:
         future = asyncio.get_running_loop().create_future()

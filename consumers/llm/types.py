@@ -61,6 +61,13 @@ class QueuedCall(Generic[T]):
         self.rank = (-self.calls_left, self.priority, self.seq)
 
 
+def drain_queue(waiters: list[QueuedCall[T]]) -> None:
+    """Rank every waiting call for draining, in place; the list ends sorted (so also a valid heap)."""
+    for waiter in waiters:
+        waiter.drain()
+    waiters.sort()
+
+
 class LLMCallError(PipelineError):
     """A call that failed for good (after retries where the error was retryable)."""
 
