@@ -295,6 +295,7 @@ class ConsumerBridge:
 
     def _note_led(self, members: int) -> None:
         self._led = members
+        log.info("leading the group: assigning its partitions to %d members", members, extra={"members": members})
 
     async def poll(self, allowed: set[int], timeout_ms: int) -> Polled:
         """Fetch from the partitions in `allowed` (all others paused); records, partition ends and membership."""

@@ -21,7 +21,7 @@ from streamer.kafka.runtime import (
     TASKS_STOP_TIMEOUT_S,
 )
 from tests.kafka.helpers import SESSION_TIMEOUT_MS, Consumer, Output, documents, read_output, wait_committed
-from tests.kafka.scenarios import join_then_drain, last_commit_time, llm_attempts, wait_exits, wedge_group
+from tests.kafka.scenarios import join_then_drain, last_commit_time, llm_attempts, log_time, wait_exits, wedge_group
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -111,9 +111,10 @@ def test_idle_members_leave_before_their_leader_and_the_group_takes_new_members_
     tmp_path: Path,
     consumers: list[Consumer],
 ) -> None:
-    """Three members become idle together. The leader stays until the other two have left (tansu 0.6 never
-    completes a rebalance again if a leader leaves while the group is forming after another member left), then
-    leaves alone; the group is then still usable: a member started afterwards is assigned and drains it."""
+    """Three members drain a topic and become idle at about the same time. The leader stays until the others have
+    left (tansu 0.6 never completes a rebalance again if a leader leaves while the group is forming after another
+    member left), then leaves alone; the group is then still usable: a member started afterwards is assigned and
+    drains it."""
     llm = fake_llm_factory(latency_s=(0.05, 0.2))
     docs = documents(60)
     kafka_topic.produce(docs)
@@ -123,10 +124,20 @@ def test_idle_members_leave_before_their_leader_and_the_group_takes_new_members_
     consumers += [m.start() for m in members]
     exits = wait_exits(members, timeout=120)
     assert {name: rc for name, (rc, _) in exits.items()} == {m.name: 0 for m in members}
-    leaders = [m.name for m in members if "idle, and leading" in m.log()]
-    # Seen once in a full run (no member logged it, all exited 0): the logs say how the group formed and left.
-    assert len(leaders) == 1, {m.name: m.log()[-4000:] for m in members}
-    assert exits[leaders[0]][1] == max(t for _, t in exits.values()), exits
+    # The member that led the group's last generation of several members leaves last. Whether it also logs that
+    # it waits for the others is timing: when they confirm and leave before its own idle heartbeat comes back, it
+    # is alone (and leads only itself) by the time it could wait (seen once in about eight full runs).
+    led = sorted(
+        (log_time(e), m.name)
+        for m in members
+        for e in m.events()
+        if e["msg"].startswith("leading the group") and e["members"] > 1
+    )
+    assert led, {m.name: m.log()[-4000:] for m in members}
+    last_leader = led[-1][1]
+    assert exits[last_leader][1] == max(t for _, t in exits.values()), (led, exits)
+    waited = [m.name for m in members if "idle, and leading" in m.log()]
+    assert waited in ([], [last_leader]), (waited, led)
 
     more = documents(6, start=len(docs))
     kafka_topic.produce(more)
