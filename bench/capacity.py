@@ -64,6 +64,7 @@ class Setup:
     thread_retries: int = 20
     model: str = "meta-llama/Llama-3.1-8B-Instruct"
     reply_words: tuple[int, int] = (40, 200)
+    server_metrics: bool = True  # False: the server has no vLLM /metrics, so ours sizes its batch from latency
     curator_python: Path = CURATOR_PYTHON
     timeout_s: float = 1800.0
 
@@ -189,6 +190,7 @@ def run_client(client: str, setup: Setup, source: Path, work: Path, seed: int = 
         capacity=setup.capacity,
         reply_words=setup.reply_words,
         seed=seed,
+        expose_metrics=setup.server_metrics,
     )
     log = work / "client.log"
     with FakeOpenAI(config) as server, log.open("wb") as fh:
@@ -356,6 +358,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=d.threads)
     parser.add_argument("--thread-retries", type=int, default=d.thread_retries, help="the SDK's max_retries")
     parser.add_argument("--model", default=d.model)
+    parser.add_argument(
+        "--no-server-metrics",
+        dest="server_metrics",
+        action="store_false",
+        help="the server answers GET /metrics with 404, as servers other than vLLM do (ours then sizes its batch "
+        "from latency alone)",
+    )
     parser.add_argument("--curator-python", type=Path, default=d.curator_python)
     parser.add_argument("--work-dir", type=Path, default=None, help="keep outputs and logs here (default: temp)")
     parser.add_argument("--json", type=Path, default=None, help="also write every run and the medians here")
@@ -376,6 +385,7 @@ def setup_from(args: argparse.Namespace) -> Setup:
         threads=args.threads,
         thread_retries=args.thread_retries,
         model=args.model,
+        server_metrics=args.server_metrics,
         curator_python=args.curator_python,
     )
 

@@ -274,15 +274,18 @@ class OpenAIChatClient:
                 self.pool.record(replica, down=failure.kind is ErrorKind.TRANSIENT)
                 self._on_failure(failure, raw.headers, sent_at)
                 raise AttemptFailed(failure)
-            self.pool.record(replica, down=False, latency_s=latency, step=state.step)
-        try:
-            completion = self._with_usage(parse_completion(raw.body, raw.status), messages)
-            reservation.settle(estimate + (state.max_tokens or completion.completion_tokens or 0))
-        except AttemptFailed as exc:
-            self._on_bad_output(exc.failure, state)
-            raise
-        finally:
-            self._feedback.on_answer(raw.headers, sent_at)
+            try:
+                completion = self._with_usage(parse_completion(raw.body, raw.status), messages)
+            except AttemptFailed as exc:
+                self.pool.record(replica, down=False)
+                self._feedback.on_answer(raw.headers, sent_at)
+                self._on_bad_output(exc.failure, state)
+                raise
+            # Reply lengths vary tenfold: the replica's limit tells a long reply from a queue by its length.
+            tokens = completion.completion_tokens or 0
+            self.pool.record(replica, down=False, latency_s=latency, completion_tokens=tokens)
+        reservation.settle(estimate + (state.max_tokens or tokens))
+        self._feedback.on_answer(raw.headers, sent_at)
         return ChatResult(
             text=completion.text,
             prompt_tokens=completion.prompt_tokens or 0,

@@ -8,9 +8,12 @@ queue that refills a freed slot at once:
 - `SchedulerLimit`, where the server exposes vLLM's scheduler gauges on `/metrics`: fewer when requests wait there
   beyond the small queue, more when fewer than the queue wait, the batch runs below the size it reached when
   requests last waited, and the KV cache has room.
-- `GradientLimit` otherwise, from latency alone (after Netflix's concurrency-limits gradient2): the latest round
-  of answers' latency against the replica's no-load latency, per step of the chain (steps differ in length);
-  latency that grows past `tolerance` means requests queue, and the limit shrinks by the ratio.
+- `GradientLimit` otherwise, from latency (after Netflix's concurrency-limits gradient2): a round of answers'
+  mean latency against what the same replies took without a queue. A reply's service time is an overhead plus
+  a time per output token, and reply lengths vary tenfold, so the per-token time is fitted over the recent
+  answers (a queue adds the same wait to short and long replies) and the no-queue overhead is the least of the
+  recent rounds'. Latency past `tolerance` times that means requests queue, and the limit shrinks by the ratio;
+  below it, a limit that was reached grows (doubling until the first queue is seen, then by its square root).
 - `FixedLimit` for servers whose rate limits decide what goes out (OpenAI): the configured concurrency.
 
 Every limit stays within 1 and the ceiling (`--max-concurrency`, which also bounds the sum over replicas).
@@ -19,12 +22,19 @@ Every limit stays within 1 and the ceiling (`--max-concurrency`, which also boun
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 # Readings with requests waiting that the batch's capacity is the largest of (the batch may shrink when the KV
 # cache binds: long prompts leave room for fewer sequences).
 _CAPACITY_READINGS = 20
+
+
+# Rounds in a row whose latency cut the limit before it is taken for the server's, not a queue's: a cut empties
+# a queue of ours within a round or two (one more when answers of the old limit linger).
+_CUTS_BEFORE_REBASE = 3
 
 
 class ConcurrencyLimit(Protocol):
@@ -33,8 +43,8 @@ class ConcurrencyLimit(Protocol):
     @property
     def value(self) -> int: ...
 
-    def on_answer(self, latency_s: float, step: str, in_flight: int) -> None:
-        """A call to the replica got an answer after `latency_s`; `in_flight` were out at the time."""
+    def on_answer(self, latency_s: float, completion_tokens: int, in_flight: int) -> None:
+        """A call to the replica got an answer of `completion_tokens` after `latency_s`; `in_flight` were out."""
         ...
 
 
@@ -44,7 +54,7 @@ class FixedLimit:
     def __init__(self, ceiling: int) -> None:
         self.value = ceiling
 
-    def on_answer(self, latency_s: float, step: str, in_flight: int) -> None:
+    def on_answer(self, latency_s: float, completion_tokens: int, in_flight: int) -> None:
         pass
 
 
@@ -58,7 +68,7 @@ class SchedulerLimit:
         self.capacity: float | None = None  # the batch size when requests last waited
         self._full: deque[float] = deque(maxlen=_CAPACITY_READINGS)
 
-    def on_answer(self, latency_s: float, step: str, in_flight: int) -> None:
+    def on_answer(self, latency_s: float, completion_tokens: int, in_flight: int) -> None:
         pass
 
     def queue(self) -> int:
@@ -88,39 +98,100 @@ class SchedulerLimit:
 
 
 class GradientLimit:
-    """From latency (see the module docstring). Adjusted once per round: after `value` answers."""
+    """From latency (see the module docstring). Adjusted once per round: after `value` answers (at least
+    `min_round`, so one round's mean is not one reply's length)."""
 
     def __init__(
-        self, ceiling: int, *, initial: int = 8, tolerance: float = 1.15, fast: float = 0.1, slow: float = 0.01
+        self,
+        ceiling: int,
+        *,
+        initial: int = 8,
+        tolerance: float = 1.15,
+        min_round: int = 8,
+        rounds_remembered: int = 1000,
+        answers_fitted: int = 256,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ceiling = ceiling
         self.value = max(1, min(ceiling, initial))
         self.tolerance = tolerance
-        self.fast = fast
-        self.slow = slow
-        self._no_load: dict[str, float] = {}  # per step: a low envelope of its latency
-        self._ratios = 0.0
+        self.min_round = min_round
+        self.per_token = _PerToken(answers_fitted)
+        self._rounds: deque[tuple[float, float]] = deque(maxlen=rounds_remembered)  # mean latency, mean tokens
+        self._latency = 0.0
+        self._tokens = 0
         self._answers = 0
         self._saturated = False  # the limit was reached during this round
+        self._slow_start = True  # doubling each round until latency first exceeds the tolerance
+        self._cuts = 0  # rounds in a row that cut the limit
+        self._clock = clock
+        self._round_start = clock()  # answers to calls sent before it were sent under an older limit
 
-    def on_answer(self, latency_s: float, step: str, in_flight: int) -> None:
-        base = self._no_load.get(step, latency_s)
-        # The latency of the replica without a queue: follows drops at once; rises slowly, and only from answers
-        # to calls sent while at most half the limit was out (a full limit's queue would pass for no load).
-        if latency_s < base:
-            self._no_load[step] = base + self.fast * (latency_s - base)
-        elif in_flight <= max(1, self.value // 2):
-            self._no_load[step] = base + self.slow * (latency_s - base)
-        else:
-            self._no_load[step] = base
-        self._ratios += latency_s / max(base, 1e-6)
+    def on_answer(self, latency_s: float, completion_tokens: int, in_flight: int) -> None:
+        self.per_token.add(completion_tokens, latency_s)
+        now = self._clock()
+        if now - latency_s < self._round_start:
+            return  # sent before the last change: it waited behind what the old limit let out
+        self._latency += latency_s
+        self._tokens += completion_tokens
         self._answers += 1
         self._saturated |= in_flight >= self.value
-        if self._answers >= self.value:
-            self._adjust(self._ratios / self._answers)
+        if self._answers >= max(self.value, self.min_round):
+            self._adjust()
 
-    def _adjust(self, ratio: float) -> None:
-        gradient = max(0.5, min(1.0, self.tolerance / ratio))
-        grow = math.ceil(math.sqrt(self.value)) if self._saturated and gradient >= 1.0 else 0
-        self.value = max(1, min(self.ceiling, math.floor(self.value * gradient) + grow))
-        self._ratios, self._answers, self._saturated = 0.0, 0, False
+    def _adjust(self) -> None:
+        this = (self._latency / self._answers, self._tokens / self._answers)
+        self._rounds.append(this)
+        ratio = self._ratio(*this)
+        self._cuts = self._cuts + 1 if ratio > self.tolerance else 0
+        if self._cuts > _CUTS_BEFORE_REBASE:
+            # Cut after cut and latency still high: not our queue (a cut would have emptied it) but a slower
+            # server (longer prompts, a busier host). What it takes now is its latency without a queue.
+            self._rounds.clear()
+            self._rounds.append(this)
+            ratio, self._cuts = 1.0, 0
+        if ratio > self.tolerance:
+            self._slow_start = False
+            self.value = math.floor(self.value * max(0.5, self.tolerance / ratio))
+        elif self._saturated:
+            self.value = 2 * self.value if self._slow_start else self.value + math.ceil(math.sqrt(self.value))
+        self.value = max(1, min(self.ceiling, self.value))
+        self._latency, self._tokens, self._answers, self._saturated = 0.0, 0, 0, False
+        self._round_start = self._clock()
+
+    def _ratio(self, latency: float, tokens: float) -> float:
+        """A round's mean latency over what its replies would have taken without a queue: their token time plus
+        the least overhead (latency less token time) of the remembered rounds. Overheads are recomputed with the
+        latest per-token time: the first rounds' fit rests on a few answers."""
+        per_token = self.per_token.value()
+        expected = min(lat - per_token * tok for lat, tok in self._rounds) + per_token * tokens
+        return latency / expected if expected > 0 else 1.0
+
+
+class _PerToken:
+    """Seconds per completion token: the least-squares slope of latency on reply length over the recent answers.
+    A queue adds the same wait to a short reply as to a long one, so the slope is the decoder's, queue or not."""
+
+    def __init__(self, size: int) -> None:
+        self._points: deque[tuple[int, float]] = deque()
+        self._size = size
+        self._n = self._nn = self._l = self._nl = 0.0
+
+    def add(self, tokens: int, latency_s: float) -> None:
+        self._points.append((tokens, latency_s))
+        self._move(tokens, latency_s, 1)
+        if len(self._points) > self._size:
+            self._move(*self._points.popleft(), -1)
+
+    def _move(self, tokens: int, latency_s: float, sign: int) -> None:
+        self._n += sign * tokens
+        self._nn += sign * tokens * tokens
+        self._l += sign * latency_s
+        self._nl += sign * tokens * latency_s
+
+    def value(self) -> float:
+        count = len(self._points)
+        spread = count * self._nn - self._n * self._n
+        if count < 2 or spread <= 1e-9 * max(1.0, self._nn):
+            return 0.0  # replies all of one length (or no usage reported): latency alone
+        return max(0.0, (count * self._nl - self._n * self._l) / spread)

@@ -276,15 +276,16 @@ class ReplicaPool:
 
     # -- results --------------------------------------------------------------------------------------------
 
-    def record(self, replica: Replica, *, down: bool, latency_s: float = 0.0, step: str = "default") -> None:
-        """An attempt's result: `down` for a transient failure, else an answer (`latency_s` when it succeeded)."""
+    def record(self, replica: Replica, *, down: bool, latency_s: float = 0.0, completion_tokens: int = 0) -> None:
+        """An attempt's result: `down` for a transient failure, else an answer (`latency_s` and the reply's
+        `completion_tokens` when it succeeded)."""
         if down:
             if replica.breaker.record(down=True):
                 self._start_health_checks(replica)
             return
         replica.breaker.record(down=False)
         if latency_s > 0:
-            replica.limit.on_answer(latency_s, step, replica.in_flight)
+            replica.limit.on_answer(latency_s, completion_tokens, replica.in_flight)
             replica.stats.limit = replica.limit.value
 
     def _start_health_checks(self, replica: Replica) -> None:

@@ -265,31 +265,26 @@ async def test_scheduler_gauges_size_the_limit_to_the_batch(fake_llm: FakeOpenAI
 
 
 async def test_without_scheduler_gauges_latency_sizes_the_limit(fake_llm: FakeOpenAI) -> None:
-    # latency long enough that a loaded machine's event-loop stalls do not read as a queue
-    fake_llm.configure(capacity=4, latency_s=0.25, expose_metrics=False)
+    """Replies of 40-200 words, so service times from 0.2 to 0.8 s: the limit tells a long reply from a queue and
+    keeps the 4-request batch full with a short queue, far below the 32 allowed. (It starts at 8, already a
+    queue for this batch, so it never sees the latency without one and keeps up to twice the batch out.)
+    Latency long enough that a loaded machine's event-loop stalls do not read as a queue."""
+    fake_llm.configure(capacity=4, latency_s=0.1, latency_per_token_s=0.002, expose_metrics=False)
     settings = _settings(fake_llm.url, max_concurrency=32)
     async with OpenAIChatClient(settings) as client:
         await asyncio.sleep(0.3)  # the pool finds no gauges
-        started = time.monotonic() - fake_llm._t0
-        await asyncio.gather(*(client.chat(_messages(f"call {i}")) for i in range(120)))
-        ended = time.monotonic() - fake_llm._t0
         [replica] = client.pool.replicas
+        started = time.monotonic() - fake_llm._t0
+        calls = asyncio.gather(*(client.chat(_messages(f"call {i}")) for i in range(120)))
+        limits = []
+        while not calls.done():
+            limits.append(replica.limit.value)
+            await asyncio.sleep(0.05)
+        await calls
+        ended = time.monotonic() - fake_llm._t0
     assert isinstance(replica.limit, GradientLimit)
-    assert replica.limit.value <= 8
+    assert statistics.median(limits) <= 12, limits
     assert fake_llm.stats().busy_slots(started + 1.0, ended - 0.5) >= 0.8 * 4
-
-
-def test_gradient_limit_settles_near_a_queueing_servers_capacity() -> None:
-    """A server that serves 16 at once: latency grows with what waits beyond them."""
-    limit = GradientLimit(256, initial=4)
-    values = []
-    for _ in range(200):
-        in_flight = limit.value
-        latency = 1.0 * max(1.0, in_flight / 16)
-        for _ in range(in_flight):
-            limit.on_answer(latency, "persona", in_flight)
-        values.append(limit.value)
-    assert min(values[-50:]) >= 12 and max(values[-50:]) <= 24, values[-50:]
 
 
 def test_scheduler_limit_grows_into_room_and_shrinks_when_requests_wait() -> None:

@@ -1,0 +1,140 @@
+"""`GradientLimit` against a model of a server without vLLM's gauges: a batch of `capacity` requests served at
+once, the rest queued in arrival order, each request's service time the decoder's (an overhead plus a time per
+output token, the reply's length drawn per request). Simulated time, so each case runs thousands of calls in
+milliseconds and the same way on any machine; the limit reads it through its injected clock."""
+
+from __future__ import annotations
+
+import heapq
+import random
+import statistics
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from consumers.llm.concurrency import GradientLimit
+
+
+@dataclass
+class Served:
+    """What the simulated server saw: the limit after each answer, and how busy its slots were."""
+
+    limits: list[int] = field(default_factory=list)
+    busy_slot_s: float = 0.0
+    capacity_s: float = 0.0
+
+    @property
+    def busy(self) -> float:
+        return self.busy_slot_s / self.capacity_s
+
+
+def serve(
+    limit: GradientLimit,
+    clock: list[float],
+    *,
+    calls: int = 2000,
+    capacity: Callable[[float], int] = lambda now: 32,
+    slower: Callable[[float], float] = lambda now: 1.0,
+    overhead_s: float = 0.3,
+    per_token_s: float = 0.004,
+    reply_tokens: tuple[int, int] = (50, 260),
+    noise: float = 0.0,
+    report_tokens: bool = True,
+    seed: int = 0,
+) -> Served:
+    """Keep `limit.value` calls out (a client with work for all of them) until `calls` were answered."""
+    rng = random.Random(seed)
+    running: list[tuple[float, int, float, int]] = []  # (ends, seq, sent, tokens)
+    queued: deque[tuple[int, float]] = deque()  # (seq, sent)
+    served = Served()
+    out = sent_count = 0
+    now = 0.0
+
+    def start(seq: int, sent: float) -> None:
+        tokens = rng.randint(*reply_tokens)
+        service = (overhead_s + per_token_s * tokens) * slower(now) * (1 + rng.uniform(-noise, noise))
+        heapq.heappush(running, (now + service, seq, sent, tokens))
+
+    while len(served.limits) < calls:
+        while out < limit.value:
+            out += 1
+            sent_count += 1
+            queued.append((sent_count, now))
+        while queued and len(running) < capacity(now):
+            start(*queued.popleft())
+        ends, _, sent, tokens = heapq.heappop(running)
+        served.busy_slot_s += (len(running) + 1) * (ends - now)
+        served.capacity_s += capacity(now) * (ends - now)
+        now = clock[0] = ends
+        limit.on_answer(now - sent, tokens if report_tokens else 0, out)
+        out -= 1
+        served.limits.append(limit.value)
+    return served
+
+
+def _limit(ceiling: int = 64, **kwargs: int) -> tuple[GradientLimit, list[float]]:
+    clock = [0.0]
+    return GradientLimit(ceiling, clock=lambda: clock[0], **kwargs), clock
+
+
+def test_replies_of_every_length_keep_the_batch_full_and_the_queue_short() -> None:
+    """Replies of 50 to 260 tokens take 0.5 to 1.3 s without any queue: a limit that took the spread for a queue
+    (the latency against the fastest replies) shrank to 1-4 requests and served a 32-request batch at a tenth of
+    its throughput. Told the reply's length, it sees the queue alone."""
+    for noise in (0.0, 0.3):
+        limit, clock = _limit()
+        served = serve(limit, clock, noise=noise)
+        steady = served.limits[500:]
+        assert 32 <= statistics.median(steady) <= 48, (noise, steady[::50])
+        assert min(steady) >= 24, (noise, steady[::50])
+        assert served.busy >= 0.95, (noise, served.busy)
+
+
+def test_without_reply_lengths_latency_alone_still_keeps_the_batch_full() -> None:
+    """A server that reports no usage: the round's mean latency against the least-queued recent round."""
+    limit, clock = _limit()
+    served = serve(limit, clock, report_tokens=False)
+    assert served.busy >= 0.93, served.busy
+    assert 32 <= statistics.median(served.limits[500:]) <= 48
+
+
+def test_settles_near_a_queueing_servers_capacity_and_follows_it_down() -> None:
+    """Fixed service times, a batch of 16, a ceiling far above it: the limit is the batch and a small queue. When
+    other clients take half the batch, latency grows and the limit follows."""
+    limit, clock = _limit(ceiling=256, initial=4)
+    served = serve(limit, clock, calls=4000, capacity=lambda now: 16 if now < 120 else 8, reply_tokens=(100, 100))
+    before = served.limits[1000:1500]
+    after = served.limits[-1000:]
+    assert 16 <= statistics.median(before) <= 24 and max(before) <= 32, before[::25]
+    assert 8 <= statistics.median(after) <= 14, after[::25]
+    assert served.busy >= 0.95, served.busy
+
+
+def test_answers_to_calls_sent_before_a_cut_do_not_cut_again() -> None:
+    """Past a doubling to 64 on a 32-request batch, the calls already queued at the server come back slow for a
+    while after the cut; counted again, they cut the limit to 4-15, far below the batch."""
+    for seed in range(5):
+        limit, clock = _limit()
+        served = serve(limit, clock, calls=800, seed=seed)
+        peak = served.limits.index(64)
+        assert min(served.limits[peak:]) >= 28, (seed, served.limits[peak::10])
+
+
+def test_a_server_that_becomes_slower_for_everyone_is_not_taken_for_a_queue() -> None:
+    """Every request takes twice as long from t = 60 s on (longer prompts, a busier host): the first cut does
+    not bring latency back, so the limit takes the slower latency as the one without a queue, and the batch
+    stays full."""
+    limit, clock = _limit()
+    served = serve(limit, clock, calls=4000, slower=lambda now: 1.0 if now < 60 else 2.0)
+    assert clock[0] > 120
+    late = served.limits[-1500:]
+    assert 32 <= statistics.median(late) <= 48 and min(late) >= 24, late[::50]
+
+
+def test_a_standing_queue_is_never_taken_for_no_load() -> None:
+    """Hours of steady work: the least overhead is remembered, so the limit does not creep up to the ceiling
+    with the small queue it keeps."""
+    limit, clock = _limit(ceiling=256)
+    served = serve(limit, clock, calls=30_000, noise=0.2)
+    assert statistics.median(served.limits[-3000:]) <= 48, served.limits[-3000::100]
+    assert served.busy >= 0.95
