@@ -12,8 +12,10 @@ queue that refills a freed slot at once:
   mean latency against what the same replies took without a queue. A reply's service time is an overhead plus
   a time per output token, and reply lengths vary tenfold, so the per-token time is fitted over the recent
   answers (a queue adds the same wait to short and long replies) and the no-queue overhead is the least of the
-  recent rounds'. Latency past `tolerance` times that means requests queue, and the limit shrinks by the ratio;
-  below it, a limit that was reached grows (doubling until the first queue is seen, then by its square root).
+  rounds of the last minute, among them a probe every 20 s at three quarters of the limit (below the batch, so
+  that least is the server's, not the small queue the limit keeps). Latency past `tolerance` times that means
+  requests queue, and the limit shrinks by the ratio; below it, a limit that was reached grows (doubling until
+  the first queue is seen, then by its square root).
 - `FixedLimit` for servers whose rate limits decide what goes out (OpenAI): the configured concurrency.
 
 Every limit stays within 1 and the ceiling (`--max-concurrency`, which also bounds the sum over replicas).
@@ -32,9 +34,9 @@ from typing import Protocol
 _CAPACITY_READINGS = 20
 
 
-# Rounds in a row whose latency cut the limit before it is taken for the server's, not a queue's: a cut empties
-# a queue of ours within a round or two (one more when answers of the old limit linger).
-_CUTS_BEFORE_REBASE = 3
+# A probe round's share of the limit: the limit keeps the batch and a queue of up to `tolerance - 1` of it, so
+# three quarters is below the batch (the server has a free slot) while costing a fraction of one round.
+_PROBE_SHARE = 0.75
 
 
 class ConcurrencyLimit(Protocol):
@@ -108,7 +110,8 @@ class GradientLimit:
         initial: int = 8,
         tolerance: float = 1.15,
         min_round: int = 8,
-        rounds_remembered: int = 1000,
+        window_s: float = 60.0,
+        probe_every_s: float = 20.0,
         answers_fitted: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -117,15 +120,17 @@ class GradientLimit:
         self.tolerance = tolerance
         self.min_round = min_round
         self.per_token = _PerToken(answers_fitted)
-        self._rounds: deque[tuple[float, float]] = deque(maxlen=rounds_remembered)  # mean latency, mean tokens
+        self.window_s = window_s
+        self.probe_every_s = probe_every_s
+        self._rounds: deque[tuple[float, float, float]] = deque()  # (ended at, mean latency, mean tokens)
         self._latency = 0.0
         self._tokens = 0
         self._answers = 0
         self._saturated = False  # the limit was reached during this round
         self._slow_start = True  # doubling each round until latency first exceeds the tolerance
-        self._cuts = 0  # rounds in a row that cut the limit
         self._clock = clock
         self._round_start = clock()  # answers to calls sent before it were sent under an older limit
+        self._next_probe = self._round_start + probe_every_s
 
     def on_answer(self, latency_s: float, completion_tokens: int, in_flight: int) -> None:
         self.per_token.add(completion_tokens, latency_s)
@@ -140,31 +145,38 @@ class GradientLimit:
             self._adjust()
 
     def _adjust(self) -> None:
-        this = (self._latency / self._answers, self._tokens / self._answers)
-        self._rounds.append(this)
-        ratio = self._ratio(*this)
-        self._cuts = self._cuts + 1 if ratio > self.tolerance else 0
-        if self._cuts > _CUTS_BEFORE_REBASE:
-            # Cut after cut and latency still high: not our queue (a cut would have emptied it) but a slower
-            # server (longer prompts, a busier host). What it takes now is its latency without a queue.
-            self._rounds.clear()
-            self._rounds.append(this)
-            ratio, self._cuts = 1.0, 0
+        """The round is in: cut by the ratio past the tolerance, else grow if the limit was reached; every
+        `probe_every_s` one round at three quarters of the limit.
+
+        Why a window and probes: a reference kept forever never follows a server that became slower for everyone
+        (longer prompts, a busier host), and the limit cuts itself to 1 for good; a reference that follows the
+        rounds it sees takes the small queue the limit keeps (or other consumers' queue) for the server's own
+        latency, and creeps up to the ceiling. The window lets the reference rise within a minute; the probes,
+        below the batch, keep the least of the window a latency without a queue."""
+        now = self._clock()
+        latency, tokens = self._latency / self._answers, self._tokens / self._answers
+        self._rounds.append((now, latency, tokens))
+        while self._rounds[0][0] < now - self.window_s:
+            self._rounds.popleft()
+        ratio = self._ratio(latency, tokens)
         if ratio > self.tolerance:
             self._slow_start = False
             self.value = math.floor(self.value * max(0.5, self.tolerance / ratio))
         elif self._saturated:
             self.value = 2 * self.value if self._slow_start else self.value + math.ceil(math.sqrt(self.value))
+        if not self._slow_start and now >= self._next_probe:
+            self.value = math.floor(self.value * _PROBE_SHARE)
+            self._next_probe = now + self.probe_every_s
         self.value = max(1, min(self.ceiling, self.value))
         self._latency, self._tokens, self._answers, self._saturated = 0.0, 0, 0, False
-        self._round_start = self._clock()
+        self._round_start = now
 
     def _ratio(self, latency: float, tokens: float) -> float:
         """A round's mean latency over what its replies would have taken without a queue: their token time plus
         the least overhead (latency less token time) of the remembered rounds. Overheads are recomputed with the
         latest per-token time: the first rounds' fit rests on a few answers."""
         per_token = self.per_token.value()
-        expected = min(lat - per_token * tok for lat, tok in self._rounds) + per_token * tokens
+        expected = min(lat - per_token * tok for _, lat, tok in self._rounds) + per_token * tokens
         return latency / expected if expected > 0 else 1.0
 
 

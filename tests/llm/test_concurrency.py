@@ -29,7 +29,7 @@ class Served:
 
 
 def serve(
-    limit: GradientLimit,
+    limits: GradientLimit | list[GradientLimit],
     clock: list[float],
     *,
     calls: int = 2000,
@@ -42,33 +42,38 @@ def serve(
     report_tokens: bool = True,
     seed: int = 0,
 ) -> Served:
-    """Keep `limit.value` calls out (a client with work for all of them) until `calls` were answered."""
+    """Each client (a limit) keeps `value` calls out (it has work for all of them) until `calls` were answered;
+    `Served.limits` holds the sum of the limits after each answer."""
+    clients = limits if isinstance(limits, list) else [limits]
     rng = random.Random(seed)
-    running: list[tuple[float, int, float, int]] = []  # (ends, seq, sent, tokens)
-    queued: deque[tuple[int, float]] = deque()  # (seq, sent)
+    running: list[tuple[float, int, int, float, int]] = []  # (ends, seq, client, sent, tokens)
+    queued: deque[tuple[int, float]] = deque()  # (client, sent)
     served = Served()
-    out = sent_count = 0
+    out = [0] * len(clients)
+    seq = 0
     now = 0.0
 
-    def start(seq: int, sent: float) -> None:
+    def start(client: int, sent: float) -> None:
+        nonlocal seq
+        seq += 1
         tokens = rng.randint(*reply_tokens)
         service = (overhead_s + per_token_s * tokens) * slower(now) * (1 + rng.uniform(-noise, noise))
-        heapq.heappush(running, (now + service, seq, sent, tokens))
+        heapq.heappush(running, (now + service, seq, client, sent, tokens))
 
     while len(served.limits) < calls:
-        while out < limit.value:
-            out += 1
-            sent_count += 1
-            queued.append((sent_count, now))
+        for client, limit in enumerate(clients):
+            while out[client] < limit.value:
+                out[client] += 1
+                queued.append((client, now))
         while queued and len(running) < capacity(now):
             start(*queued.popleft())
-        ends, _, sent, tokens = heapq.heappop(running)
+        ends, _, client, sent, tokens = heapq.heappop(running)
         served.busy_slot_s += (len(running) + 1) * (ends - now)
         served.capacity_s += capacity(now) * (ends - now)
         now = clock[0] = ends
-        limit.on_answer(now - sent, tokens if report_tokens else 0, out)
-        out -= 1
-        served.limits.append(limit.value)
+        clients[client].on_answer(now - sent, tokens if report_tokens else 0, out[client])
+        out[client] -= 1
+        served.limits.append(sum(limit.value for limit in clients))
     return served
 
 
@@ -112,12 +117,13 @@ def test_settles_near_a_queueing_servers_capacity_and_follows_it_down() -> None:
 
 def test_answers_to_calls_sent_before_a_cut_do_not_cut_again() -> None:
     """Past a doubling to 64 on a 32-request batch, the calls already queued at the server come back slow for a
-    while after the cut; counted again, they cut the limit to 4-15, far below the batch."""
+    while after the cut; counted again, they cut the limit to 4-15, far below the batch. (A probe round, at three
+    quarters of the limit, may come within these 800 answers.)"""
     for seed in range(5):
         limit, clock = _limit()
         served = serve(limit, clock, calls=800, seed=seed)
         peak = served.limits.index(64)
-        assert min(served.limits[peak:]) >= 28, (seed, served.limits[peak::10])
+        assert min(served.limits[peak:]) >= 24, (seed, served.limits[peak::10])
 
 
 def test_a_server_that_becomes_slower_for_everyone_is_not_taken_for_a_queue() -> None:
@@ -132,9 +138,22 @@ def test_a_server_that_becomes_slower_for_everyone_is_not_taken_for_a_queue() ->
 
 
 def test_a_standing_queue_is_never_taken_for_no_load() -> None:
-    """Hours of steady work: the least overhead is remembered, so the limit does not creep up to the ceiling
-    with the small queue it keeps."""
+    """A long steady run: the small queue the limit keeps never becomes the reference (a round at three quarters
+    of the limit every 20 s measures the server without it), so the limit does not creep up to the ceiling."""
     limit, clock = _limit(ceiling=256)
     served = serve(limit, clock, calls=30_000, noise=0.2)
     assert statistics.median(served.limits[-3000:]) <= 48, served.limits[-3000::100]
     assert served.busy >= 0.95
+
+
+def test_consumers_sharing_a_server_share_its_batch_and_do_not_grow_its_queue() -> None:
+    """Four consumers on one 32-request batch, each with its own limit: each sees the others' queue too. Taking
+    that queue for the server's latency (a rule that did: "cuts that do not help mean a slower server") made the
+    four limits grow without end, to 130 after 20 minutes; they stay near the batch."""
+    clock = [0.0]
+    limits = [GradientLimit(64, clock=lambda: clock[0]) for _ in range(4)]
+    served = serve(limits, clock, calls=40_000, noise=0.2)
+    assert clock[0] > 1000
+    late = served.limits[-10_000:]
+    assert statistics.median(late) <= 56 and max(late) <= 96, late[::500]
+    assert served.busy >= 0.95, served.busy
