@@ -282,14 +282,14 @@ class OpenAIChatClient:
                 self._on_bad_output(exc.failure, state)
                 raise
             # Reply lengths vary tenfold: the replica's limit tells a long reply from a queue by its length.
-            tokens = completion.completion_tokens or 0
-            self.pool.record(replica, down=False, latency_s=latency, completion_tokens=tokens)
-        reservation.settle(estimate + (state.max_tokens or tokens))
+            reply_tokens = completion.completion_tokens or 0
+            self.pool.record(replica, down=False, latency_s=latency, completion_tokens=reply_tokens)
+        reservation.settle(estimate + (state.max_tokens or reply_tokens))
         self._feedback.on_answer(raw.headers, sent_at)
         return ChatResult(
             text=completion.text,
             prompt_tokens=completion.prompt_tokens or 0,
-            completion_tokens=completion.completion_tokens or 0,
+            completion_tokens=reply_tokens,
             cached_tokens=completion.cached_tokens,
             finish_reason=completion.finish_reason,
             latency_s=latency,
