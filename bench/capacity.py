@@ -2,6 +2,7 @@
 
     python -m bench.capacity                        # 400 docs, capacity 32, 0.3 s + 4 ms/token, 3 runs
     python -m bench.capacity --rpm 600 --tpm 400000 --docs 150   # the per-second rate-limited server instead
+    python -m bench.capacity --clients ours --consumers 4 --no-server-metrics   # four of ours share one server
 
 Each client runs as its own process, as a user runs it, against a fresh in-repo fake server (devtools.fakeopenai)
 started by this process:
@@ -17,7 +18,8 @@ the arrivals of the run's 10% and 90% call), and the tail's idle slots (after th
 busy, in seconds of the whole server). With --rpm/--tpm: throughput in steady state against the binding
 limit, the 429s, and as the bound the time the limits need for what the server charged (calls / rpm or charged
 tokens / tpm, whichever is longer). Ratios of ours to the others are taken within each run; the summary gives
-medians of --runs.
+medians of --runs. `--consumers N` runs ours as N processes at once, each on an equal slice of the documents
+and each sizing its own batch (as the members of a consumer group do): the server must stay full, not overfull.
 Targets (issue "LLM side at capacity"): ours <= 0.7 x Curator, >= 0.9 of the bound, >= 0.95 of the slots busy.
 """
 
@@ -58,6 +60,7 @@ class Setup:
     rpm: int | None = None
     tpm: int | None = None
     max_concurrency: int = 64
+    consumers: int = 1  # processes of ours sharing the server, each on a slice of the documents
     threads: int = 50
     # The reference gives up on a document after 5 failed tries; under a per-second limit 50 threads then drop
     # most documents in seconds. Throughput is compared on completed work, so the SDK retries longer here.
@@ -95,6 +98,7 @@ class ClientRun:
     efficiency: float | None = None
     busy_share: float | None = None
     tail_idle_s: float | None = None  # after the last instant every slot was busy: idle slot-seconds / capacity
+    queued: float | None = None  # calls waiting for a slot, on average from the first call to the last answer
     binding_share: float | None = None
     ratios: dict[str, float] = field(default_factory=dict)
 
@@ -123,6 +127,7 @@ def write_documents(dest: Path, n: int, seed: int = 0, pages: Path | None = None
 
 
 def client_command(client: str, setup: Setup, url: str, source: Path, work: Path) -> list[str]:
+    """The command line of one process of `client`, reading `source` and writing under `work`."""
     common = ["--source", str(source), "--base-url", url, "--model", setup.model]
     if client == "ours":
         limits = [
@@ -178,6 +183,19 @@ def _ended(client: str, work: Path) -> tuple[int, int]:
     return len(lines), sum("rejected" in line for line in lines)
 
 
+def _split(source: Path, n: int, work: Path) -> list[tuple[Path, Path]]:
+    """`n` equal slices of the documents, each with its own work folder under `work/out` (read by `_ended`)."""
+    lines = source.read_text().splitlines(keepends=True)
+    parts = []
+    for i in range(n):
+        part_work = work / "out" / f"consumer-{i}"
+        part_work.mkdir(parents=True)
+        part = work / f"docs-{i}.jsonl"
+        part.write_text("".join(lines[i::n]))
+        parts.append((part, part_work))
+    return parts
+
+
 def run_client(client: str, setup: Setup, source: Path, work: Path, seed: int = 0) -> ClientRun:
     """One client against a fresh server; the server's accounting gives the measures."""
     work.mkdir(parents=True, exist_ok=True)
@@ -192,15 +210,27 @@ def run_client(client: str, setup: Setup, source: Path, work: Path, seed: int = 
         seed=seed,
         expose_metrics=setup.server_metrics,
     )
-    log = work / "client.log"
-    with FakeOpenAI(config) as server, log.open("wb") as fh:
-        command = client_command(client, setup, server.url, source, work)
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+    parts = _split(source, setup.consumers, work) if client == "ours" and setup.consumers > 1 else [(source, work)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with FakeOpenAI(config) as server:
         started = time.monotonic()
-        proc = subprocess.run(command, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=setup.timeout_s)
+        procs = []
+        for part, part_work in parts:
+            log = (part_work / "client.log").open("wb")
+            command = client_command(client, setup, server.url, part, part_work)
+            procs.append((subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+        try:
+            codes = [proc.wait(timeout=setup.timeout_s) for proc, _ in procs]
+        finally:
+            for proc, log in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                log.close()
         wall = time.monotonic() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"{client} exited {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+    for code, (_, part_work) in zip(codes, parts, strict=True):
+        if code != 0:
+            log_text = (part_work / "client.log").read_text(errors="replace")
+            raise SystemExit(f"{client} exited {code}:\n{log_text[-4000:]}")
     ended, rejected = _ended(client, work)
     if ended != setup.docs:
         raise SystemExit(f"{client}: {ended} documents ended, expected {setup.docs} (log: {log})")
@@ -227,6 +257,7 @@ def _measure(client: str, setup: Setup, server: FakeOpenAI, wall: float, ended: 
         run.efficiency = run.bound_s / wall
         run.busy_share = _steady_busy(stats, answered, setup.capacity)
         run.tail_idle_s = tail_idle(stats.service, setup.capacity)
+        run.queued = queued(stats.service, [r.t for r in server.records if r.status == 200])
     if setup.rate_limited:
         rpm, tpm = steady_state(stats, trim_s=3)
         run.binding_share = max(rate / limit for rate, limit in ((rpm, setup.rpm), (tpm, setup.tpm)) if limit)
@@ -249,6 +280,15 @@ def tail_idle(service: list[tuple[float, float]], capacity: int) -> float:
     last = events[-1][0] if events else 0.0
     served = sum(max(0.0, end - max(start, full_until)) for start, end in service)
     return (capacity * (last - full_until) - served) / capacity
+
+
+def queued(service: list[tuple[float, float]], arrivals: list[float]) -> float:
+    """Calls waiting for a slot, on average from the first arrival to the last answer: the slots serve in arrival
+    order, so the waits sum to the slots' start times less the arrival times."""
+    if not service or len(service) != len(arrivals):
+        return float("nan")
+    span = max(end for _, end in service) - min(arrivals)
+    return max(0.0, sum(start for start, _ in service) - sum(arrivals)) / span if span > 0 else 0.0
 
 
 def _steady_busy(stats: ServerStats, arrivals: list[float], capacity: int) -> float:
@@ -292,6 +332,7 @@ COLUMNS = (
     ("efficiency", "", "efficiency", ".2f"),
     ("slots busy", "", "busy_share", ".2f"),
     ("tail idle", "s", "tail_idle_s", ".1f"),
+    ("queued", "", "queued", ".1f"),
     ("binding limit", "", "binding_share", ".1%"),
     ("429s", "", "rate_limited", ".0f"),
 )
@@ -355,6 +396,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rpm", type=int, default=None, help="requests per minute, enforced per second")
     parser.add_argument("--tpm", type=int, default=None, help="tokens per minute, enforced per second")
     parser.add_argument("--max-concurrency", type=int, default=d.max_concurrency, help="ours and Curator's")
+    parser.add_argument("--consumers", type=int, default=d.consumers, help="processes of ours sharing the server")
     parser.add_argument("--threads", type=int, default=d.threads)
     parser.add_argument("--thread-retries", type=int, default=d.thread_retries, help="the SDK's max_retries")
     parser.add_argument("--model", default=d.model)
@@ -382,6 +424,7 @@ def setup_from(args: argparse.Namespace) -> Setup:
         rpm=args.rpm,
         tpm=args.tpm,
         max_concurrency=args.max_concurrency,
+        consumers=args.consumers,
         threads=args.threads,
         thread_retries=args.thread_retries,
         model=args.model,

@@ -15,7 +15,8 @@ queue that refills a freed slot at once:
   rounds of the last minute, among them a probe every 20 s at three quarters of the limit (below the batch, so
   that least is the server's, not the small queue the limit keeps). Latency past `tolerance` times that means
   requests queue, and the limit shrinks by the ratio; below it, a limit that was reached grows (doubling until
-  the first queue is seen, then by its square root).
+  the first queue is seen, then by its square root; doubling again after rounds with no queue at all, and back
+  to a whole round at once from below one).
 - `FixedLimit` for servers whose rate limits decide what goes out (OpenAI): the configured concurrency.
 
 Every limit stays within 1 and the ceiling (`--max-concurrency`, which also bounds the sum over replicas).
@@ -37,6 +38,12 @@ _CAPACITY_READINGS = 20
 # A probe round's share of the limit: the limit keeps the batch and a queue of up to `tolerance - 1` of it, so
 # three quarters is below the batch (the server has a free slot) while costing a fraction of one round.
 _PROBE_SHARE = 0.75
+
+# Rounds in a row that find the server with room (latency within a fifth of the tolerance band of the latency
+# without a queue, the limit reached) before growth doubles again: a consumer that others left alone on a server
+# would otherwise climb back to the batch by square roots, one round-trip each.
+_QUIET_ROUNDS = 2
+_QUIET_SHARE = 0.2
 
 
 class ConcurrencyLimit(Protocol):
@@ -63,9 +70,12 @@ class FixedLimit:
 class SchedulerLimit:
     """From the replica's scheduler gauges: requests running in the batch, waiting for it, and KV cache in use."""
 
-    def __init__(self, ceiling: int, *, initial: int | None = None, queue_share: float = 0.25) -> None:
+    def __init__(self, ceiling: int, *, initial: int = 16, queue_share: float = 0.25) -> None:
         self.ceiling = ceiling
-        self.value = min(ceiling, initial or ceiling)
+        # Not the ceiling: every member of a consumer group that starts (or joins) at once would send its whole
+        # ceiling before the first reading, 256 requests for four members on a 32-request batch, which took the
+        # server 6 s to work off. Doubling per reading reaches any batch within a few readings.
+        self.value = max(1, min(ceiling, initial))
         self.queue_share = queue_share
         self.capacity: float | None = None  # the batch size when requests last waited
         self._full: deque[float] = deque(maxlen=_CAPACITY_READINGS)
@@ -85,17 +95,21 @@ class SchedulerLimit:
             self._full.append(running)
             self.capacity = max(self._full)
         queue = self.queue()
+        # The gauges are the whole server's: every client of the replica (the other members of a consumer group)
+        # reads the same excess or room. Each moves by its share of what the server holds, so that together they
+        # move once; moving by all of it, N clients overshoot N times and the queue swings.
+        share = min(1.0, in_flight / (running + waiting)) if running + waiting > 0 else 1.0
         if waiting > queue:
-            # Half the excess: other clients of the same replica see it too and cut their share as well.
-            self.value = min(self.value, in_flight) - math.ceil((waiting - queue) / 2)
+            self.value = min(self.value, in_flight) - math.ceil((waiting - queue) * share)
         elif waiting < queue and in_flight >= self.value - 1 and (kv_usage is None or kv_usage < 0.95):
-            # The server's queue is short of its share and we are what holds the batch back: grow into the room
-            # the gauges show, or probe for it. A full queue means the batch has all it can take, whatever a
-            # reading taken between two requests says of the running count.
+            # The server's queue is short of its share and we are what holds the batch back: grow into our share
+            # of the room the gauges show, or probe for it. A full queue means the batch has all it can take,
+            # whatever a reading taken between two requests says of the running count.
             if self.capacity is None:
-                self.value = math.ceil(self.value * 1.5)
+                self.value *= 2
             else:
-                self.value += max(1, math.ceil(self.capacity - running) + queue - math.floor(waiting))
+                room = math.ceil(self.capacity - running) + queue - math.floor(waiting)
+                self.value += max(1, math.ceil(room * share))
         self.value = max(1, min(self.ceiling, self.value))
 
 
@@ -123,17 +137,19 @@ class GradientLimit:
         self.window_s = window_s
         self.probe_every_s = probe_every_s
         self._rounds: deque[tuple[float, float, float]] = deque()  # (ended at, mean latency, mean tokens)
+        self._rounds_ended = 0  # answers that came back in one round are fitted together (see _PerToken)
         self._latency = 0.0
         self._tokens = 0
         self._answers = 0
         self._saturated = False  # the limit was reached during this round
-        self._slow_start = True  # doubling each round until latency first exceeds the tolerance
+        self._slow_start = True  # doubling each round until latency exceeds the tolerance (again: see _QUIET_ROUNDS)
+        self._quiet_rounds = 0
         self._clock = clock
         self._round_start = clock()  # answers to calls sent before it were sent under an older limit
         self._next_probe = self._round_start + probe_every_s
 
     def on_answer(self, latency_s: float, completion_tokens: int, in_flight: int) -> None:
-        self.per_token.add(completion_tokens, latency_s)
+        self.per_token.add(self._rounds_ended, completion_tokens, latency_s)
         now = self._clock()
         if now - latency_s < self._round_start:
             return  # sent before the last change: it waited behind what the old limit let out
@@ -156,12 +172,22 @@ class GradientLimit:
         now = self._clock()
         latency, tokens = self._latency / self._answers, self._tokens / self._answers
         self._rounds.append((now, latency, tokens))
+        self._rounds_ended += 1
         while self._rounds[0][0] < now - self.window_s:
             self._rounds.popleft()
         ratio = self._ratio(latency, tokens)
+        quiet = self._saturated and ratio <= 1 + _QUIET_SHARE * (self.tolerance - 1)
+        self._quiet_rounds = self._quiet_rounds + 1 if quiet else 0
+        if self._quiet_rounds >= _QUIET_ROUNDS:
+            self._slow_start = True
         if ratio > self.tolerance:
             self._slow_start = False
             self.value = math.floor(self.value * max(0.5, self.tolerance / ratio))
+        elif self._saturated and self.value < self.min_round:
+            # A round is `min_round` answers however low the limit: one that saw no queue lets a whole round
+            # out at once. Growing by its square root, a consumer cut to 1 while others shared the server (or
+            # while it was busy with other work) took ten seconds to fill it again once alone.
+            self.value = self.min_round
         elif self._saturated:
             self.value = 2 * self.value if self._slow_start else self.value + math.ceil(math.sqrt(self.value))
         if not self._slow_start and now >= self._next_probe:
@@ -181,29 +207,29 @@ class GradientLimit:
 
 
 class _PerToken:
-    """Seconds per completion token: the least-squares slope of latency on reply length over the recent answers.
-    A queue adds the same wait to a short reply as to a long one, so the slope is the decoder's, queue or not."""
+    """Seconds per completion token: the least-squares slope of latency on reply length over the recent answers,
+    within the rounds they came back in. A queue adds the same wait to a short reply as to a long one at the same
+    moment, but not at different moments: fitted across rounds, a queue that grew while the replies happened to
+    get longer read as a steeper slope (a consumer among four fitted 4.1-5.7 ms a token on a 4 ms decoder, took its
+    reference overhead 0.06-0.28 s on a 0.3 s server and cut itself to 2). Against each round's own means the
+    queue cancels out."""
 
     def __init__(self, size: int) -> None:
-        self._points: deque[tuple[int, float]] = deque()
-        self._size = size
-        self._n = self._nn = self._l = self._nl = 0.0
+        self._points: deque[tuple[int, int, float]] = deque(maxlen=size)  # (round, tokens, latency)
 
-    def add(self, tokens: int, latency_s: float) -> None:
-        self._points.append((tokens, latency_s))
-        self._move(tokens, latency_s, 1)
-        if len(self._points) > self._size:
-            self._move(*self._points.popleft(), -1)
-
-    def _move(self, tokens: int, latency_s: float, sign: int) -> None:
-        self._n += sign * tokens
-        self._nn += sign * tokens * tokens
-        self._l += sign * latency_s
-        self._nl += sign * tokens * latency_s
+    def add(self, round_id: int, tokens: int, latency_s: float) -> None:
+        self._points.append((round_id, tokens, latency_s))
 
     def value(self) -> float:
-        count = len(self._points)
-        spread = count * self._nn - self._n * self._n
-        if count < 2 or spread <= 1e-9 * max(1.0, self._nn):
-            return 0.0  # replies all of one length (or no usage reported): latency alone
-        return max(0.0, (count * self._nl - self._n * self._l) / spread)
+        groups: dict[int, list[tuple[int, float]]] = {}
+        for round_id, tokens, latency_s in self._points:
+            groups.setdefault(round_id, []).append((tokens, latency_s))
+        spread = covariance = 0.0
+        for points in groups.values():
+            mean_tokens = sum(t for t, _ in points) / len(points)
+            mean_latency = sum(lat for _, lat in points) / len(points)
+            spread += sum((t - mean_tokens) ** 2 for t, _ in points)
+            covariance += sum((t - mean_tokens) * (lat - mean_latency) for t, lat in points)
+        if spread <= 1e-9:
+            return 0.0  # replies all of one length: latency alone (the client counts a reply without usage)
+        return max(0.0, covariance / spread)

@@ -20,6 +20,7 @@ class Served:
     """What the simulated server saw: the limit after each answer, and how busy its slots were."""
 
     limits: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # when each answer came
     busy_slot_s: float = 0.0
     capacity_s: float = 0.0
 
@@ -39,7 +40,6 @@ def serve(
     per_token_s: float = 0.004,
     reply_tokens: tuple[int, int] = (50, 260),
     noise: float = 0.0,
-    report_tokens: bool = True,
     seed: int = 0,
 ) -> Served:
     """Each client (a limit) keeps `value` calls out (it has work for all of them) until `calls` were answered;
@@ -71,9 +71,10 @@ def serve(
         served.busy_slot_s += (len(running) + 1) * (ends - now)
         served.capacity_s += capacity(now) * (ends - now)
         now = clock[0] = ends
-        clients[client].on_answer(now - sent, tokens if report_tokens else 0, out[client])
+        clients[client].on_answer(now - sent, tokens, out[client])
         out[client] -= 1
         served.limits.append(sum(limit.value for limit in clients))
+        served.times.append(now)
     return served
 
 
@@ -95,14 +96,6 @@ def test_replies_of_every_length_keep_the_batch_full_and_the_queue_short() -> No
         assert served.busy >= 0.95, (noise, served.busy)
 
 
-def test_without_reply_lengths_latency_alone_still_keeps_the_batch_full() -> None:
-    """A server that reports no usage: the round's mean latency against the least-queued recent round."""
-    limit, clock = _limit()
-    served = serve(limit, clock, report_tokens=False)
-    assert served.busy >= 0.93, served.busy
-    assert 32 <= statistics.median(served.limits[500:]) <= 48
-
-
 def test_settles_near_a_queueing_servers_capacity_and_follows_it_down() -> None:
     """Fixed service times, a batch of 16, a ceiling far above it: the limit is the batch and a small queue. When
     other clients take half the batch, latency grows and the limit follows."""
@@ -113,6 +106,32 @@ def test_settles_near_a_queueing_servers_capacity_and_follows_it_down() -> None:
     assert 16 <= statistics.median(before) <= 24 and max(before) <= 32, before[::25]
     assert 8 <= statistics.median(after) <= 14, after[::25]
     assert served.busy >= 0.95, served.busy
+
+
+def test_a_limit_cut_to_one_fills_the_batch_again_within_seconds() -> None:
+    """The server had room for one request of ours (others held the rest) until t = 60 s, then all 32 slots are
+    ours. Rounds are at least 8 answers, so from 1 by square roots (1, 2, 4, ...) it took 8 answers one after
+    another per step: 14 s to be back at the batch."""
+    limit, clock = _limit()
+    served = serve(limit, clock, calls=2000, capacity=lambda now: 1 if now < 60 else 32)
+    freed = next(i for i, t in enumerate(served.times) if t >= 60)
+    assert served.limits[freed] <= 3, served.limits[freed - 20 : freed]
+    back = next(t for t, value in zip(served.times[freed:], served.limits[freed:], strict=True) if value >= 32)
+    assert back - 60 <= 8, back
+
+
+def test_the_time_per_token_is_the_decoders_while_a_queue_grows() -> None:
+    """Rounds of 8 answers; from round to round the server's queue adds 0.1 s more wait and the replies happen to
+    be 20 tokens longer. Fitted across rounds, the growing wait reads as 4.5 ms more per token (8.5 ms on a 4 ms
+    decoder: the reference overhead then falls below the server's and the limit cuts itself down); within each
+    round the wait is the same for every reply, and the fit is the decoder's."""
+    limit, clock = _limit()
+    for answer in range(8 * 12):
+        round_, rank = divmod(answer, 8)
+        tokens = 50 + 20 * round_ + 10 * rank
+        clock[0] += 100.0  # each answer to a call sent after the last change: every one counts
+        limit.on_answer(0.3 + 0.004 * tokens + 0.1 * round_, tokens, in_flight=0)
+    assert abs(limit.per_token.value() - 0.004) < 1e-6, limit.per_token.value()
 
 
 def test_answers_to_calls_sent_before_a_cut_do_not_cut_again() -> None:

@@ -244,7 +244,7 @@ async def test_scheduler_gauges_size_the_limit_to_the_batch(fake_llm: FakeOpenAI
         started = time.monotonic() - fake_llm._t0
         calls = asyncio.gather(*(client.chat(_messages(f"call {i}"), priority=-i) for i in range(160)))
         # later calls go first: what waits here is served by priority, what waits at the server in arrival order
-        await asyncio.sleep(1.0)  # past the first 32, sent at once (the limit starts at the ceiling)
+        await asyncio.sleep(1.0)  # past the first 16, sent at once (the limit starts at 16)
         limits = []
         while not calls.done():
             limits.append(replica.limit.value)
@@ -258,9 +258,9 @@ async def test_scheduler_gauges_size_the_limit_to_the_batch(fake_llm: FakeOpenAI
     assert 4 <= statistics.median(limits) <= 6, limits
     assert max(limits[len(limits) // 4 :]) <= 2 * 5, limits
     assert fake_llm.stats().busy_slots(started + 1.0, ended - 0.5) >= 0.8 * 4
-    # The first 32 went out at once (the limit starts at the ceiling); of the rest, which waited here, the
-    # latest-created calls (best priority) reached the server first.
-    arrived = [int(r.messages[-1]["content"].split()[1]) for r in fake_llm.records[32:]]
+    # The first 16 went out at once (the limit starts at 16); of the rest, which waited here, the latest-created
+    # calls (best priority) reached the server first.
+    arrived = [int(r.messages[-1]["content"].split()[1]) for r in fake_llm.records[16:]]
     assert sum(arrived[:40]) / 40 > sum(arrived[-40:]) / 40 + 60
 
 
@@ -290,13 +290,25 @@ async def test_without_scheduler_gauges_latency_sizes_the_limit(fake_llm: FakeOp
 def test_scheduler_limit_grows_into_room_and_shrinks_when_requests_wait() -> None:
     limit = SchedulerLimit(64, initial=8)
     limit.on_reading(running=8, waiting=0, kv_usage=0.3, in_flight=8)
-    assert limit.value == 12  # nothing waits, no capacity seen yet: probe upwards
-    limit.on_reading(running=10, waiting=0, kv_usage=0.99, in_flight=12)
-    assert limit.value == 12  # the KV cache is full: no more
+    assert limit.value == 16  # nothing waits, no capacity seen yet: double
+    limit.on_reading(running=10, waiting=0, kv_usage=0.99, in_flight=16)
+    assert limit.value == 16  # the KV cache is full: no more
     limit.on_reading(running=10, waiting=6, kv_usage=0.99, in_flight=16)
-    assert (limit.capacity, limit.queue(), limit.value) == (10, 2, 10)  # half the excess over a quarter's queue
-    limit.on_reading(running=6, waiting=0, kv_usage=0.5, in_flight=9)
-    assert limit.value == 16  # four free slots and the queue
+    assert (limit.capacity, limit.queue(), limit.value) == (10, 2, 12)  # all the excess over the queue: ours alone
+    limit.on_reading(running=6, waiting=0, kv_usage=0.5, in_flight=12)
+    assert limit.value == 18  # four free slots and the queue
+
+
+def test_clients_of_one_replica_each_move_by_their_share_of_what_it_holds() -> None:
+    """The gauges are the server's: four consumers read the same excess (or room). Each moving by all of it,
+    together they overshot four times over and the queue swung; each moves by its share of the requests there."""
+    limits = [SchedulerLimit(64, initial=14) for _ in range(4)]
+    for limit in limits:  # a batch of 32 and 24 waiting, of which a quarter's queue (8) is wanted; each holds 14
+        limit.on_reading(running=32, waiting=24, kv_usage=0.5, in_flight=14)
+    assert [limit.value for limit in limits] == [10] * 4  # a quarter of the 16 too many each: 32 + 8 in all
+    for limit in limits:  # 4 of the 8 wanted wait, each client at its limit: each sends a quarter of 4 more
+        limit.on_reading(running=32, waiting=4, kv_usage=0.5, in_flight=9)
+    assert [limit.value for limit in limits] == [11] * 4
 
 
 def test_gauges_are_read_from_a_vllm_metrics_page() -> None:
