@@ -233,7 +233,7 @@ def run_client(client: str, setup: Setup, source: Path, work: Path, seed: int = 
             raise SystemExit(f"{client} exited {code}:\n{log_text[-4000:]}")
     ended, rejected = _ended(client, work)
     if ended != setup.docs:
-        raise SystemExit(f"{client}: {ended} documents ended, expected {setup.docs} (log: {log})")
+        raise SystemExit(f"{client}: {ended} documents ended, expected {setup.docs} (logs under {work})")
     return _measure(client, setup, server, wall, ended, rejected)
 
 

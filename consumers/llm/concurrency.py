@@ -186,7 +186,7 @@ class GradientLimit:
         elif self._saturated and self.value < self.min_round:
             # A round is `min_round` answers however low the limit: one that saw no queue lets a whole round
             # out at once. Growing by its square root, a consumer cut to 1 while others shared the server (or
-            # while it was busy with other work) took ten seconds to fill it again once alone.
+            # while it was busy with other work) took 20-25 s to fill it again once alone.
             self.value = self.min_round
         elif self._saturated:
             self.value = 2 * self.value if self._slow_start else self.value + math.ceil(math.sqrt(self.value))

@@ -111,7 +111,7 @@ def test_settles_near_a_queueing_servers_capacity_and_follows_it_down() -> None:
 def test_a_limit_cut_to_one_fills_the_batch_again_within_seconds() -> None:
     """The server had room for one request of ours (others held the rest) until t = 60 s, then all 32 slots are
     ours. Rounds are at least 8 answers, so from 1 by square roots (1, 2, 4, ...) it took 8 answers one after
-    another per step: 14 s to be back at the batch."""
+    another per step: 25 s to be back at the batch."""
     limit, clock = _limit()
     served = serve(limit, clock, calls=2000, capacity=lambda now: 1 if now < 60 else 32)
     freed = next(i for i, t in enumerate(served.times) if t >= 60)
