@@ -94,6 +94,7 @@ class KafkaRuntime:
         self.bridge: ConsumerBridge
         self._stopping = False
         self._forced = False
+        self._refused: set[int] = set()  # partitions whose commit on revocation the group refused
         self._fatal: BaseException | None = None
         self._member: Membership = NOT_JOINED
         self._last_work = 0.0
@@ -414,6 +415,17 @@ class KafkaRuntime:
         if not partitions:
             return {}
         self.metrics.rebalances.labels("revoked").inc()
+        refused, self._refused = partitions & self._refused, self._refused - partitions
+        if refused:
+            # The group refused the first commit: it has moved on, and a new owner may already have cleared the
+            # partitions' uncommitted output. A file written now would outlive that clearing beside the new
+            # owner's rows for the same offsets (seen: two rows for two offsets after a member lost its
+            # generation mid-revocation). The running documents are dropped; the new owner redoes them.
+            log.warning("commit on revocation refused for %s: dropping their running work unwritten", sorted(refused))
+            await self._drop(refused)
+            partitions = partitions - refused
+            if not partitions:
+                return {}
         finished, cancelled = await self._finish_running(partitions)
         offsets = await self._write_revoked(partitions, close=True)
         log.info(
@@ -471,6 +483,8 @@ class KafkaRuntime:
 
     def revoke_committed(self, offsets: dict[int, int], ok: bool) -> None:
         self.metrics.commits.labels("ok" if ok else "failed").inc()
+        if not ok:
+            self._refused |= set(offsets)
         if ok:
             self.pipeline.committed(offsets)
             marking = asyncio.ensure_future(self.pipeline.io(self.markers.advance, offsets))
@@ -487,6 +501,10 @@ class KafkaRuntime:
             return
         self.metrics.rebalances.labels("lost").inc()
         log.warning("lost partitions %s (membership expired): dropping their uncommitted work", sorted(partitions))
+        await self._drop(partitions)
+
+    async def _drop(self, partitions: set[int]) -> None:
+        """Close `partitions` without writing or committing anything: their next owner redoes the work."""
         await self._locked()
         try:
             await self.pipeline.close_partitions(partitions)
@@ -495,6 +513,7 @@ class KafkaRuntime:
 
     def assign(self, partitions: set[int], epoch: int) -> None:
         log.info("assigned partitions %s", sorted(partitions))
+        self._refused -= partitions  # a refusal of the last revocation's final commit says nothing of this one
         for job in (self._prepare(partitions, epoch), self._share_llm_limit(partitions)):
             task = asyncio.ensure_future(job)
             self._preparing.add(task)
