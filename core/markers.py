@@ -4,8 +4,10 @@ A file of the output is published before the offsets it covers are committed, an
 between leaves a file that the partition's next owner deletes and writes again, from new LLM calls. Readers
 that must see each input once (the trainer) therefore take only the files that end at or below their
 partition's marker, `<output>/_markers/<stream>/<partition>.json`, which the consumer moves forward after
-every successful offset commit (a file run: once, at the end of a complete run). A marker never moves back,
-and nothing below a committed offset is ever rewritten, so a file taken once never changes.
+every successful offset commit (a file run: once, at the end of a complete run), and that no later
+generation's file supersedes (`core.keys.superseded`: a writer that had lost its partition published it). A
+marker never moves back, and nothing below a committed offset is ever rewritten, so a file taken once never
+changes.
 
 A marker may lag its commit (its write failed, or the process died right after committing): that holds
 files back until the next commit, never lets an uncommitted one through. Two owners of a partition racing

@@ -20,7 +20,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from core.exceptions import InvalidRecord
-from core.keys import list_outputs
+from core.keys import FILE_RUN_GENERATION, list_outputs
 from core.markers import advance_marker
 from core.records import Document, iter_file
 from core.storage import Location
@@ -142,7 +142,7 @@ async def _drain(
     on_progress: Callable[[RunSummary], None] | None,
 ) -> None:
     """Feed the file to the pipeline a chunk at a time, whenever its backlog is empty, until all is emitted."""
-    pipeline.open(PARTITION, 0)
+    pipeline.open(PARTITION, 0, FILE_RUN_GENERATION)
     more = True
     while True:
         async with pipeline.lock:

@@ -207,7 +207,9 @@ class Pipeline(Generic[R]):
 
     # -- ownership -------------------------------------------------------------------------------------------
 
-    def open(self, partition: int, position: int) -> None:
+    def open(self, partition: int, position: int, generation: int) -> None:
+        """Own `partition` from `position` on, as its owner in the consumer group's `generation`."""
+        self.sink.open(self.topic, partition, generation)
         window = OrderedWindow(self.max_in_flight, 4 * self.max_in_flight)
         self.parts[partition] = PartitionState[R](partition, window, position, position, position)
         self.metrics.assigned.set(len(self.parts))

@@ -3,7 +3,9 @@
 Offsets are committed only at the end of a durable file, so every output file of a partition that starts at or
 after the committed offset was written by an owner that died (or lost the partition) before it could commit. It
 is about to be rewritten from the same records, possibly with other file boundaries (a shutdown flush rolls
-early), so it is removed first: otherwise a replay rolling at a different offset would leave a row twice.
+early), so it is removed first: otherwise a replay rolling at a different offset would leave a row twice. Files
+that an earlier owner published after losing the partition, over offsets a later owner has committed since,
+are superseded (`core.keys.superseded`): readers skip them, and they go too.
 
 The dedup index is in memory. Rebuilding it from the rows below the committed offset keeps the decisions made
 before a restart; rows above it are not loaded, or a replayed document would be a near-duplicate of itself.
@@ -16,7 +18,7 @@ from collections.abc import Iterator
 
 import pyarrow.parquet as pq
 
-from core.keys import list_outputs
+from core.keys import list_outputs, superseded
 from core.storage import Location
 
 log = logging.getLogger(__name__)
@@ -25,19 +27,21 @@ DEDUP_COLUMNS = ["branch", "request", "page_hash", "source_partition", "source_o
 
 
 def clear_uncommitted(location: Location, stream: str, positions: dict[int, int]) -> list[str]:
-    """Delete the files of each partition that start at or after its committed offset; returns their paths.
+    """Delete the files of each partition that start at or after its committed offset, and its superseded
+    files; returns their paths.
 
     On a local disk, temporary files of a write killed before its rename go too (S3 puts leave none).
     """
-    stale = [
-        f.path
-        for f in list_outputs(location, stream, temporaries=location.is_local)
-        if f.partition in positions and (f.temporary or f.start_offset >= positions[f.partition])
-    ]
+    found = [f for f in list_outputs(location, stream, temporaries=location.is_local) if f.key.partition in positions]
+    stale = [f.path for f in found if f.temporary or f.key.start_offset >= positions[f.key.partition]]
     for path in stale:
         log.info("removing uncommitted output %s", path, extra={"path": path})
+    fenced = [f.path for f in superseded(found) if f.path not in stale]
+    for path in fenced:
+        log.warning("removing output written after its writer lost the partition: %s", path, extra={"path": path})
+    for path in stale + fenced:
         location.fs.delete_file(path)
-    return stale
+    return stale + fenced
 
 
 def committed_rows(
@@ -46,11 +50,13 @@ def committed_rows(
     """(branch, request, page_hash) of the rows of each partition whose offsets fall in its [start, end)."""
     import pyarrow.compute as pc  # only a restarted Kafka member reads rows back: not on every start-up path
 
-    for f in list_outputs(location, stream):
-        if f.rejected or f.partition not in ranges:
+    files = list_outputs(location, stream)
+    fenced = {f.path for f in superseded(files)}
+    for f in files:
+        if f.rejected or f.key.partition not in ranges or f.path in fenced:
             continue
-        start, end = ranges[f.partition]
-        if f.start_offset >= end:
+        start, end = ranges[f.key.partition]
+        if f.key.start_offset >= end:
             continue
         table = pq.read_table(f.path, columns=DEDUP_COLUMNS, filesystem=location.fs)
         offsets = table.column("source_offset")

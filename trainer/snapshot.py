@@ -2,10 +2,11 @@
 
 Writers publish a file under its final name only once it is complete (`Location.publish`), so a listing that
 ignores names starting with `.` or `_` (temporary files, markers, the `_rejected/` subtree) sees only complete
-files. Complete is not final: a consumer's file (`<stream>+<partition>+<start>.parquet`) is rewritten, from
-new LLM calls, when the consumer died before committing its offsets. So a stream's file is taken only when
-its offset range ends at or below its partition's commit marker (`core.markers`); the markers used
-are recorded in the manifest. Parquet files not named like a stream's are taken as they are.
+files. Complete is not final: a consumer's file (`core.keys`) is rewritten, from new LLM calls, when the
+consumer died before committing its offsets. So a stream's file is taken only when its offset range ends at or
+below its partition's commit marker (`core.markers`), and never when it is superseded (published by a writer
+that had lost its partition, over offsets a later owner wrote and committed); the markers used are recorded in
+the manifest. Parquet files not named like a stream's are taken as they are.
 
 Each file is identified by its content hash, so a file rewritten under the same key counts as new; the hash
 of an unchanged file (same path, size and mtime) is reused from the previous manifest.
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from core.keys import parse_file_name
+from core.keys import FileKey, list_outputs, parse_file_name, superseded
 from core.markers import Marker, read_markers
 from core.storage import Location
 from trainer.exceptions import DataFileError, EmptySnapshot
@@ -63,12 +64,13 @@ class BadFile:
 class Manifest:
     """The frozen set of files a run trains on; `snapshot_id` hashes paths, sizes, rows and content hashes.
     `markers` are the commit markers the files were checked against; `held_back` the stream files they left
-    out (published, not committed yet)."""
+    out (published, not committed yet); `superseded` the stream files no snapshot takes (`core.keys`)."""
 
     root: str
     files: tuple[FileEntry, ...]
     markers: tuple[Marker, ...] = ()
     held_back: tuple[str, ...] = ()
+    superseded: tuple[str, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -87,6 +89,7 @@ class Manifest:
             "files": [asdict(f) for f in self.files],
             "markers": [asdict(m) for m in self.markers],
             "held_back": list(self.held_back),
+            "superseded": list(self.superseded),
         }
 
     @classmethod
@@ -94,7 +97,8 @@ class Manifest:
         files = tuple(FileEntry(**f) for f in data["files"])  # type: ignore[arg-type,union-attr]
         markers = tuple(Marker(**m) for m in data.get("markers", ()))  # type: ignore[arg-type,attr-defined]
         held = tuple(data.get("held_back", ()))  # type: ignore[arg-type]
-        return cls(root=str(data["root"]), files=files, markers=markers, held_back=held)
+        fenced = tuple(data.get("superseded", ()))  # type: ignore[arg-type]
+        return cls(root=str(data["root"]), files=files, markers=markers, held_back=held, superseded=fenced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +136,15 @@ def take_snapshot(
     """List, check against the commit markers, hash and count the complete files; a corrupt file fails the
     snapshot unless `skip_bad_files`."""
     markers = read_markers(loc)
+    fenced = {_relative(loc, f.path) for f in superseded(list_outputs(loc)) if not f.rejected}
     known = {f.path: f for f in previous.files} if previous else {}
     entries: list[FileEntry] = []
     held: list[str] = []
     bad: list[BadFile] = []
     for info in list_data_files(loc):
         rel = _relative(loc, info.path)
+        if rel in fenced:
+            continue
         stream = parse_file_name(info.base_name)
         seen = known.get(rel)
         if seen is not None and (
@@ -159,8 +166,10 @@ def take_snapshot(
         entries.append(FileEntry(rel, int(info.size or 0), rows, sha256, info.mtime_ns, end_offset))
     if held:
         log.info("%d published files not committed yet, left for a later snapshot: %s", len(held), ", ".join(held))
+    if fenced:
+        log.warning("%d files published after their writer lost its partition, left out: %s", len(fenced), fenced)
     used = tuple(markers[k] for k in sorted(markers))
-    manifest = Manifest(root=loc.uri, files=tuple(entries), markers=used, held_back=tuple(held))
+    manifest = Manifest(loc.uri, tuple(entries), used, tuple(held), tuple(sorted(fenced)))
     if not manifest.files:
         raise EmptySnapshot(
             f"empty snapshot: no complete Parquet file under {loc.uri} (ignoring _* and .* names"
@@ -171,13 +180,11 @@ def take_snapshot(
     return manifest, bad
 
 
-def _committed(
-    stream: tuple[str, int, int] | None, end_offset: int | None, markers: dict[tuple[str, int], Marker]
-) -> bool:
+def _committed(stream: FileKey | None, end_offset: int | None, markers: dict[tuple[str, int], Marker]) -> bool:
     """A stream's file is final once its partition's marker covers its whole range; other files are as placed."""
     if stream is None:
         return True
-    marker = markers.get((stream[0], stream[1]))
+    marker = markers.get((stream.stream, stream.partition))
     return marker is not None and end_offset is not None and marker.covers(end_offset)
 
 

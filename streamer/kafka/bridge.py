@@ -105,11 +105,15 @@ NOT_JOINED = Membership(-1, False, frozenset())
 
 
 class _CountingAssignor(AbstractPartitionAssignor):
-    """Delegates to a kafka-python assignor and reports how many members it assigns to (only a leader assigns)."""
+    """Delegates to a kafka-python assignor; reports how many members it assigns to (only a leader assigns) and
+    the generation of each assignment this member receives (just before `on_partitions_assigned`)."""
 
-    def __init__(self, inner: type[AbstractPartitionAssignor], seen: Callable[[int], None]) -> None:
+    def __init__(
+        self, inner: type[AbstractPartitionAssignor], seen: Callable[[int], None], received: Callable[[int], None]
+    ) -> None:
         self._inner = inner
         self._seen = seen
+        self._received = received
 
     @property
     def name(self) -> str:
@@ -123,6 +127,7 @@ class _CountingAssignor(AbstractPartitionAssignor):
         return self._inner.metadata(topics)
 
     def on_assignment(self, assignment: Any, generation: int) -> None:
+        self._received(generation)
         self._inner.on_assignment(assignment, generation)
 
 
@@ -149,8 +154,8 @@ class RebalanceHandler(Protocol):
     async def lose(self, partitions: set[int]) -> None:
         """Membership was lost: drop the partitions' state without committing."""
 
-    def assign(self, partitions: set[int], epoch: int) -> None:
-        """New partitions (paused until the runtime has prepared them)."""
+    def assign(self, partitions: set[int], epoch: int, generation: int) -> None:
+        """New partitions of the group's `generation` (paused until the runtime has prepared them)."""
 
     def revoke_committed(self, offsets: dict[int, int], ok: bool) -> None:
         """Result of a commit made on revocation."""
@@ -195,7 +200,7 @@ class _Listener(AsyncConsumerRebalanceListener):
         # Paused until the runtime has cleared stale output and rebuilt its dedup index for them.
         bridge.consumer.pause(*assigned)
         bridge.rebalancing = False
-        bridge.loop.call_soon_threadsafe(bridge.handler.assign, bridge.mine(assigned), bridge.epoch)
+        bridge.loop.call_soon_threadsafe(bridge.handler.assign, bridge.mine(assigned), bridge.epoch, bridge.generation)
 
 
 class ConsumerBridge:
@@ -211,6 +216,9 @@ class ConsumerBridge:
         """Bumped on every revocation: a commit prepared under an older epoch is not sent."""
         self.rebalancing = False
         """Between a revocation (or loss) and the next assignment: the member owns nothing it may count on."""
+        self.generation = -1
+        """The group generation of the last assignment received (set on kafka-python's I/O thread): the writer's
+        fencing token in the names of the files it writes for those partitions (`core.keys`)."""
         self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         # A daemon thread: a consumer call stuck on a broker that is away must not keep a stopping process alive.
         self._executor = DaemonExecutor(1, "kafka-consumer")
@@ -287,11 +295,15 @@ class ConsumerBridge:
             reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
             # Eager protocols: every rebalance revokes everything first, which the dedup rebuild relies on.
             partition_assignment_strategy=tuple(
-                _CountingAssignor(a, self._note_led) for a in (RangePartitionAssignor, RoundRobinPartitionAssignor)
+                _CountingAssignor(a, self._note_led, self._note_generation)
+                for a in (RangePartitionAssignor, RoundRobinPartitionAssignor)
             ),
         )
         consumer.subscribe([self.topic], listener=_Listener(self))
         return consumer
+
+    def _note_generation(self, generation: int) -> None:
+        self.generation = generation
 
     def _note_led(self, members: int) -> None:
         self._led = members

@@ -511,10 +511,10 @@ class KafkaRuntime:
         finally:
             self.pipeline.lock.release()
 
-    def assign(self, partitions: set[int], epoch: int) -> None:
-        log.info("assigned partitions %s", sorted(partitions))
+    def assign(self, partitions: set[int], epoch: int, generation: int) -> None:
+        log.info("assigned partitions %s", sorted(partitions), extra={"generation": generation})
         self._refused -= partitions  # a refusal of the last revocation's final commit says nothing of this one
-        for job in (self._prepare(partitions, epoch), self._share_llm_limit(partitions)):
+        for job in (self._prepare(partitions, epoch, generation), self._share_llm_limit(partitions)):
             task = asyncio.ensure_future(job)
             self._preparing.add(task)
             task.add_done_callback(self._preparing.discard)
@@ -531,8 +531,9 @@ class KafkaRuntime:
         except (KafkaError, OSError) as exc:  # the limiter goes on sharing by the server's answers alone
             log.warning("cannot read the topic's partition count to share the LLM's limit: %s", exc)
 
-    async def _prepare(self, partitions: set[int], epoch: int) -> None:
-        """Clear uncommitted output and rebuild dedup for new partitions, then let them be fetched."""
+    async def _prepare(self, partitions: set[int], epoch: int, generation: int) -> None:
+        """Clear uncommitted and superseded output and rebuild dedup for new partitions, then let them be
+        fetched; their files are named for `generation`."""
         delay = 0.5
         while not self._stopping and self.bridge.epoch == epoch:
             try:
@@ -545,7 +546,7 @@ class KafkaRuntime:
                         return
                     await self.pipeline.recall_dedup(positions)
                     for p, position in positions.items():
-                        self.pipeline.open(p, position)
+                        self.pipeline.open(p, position, generation)
                 log.info("partitions ready at offsets %s", positions, extra={"positions": positions})
                 self.pipeline.wake.set()
                 return

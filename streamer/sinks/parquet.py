@@ -1,10 +1,12 @@
 """Rolled Parquet files with deterministic keys: the Kafka Connect S3 sink's delivery design.
 
-Outcomes are `add()`ed per (stream, partition) in offset order. A file covers a contiguous offset range that
-starts where the previous durable file ended, and is named after that start offset, so a replay after a crash
-rewrites the same keys instead of adding new ones. Files roll on input-record count or record time, never on
-wall clock. Every flush writes the rows file and the rejections file of the range, or removes a stale one left
-by an uncommitted earlier attempt, so a replay with different boundaries can never leave a row twice.
+Outcomes are `add()`ed per (stream, partition) in offset order, after the partition was `open()`ed with the
+consumer-group generation that owns it. A file covers a contiguous offset range that starts where the previous
+durable file ended, and is named after its range and that generation (`core.keys.file_name`): a file run
+replayed after a crash rewrites the same keys, and a writer that lost its partition cannot overwrite its next
+owner's files, only leave files that readers recognise as superseded. Files roll on input-record count or
+record time, never on wall clock. Every flush writes the rows file and the rejections file of the range, or
+removes a stale one left by an earlier attempt, so a range never keeps the other kind from a replay.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class _Converted(Generic[T]):
 
 @dataclass(slots=True)
 class _OpenFile:
+    generation: int
     start_offset: int
     next_offset: int
     first_ts_ms: int | None
@@ -129,6 +132,7 @@ class ParquetSink:
         self.retry_deadline_s = retry_deadline_s
         self.on_written = on_written
         self._open: dict[tuple[str, int], _OpenFile] = {}
+        self._generation: dict[tuple[str, int], int] = {}
         self._abort = threading.Event()
 
     def setup(self) -> None:
@@ -140,9 +144,16 @@ class ParquetSink:
             if info.type == pafs.FileType.NotFound:
                 raise SinkWriteError(f"bucket of {self.location.uri!r} does not exist")
 
+    def open(self, stream: str, partition: int, generation: int) -> None:
+        """Take a partition to write, as its owner of `generation` (0 for a file run), which names its files."""
+        self._open.pop((stream, partition), None)
+        self._generation[(stream, partition)] = generation
+
     def add(self, stream: str, partition: int, offset: int, outcome: Outcome) -> list[WrittenFile]:
         """Add the outcome of input record `offset`; returns the files this closed (possibly none)."""
         key = (stream, partition)
+        if key not in self._generation:
+            raise KeyError(f"{stream}[{partition}] was not opened")
         ts = outcome.ref.timestamp_ms
         written: list[WrittenFile] = []
         current = self._open.get(key)
@@ -150,7 +161,7 @@ class ParquetSink:
             written.append(self._write(stream, partition, current))
             current = None
         if current is None:
-            current = self._open[key] = _OpenFile(start_offset=offset, next_offset=offset, first_ts_ms=ts)
+            current = self._open[key] = _OpenFile(self._generation[key], offset, offset, ts)
         if offset != current.next_offset:
             raise ValueError(f"{stream}[{partition}]: offset {offset} added after {current.next_offset - 1}")
         current.next_offset = offset + 1
@@ -180,15 +191,16 @@ class ParquetSink:
         return [self._write(stream, partition, self._open[(stream, partition)]) for stream, partition in keys]
 
     def discard(self, partitions: Sequence[tuple[str, int]]) -> None:
-        """Forget buffered outcomes (a revoked partition whose records the next owner will reprocess)."""
+        """Forget buffered outcomes and the partitions (revoked: the next owner reprocesses their records)."""
         for key in partitions:
             self._open.pop(key, None)
+            self._generation.pop(key, None)
 
     def buffered_records(self) -> int:
         return sum(f.records for f in self._open.values())
 
     def _write(self, stream: str, partition: int, current: _OpenFile) -> WrittenFile:
-        name = file_name(stream, partition, current.start_offset)
+        name = file_name(stream, partition, current.start_offset, current.next_offset, current.generation)
         date = date_dir(current.first_ts_ms)
         rows_key = self.location.path(stream, *date, name)
         rejected_key = self.location.path(REJECTED_DIR, stream, *date, name)
@@ -197,6 +209,7 @@ class ParquetSink:
             "webr.partition": str(partition),
             "webr.start_offset": str(current.start_offset),
             "webr.end_offset": str(current.next_offset),
+            "webr.generation": str(current.generation),
         }
         keys: list[str] = []
         size = 0

@@ -8,13 +8,12 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from pyarrow import fs as pafs
 
-from core.keys import REJECTED_DIR
+from core.keys import list_outputs, superseded
 from core.storage import resolve
 from devtools.tansu import KafkaTopic, wait_for
 from tests.support.documents import CONSUME, REPO, page
@@ -33,10 +32,12 @@ def documents(n: int, start: int = 0) -> list[tuple[bytes, bytes]]:
 
 @dataclass
 class Output:
-    """What a run wrote, read back through pyarrow's filesystem (local or S3)."""
+    """What a run wrote, read back through pyarrow's filesystem (local or S3) as readers take it: files that
+    their writer published after losing the partition (`core.keys.superseded`) are left out, and listed."""
 
     rows: list[dict]
     rejected: list[dict]
+    superseded: list[str] = field(default_factory=list)
 
     @property
     def doc_ids(self) -> Counter[str]:
@@ -51,17 +52,14 @@ class Output:
 
 def read_output(uri: str, topic: str, s3_endpoint_url: str | None = None) -> Output:
     location = resolve(uri, s3_endpoint_url=s3_endpoint_url)
+    files = list_outputs(location, topic)
+    fenced = {f.path for f in superseded(files)}
 
-    def read(base: str) -> list[dict]:
-        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-        files = sorted(
-            i.path
-            for i in location.fs.get_file_info(selector)
-            if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith(".")
-        )
-        return [r for f in files for r in pq.read_table(f, filesystem=location.fs).to_pylist()]
+    def read(rejected: bool) -> list[dict]:
+        paths = sorted(f.path for f in files if f.rejected == rejected and f.path not in fenced)
+        return [r for path in paths for r in pq.read_table(path, filesystem=location.fs).to_pylist()]
 
-    return Output(read(location.path(topic)), read(location.path(REJECTED_DIR, topic)))
+    return Output(read(False), read(True), sorted(fenced))
 
 
 class Consumer:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from core.keys import parse_file_name
 from core.markers import marker_path, read_markers
 from core.storage import Location, resolve
 from devtools.fakeopenai import FakeOpenAI
@@ -143,8 +144,9 @@ def test_sigkill_three_times_at_random_moments_leaves_every_document_once(
     location = resolve(uri, s3_endpoint_url=endpoint)
     committed = kafka_topic.committed()
     for entry in committed_snapshot(location):
-        partition = int(entry.path.rsplit("+", 2)[1])
-        assert entry.end_offset is not None and entry.end_offset <= (committed[partition] or 0), (entry, committed)
+        key = parse_file_name(entry.path.rsplit("/", 1)[-1])
+        assert key is not None and entry.end_offset == key.end_offset, entry
+        assert key.end_offset <= (committed[key.partition] or 0), (entry, committed)
 
     consumer.cmd += ["--stop-after-idle", "3"]
     consumer.start()

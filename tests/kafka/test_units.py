@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from core.exceptions import InvalidRecord
-from core.keys import list_outputs, parse_file_name
+from core.keys import LEGACY_GENERATION, FileKey, OutputFile, file_name, list_outputs, parse_file_name, superseded
 from core.outcomes import Outcome, PairRow, Rejection, SourceRef, Usage
 from core.records import Document
 from core.storage import resolve
@@ -92,16 +92,39 @@ def test_consume_cli_refuses_kafka_settings_that_cannot_work(capsys: pytest.Capt
 
 
 def test_file_names_round_trip() -> None:
-    assert parse_file_name("my.topic-1+2+00000000000000000042.parquet") == ("my.topic-1", 2, 42)
-    assert parse_file_name(".tmp-abc-t+0+1.parquet") == (".tmp-abc-t", 0, 1)
+    name = file_name("my.topic-1", 2, 42, 50, 7)
+    assert name == "my.topic-1+2+00000000000000000042+00000000000000000050+g7.parquet"
+    assert parse_file_name(name) == FileKey("my.topic-1", 2, 42, 50, 7)
+    assert parse_file_name("a+b+3+0+5+6+g0.parquet") == FileKey("a+b+3", 0, 5, 6, 0), "a stem may hold a +"
+    assert parse_file_name("my.topic-1+2+00000000000000000042.parquet") == FileKey(
+        "my.topic-1", 2, 42, None, LEGACY_GENERATION
+    ), "names written before ranges and generations were named"
     assert parse_file_name("t+x+1.parquet") is None
+    assert parse_file_name("t+0+1+2+7.parquet") == FileKey("t+0+1", 2, 7, None, LEGACY_GENERATION), "no g: legacy"
     assert parse_file_name("README.md") is None
 
 
-def test_new_owner_clears_uncommitted_files_and_recalls_committed_rows(tmp_path: Path) -> None:
+def output(partition: int, start: int, end: int | None, generation: int, *, rejected: bool = False) -> OutputFile:
+    key = FileKey("t", partition, start, end, generation)
+    return OutputFile(f"{'r' if rejected else ''}{partition}:{start}-{end}@{generation}", key, rejected)
+
+
+def test_a_range_overlapped_by_a_later_generation_is_superseded() -> None:
+    legit = [output(0, 0, 5, 3), output(0, 5, 9, 4, rejected=True), output(0, 9, 20, 4), output(0, 20, 22, 6)]
+    zombies = [output(0, 7, 9, 3), output(0, 19, 21, 4), output(0, 8, 12, 2, rejected=True)]
+    elsewhere = [output(1, 7, 9, 3), output(0, 22, 30, 5)]  # another partition; an older range beyond the others
+    legacy = [output(0, 6, None, LEGACY_GENERATION)]
+    files = legit + zombies + elsewhere + legacy
+    assert sorted(f.path for f in superseded(files)) == sorted(f.path for f in zombies)
+    assert superseded(legit + elsewhere + legacy) == [], "ranges that meet end to end do not overlap"
+    assert superseded([output(0, 0, 5, 3), output(0, 0, 5, 3, rejected=True)]) == [], "rows and rejections of a range"
+
+
+def test_new_owner_clears_uncommitted_and_superseded_files_and_recalls_committed_rows(tmp_path: Path) -> None:
     location = resolve(str(tmp_path))
     sink = ParquetSink(location, RollPolicy(max_records=5))
     for p in (0, 1):
+        sink.open("t", p, 4)
         for o in range(12):
             outcome: Outcome = (
                 row(p, o)
@@ -111,16 +134,28 @@ def test_new_owner_clears_uncommitted_files_and_recalls_committed_rows(tmp_path:
             sink.add("t", p, o, outcome)
     sink.flush()
     assert len(list_outputs(location, "t")) == 8  # 3 ranges x 2 partitions, plus 2 rejection files
+    late = ParquetSink(location, RollPolicy(max_records=3))  # partition 1's owner of generation 3, cut off
+    late.open("t", 1, 3)
+    late.add("t", 1, 2, row(1, 2))
+    [zombie] = late.flush()
 
-    orphan = tmp_path / "t" / "dt=2026-09-21" / ".tmp-0123abcd-t+0+00000000000000000010.parquet"
+    orphan = tmp_path / "t" / "dt=2026-09-21" / f".tmp-0123abcd-{file_name('t', 0, 10, 12, 4)}"
     orphan.write_bytes(b"half a file from a killed write")
-    removed = clear_uncommitted(location, "t", {0: 5})
+    removed = clear_uncommitted(location, "t", {0: 5, 1: 12})
     assert str(orphan) in removed and not orphan.exists()
     removed.remove(str(orphan))
-    assert sorted(parse_file_name(Path(r).name)[1:] for r in removed) == [(0, 5), (0, 10)]  # type: ignore[index]
-    left = {(f.partition, f.start_offset, f.rejected) for f in list_outputs(location, "t")}
+    keys = [parse_file_name(Path(r).name) for r in removed]
+    assert sorted(keys, key=lambda k: (k.partition, k.start_offset)) == [  # type: ignore[union-attr]
+        FileKey("t", 0, 5, 10, 4),
+        FileKey("t", 0, 10, 12, 4),
+        FileKey("t", 1, 2, 3, 3),
+    ]
+    assert removed[-1] == zombie.keys[0]
+    left = {(f.key.partition, f.key.start_offset, f.rejected) for f in list_outputs(location, "t")}
     assert left == {(0, 0, False), (0, 0, True), (1, 0, False), (1, 0, True), (1, 5, False), (1, 10, False)}
 
+    late.add("t", 1, 3, row(1, 3))  # lands after the clearing: readers skip it
+    late.flush()
     recalled = list(committed_rows(location, "t", {0: (0, 5), 1: (2, 7)}))
     assert sorted(r[1] for r in recalled) == sorted(
         [f"request 0 {o}" for o in (0, 1, 2, 4)] + [f"request 1 {o}" for o in (2, 4, 5, 6)]
@@ -176,7 +211,7 @@ async def test_outcomes_leave_in_offset_order_and_only_durable_offsets_are_commi
         "t", ReversedProcessor(), sink, dead, ConsumerMetrics(CollectorRegistry()), max_in_flight=8, dedup=dedup
     )
     try:
-        pipe.open(0, 100)
+        pipe.open(0, 100, 1)
         good = b'{"id": "x", "text": "a page"}'
         # offset 104 is missing (a transaction marker): the range still covers it
         batch = [record(0, o, good if o != 102 else b"not json") for o in (100, 101, 102, 103, 105, 106, 107)]
@@ -213,6 +248,7 @@ def test_sink_write_during_an_outage_retries_until_aborted(s3_bucket: S3Bucket) 
         retry_deadline_s=None,
     )
     sink.setup()
+    sink.open("t", 0, 1)
     sink.add("t", 0, 0, row(0, 0))
     s3_bucket.server.stop()
     failure: list[BaseException] = []

@@ -51,23 +51,25 @@ def read_ids(root: Path, sub: str = "t") -> list[str]:
 def test_roll_on_record_count_and_read_back(tmp_path: Path) -> None:
     sink = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=3))
     sink.setup()
+    sink.open("t", 0, 7)
     written = []
     for i in range(7):
         written += sink.add("t", 0, i, rejection(i) if i % 3 == 1 else row(i))
     assert [(w.start_offset, w.end_offset) for w in written] == [(0, 3), (3, 6)]
     written += sink.flush()
     assert [(w.start_offset, w.end_offset) for w in written][-1] == (6, 7)
-    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [file_name("t", 0, o) for o in (0, 3, 6)]
+    names = [file_name("t", 0, o, e, 7) for o, e in ((0, 3), (3, 6), (6, 7))]
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == names
     assert read_ids(tmp_path) == ["d0", "d2", "d3", "d5", "d6"]
     assert read_ids(tmp_path, "_rejected/t") == ["d1", "d4"]
-    table = pq.read_table(tmp_path / "t" / file_name("t", 0, 0))
+    table = pq.read_table(tmp_path / "t" / names[0])
     assert table.schema.remove_metadata() == PAIRS_SCHEMA
-    assert table.schema.metadata[b"webr.end_offset"] == b"3"
+    assert (table.schema.metadata[b"webr.end_offset"], table.schema.metadata[b"webr.generation"]) == (b"3", b"7")
     assert table.column("messages").to_pylist()[0] == [
         {"role": "user", "content": "question?"},
         {"role": "assistant", "content": "answer."},
     ]
-    rej = pq.read_table(tmp_path / "_rejected" / "t" / file_name("t", 0, 0))
+    rej = pq.read_table(tmp_path / "_rejected" / "t" / names[0])
     assert rej.schema.remove_metadata() == REJECTED_SCHEMA
     assert not list(tmp_path.rglob(".tmp-*")), "temporary files must not stay visible"
 
@@ -76,34 +78,48 @@ def test_a_file_of_many_outcomes_holds_each_once_in_offset_order(tmp_path: Path)
     """Outcomes are converted to Arrow in batches as they arrive; the file holds every one once, in order, with
     the counts of what it holds."""
     sink = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=1000))
+    sink.open("t", 0, 0)
     n = 205  # several batches of each kind and a part batch
     for i in range(n):
         sink.add("t", 0, i, rejection(i) if i % 3 == 0 else row(i))
     [written] = sink.flush()
     assert (written.rows, written.rejections) == (n - 69, 69)
-    rows = pq.read_table(tmp_path / "t" / file_name("t", 0, 0))
-    rejected = pq.read_table(tmp_path / "_rejected" / "t" / file_name("t", 0, 0))
+    rows = pq.read_table(tmp_path / "t" / file_name("t", 0, 0, n, 0))
+    rejected = pq.read_table(tmp_path / "_rejected" / "t" / file_name("t", 0, 0, n, 0))
     assert rows.column("doc_id").to_pylist() == [f"d{i}" for i in range(n) if i % 3]
     assert rejected.column("doc_id").to_pylist() == [f"d{i}" for i in range(0, n, 3)]
     assert rows.column("source_offset").to_pylist() == [i for i in range(n) if i % 3]
 
 
-def test_replay_with_other_boundaries_never_doubles(tmp_path: Path) -> None:
-    """An uncommitted range rewritten from the same start: stale files at that key go, nothing twice."""
-    first = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=10))
-    for i in range(4):
-        first.add("t", 0, i, rejection(i) if i == 3 else row(i))
-    first.flush()  # wrote [0, 4) but, say, crashed before committing
-    replay = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=2))
-    for i in range(4):
-        replay.add("t", 0, i, row(i))  # this time offset 3 succeeds
-    replay.flush()
+def test_a_range_written_again_keeps_no_file_of_the_other_kind(tmp_path: Path) -> None:
+    """A file run replayed after a crash rewrites the same keys; a kind the range no longer has is removed."""
+    for outcome_of_3 in (rejection, row):
+        sink = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=10))
+        sink.open("t", 0, 0)
+        for i in range(3):
+            sink.add("t", 0, i, row(i))
+        sink.add("t", 0, 3, outcome_of_3(3))
+        [written] = sink.flush()
     assert read_ids(tmp_path) == ["d0", "d1", "d2", "d3"]
-    assert not (tmp_path / "_rejected" / "t" / file_name("t", 0, 0)).exists()
+    assert written.keys == (str(tmp_path / "t" / file_name("t", 0, 0, 4, 0)),)
+    assert not (tmp_path / "_rejected" / "t" / file_name("t", 0, 0, 4, 0)).exists()
+
+
+def test_a_partition_is_written_only_once_opened_and_only_until_discarded(tmp_path: Path) -> None:
+    sink = ParquetSink(resolve(str(tmp_path)))
+    with pytest.raises(KeyError, match="not opened"):
+        sink.add("t", 0, 0, row(0))
+    sink.open("t", 0, 3)
+    sink.add("t", 0, 0, row(0))
+    sink.discard([("t", 0)])
+    assert sink.flush() == []
+    with pytest.raises(KeyError, match="not opened"):
+        sink.add("t", 0, 1, row(1))
 
 
 def test_record_time_roll_and_date_partition(tmp_path: Path) -> None:
     sink = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=100, max_record_time_ms=60_000))
+    sink.open("t", 0, 0)
     day = 1_764_000_000_000  # 2025-11-24
     out = []
     for i, ts in enumerate([day, day + 30_000, day + 61_000, day + 62_000]):
@@ -115,6 +131,7 @@ def test_record_time_roll_and_date_partition(tmp_path: Path) -> None:
 
 def test_offsets_must_be_contiguous(tmp_path: Path) -> None:
     sink = ParquetSink(resolve(str(tmp_path)))
+    sink.open("t", 0, 0)
     sink.add("t", 0, 5, row(5))
     with pytest.raises(ValueError, match="offset 7"):
         sink.add("t", 0, 7, row(7))

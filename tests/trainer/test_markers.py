@@ -19,7 +19,7 @@ import pytest
 from pyarrow import fs as pafs
 
 from core.markers import CommitMarkers, advance_marker, marker_path, read_marker, read_markers
-from core.outcomes import PairRow, SourceRef, Usage
+from core.outcomes import PairRow, Rejection, SourceRef, Usage
 from core.storage import Location, resolve
 from streamer.recovery import clear_uncommitted
 from streamer.sinks.parquet import ParquetSink, RollPolicy, WrittenFile
@@ -54,11 +54,24 @@ def pair(offset: int, answer: str) -> PairRow:
     )  # fmt: skip
 
 
-def write_range(loc: Location, start: int, end: int, answer: str) -> WrittenFile:
-    """What an owner of partition 0 publishes for offsets [start, end): one file, through the real sink."""
+def write_range(loc: Location, start: int, end: int, answer: str | None, generation: int = 1) -> WrittenFile:
+    """What an owner of partition 0 in `generation` publishes for offsets [start, end): one file through the
+    real sink, of rows with `answer` (of rejections when None)."""
     sink = ParquetSink(loc, RollPolicy(max_records=end - start))
     sink.setup()
-    written = [f for offset in range(start, end) for f in sink.add(TOPIC, 0, offset, pair(offset, answer))]
+    sink.open(TOPIC, 0, generation)
+    written = [
+        f
+        for offset in range(start, end)
+        for f in sink.add(
+            TOPIC,
+            0,
+            offset,
+            pair(offset, answer)
+            if answer is not None
+            else Rejection(f"doc-{offset}", "request", "refused_request", "", SourceRef(TOPIC, 0, offset), NOW),
+        )
+    ]
     assert [(f.start_offset, f.end_offset) for f in written] == [(start, end)]
     return written[0]
 
@@ -98,7 +111,7 @@ def test_uncommitted_file_is_never_in_a_snapshot_and_its_rewrite_is_taken_once(
     assert Manifest.from_dict(before.to_dict()) == before
 
     assert clear_uncommitted(loc, TOPIC, {0: 5}) == [orphan.keys[0]]  # the next owner starts at offset 5
-    rewrite = write_range(loc, 5, 10, "The answer written again.")
+    rewrite = write_range(loc, 5, 10, "The answer written again.", generation=2)
     unmarked, _ = take_snapshot(loc, before)
     assert unmarked.files == before.files, "published again, still not committed"
     CommitMarkers(loc, TOPIC, "g").advance({0: 10})
@@ -110,6 +123,30 @@ def test_uncommitted_file_is_never_in_a_snapshot_and_its_rewrite_is_taken_once(
     assert after.held_back == ()
     again, _ = take_snapshot(loc, after)
     assert diff(again, after).new == (), "a committed file is taken once"
+
+
+def test_a_file_its_writer_published_after_losing_the_partition_is_never_taken(
+    data: tuple[Location, list[str]],
+) -> None:
+    """The zombie writer: the owner of generation 1 is cut off (from the broker, or its revocation commit is
+    refused) and publishes offsets 5..7 after the owner of generation 2 cleared the uncommitted output. Generation
+    2 writes 5..6 as rejections only and 7..9 as rows, and commits. No snapshot takes the late file, though its
+    range is below the marker, and the partition's next owner removes it."""
+    loc, _ = data
+    first = write_range(loc, 0, 5, "The first answer.")
+    CommitMarkers(loc, TOPIC, "g").advance({0: 5})
+    assert clear_uncommitted(loc, TOPIC, {0: 5}) == []  # generation 2 takes the partition at offset 5
+    zombie = write_range(loc, 5, 8, "A late answer from generation 1.")
+    write_range(loc, 5, 7, None, generation=2)
+    rows = write_range(loc, 7, 10, "The answer of generation 2.", generation=2)
+    CommitMarkers(loc, TOPIC, "g").advance({0: 10})
+
+    snapshot, _ = take_snapshot(loc)
+    assert [f.path for f in snapshot.files] == [relative(loc, first), relative(loc, rows)]
+    assert snapshot.superseded == (relative(loc, zombie),) and snapshot.held_back == ()
+    assert Manifest.from_dict(snapshot.to_dict()) == snapshot
+    assert clear_uncommitted(loc, TOPIC, {0: 10}) == [zombie.keys[0]]  # generation 3 takes it at offset 10
+    assert take_snapshot(loc)[0].files == snapshot.files
 
 
 def test_continue_policy_never_trains_on_both_versions_of_a_range(
@@ -130,7 +167,7 @@ def test_continue_policy_never_trains_on_both_versions_of_a_range(
     orphan_sha = take_sha256(loc, orphan)
 
     clear_uncommitted(loc, TOPIC, {0: 6})
-    rewrite = write_range(loc, 6, 12, "The second version, from the next owner.")
+    rewrite = write_range(loc, 6, 12, "The second version, from the next owner.", generation=2)
     CommitMarkers(loc, TOPIC, "g").advance({0: 12})
     code, line = run_inprocess(args)
     assert code == EXIT_OK, line
