@@ -51,6 +51,7 @@ def main() -> None:
                     "finished_in_grace": sum(e.get("finished", 0) for e in revs),
                     "cancelled": sum(e.get("cancelled", 0) for e in revs),
                     "failed_revocation_commits": result.failed_revocation_commits(),
+                    "superseded_files": len(result.out.superseded),
                     "llm_calls": len(llm.records),
                     "llm_calls_in_output": llm_attempts(result.out),
                     "logs": str(work),

@@ -6,12 +6,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
+from core.storage import resolve
 from devtools.fakeopenai import FakeOpenAI
 from devtools.tansu import KafkaTopic, TansuBroker, create_topic, wait_for
 from tests.fixtures.s3 import S3Bucket
 from tests.kafka.helpers import Consumer, Output, documents, read_output, wait_committed
+from tests.support.holding_proxy import HoldingProxy, holding_proxy
+from trainer.snapshot import take_snapshot
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -136,3 +140,95 @@ def test_broker_restart_is_reconnected_and_nothing_is_lost(
 
     assert_exactly_once(read_output(out_uri, topic.name), first + later)
     assert sum(topic.committed().values()) == len(first) + len(later)  # type: ignore[arg-type]
+
+
+def test_a_file_that_reaches_the_store_after_its_writer_lost_the_partition_is_superseded(
+    kafka_topic: KafkaTopic,
+    fake_llm_factory: Callable[..., FakeOpenAI],
+    s3_bucket: S3Bucket,
+    tmp_path: Path,
+    consumers: list[Consumer],
+) -> None:
+    """A write still on the wire when its writer loses the partition, with real parts: the network to the store
+    holds the first member's request that completes a file's upload, and the member dies (kill -9) with it on the
+    wire. A second member takes the partitions over, redoes the uncommitted offsets and commits past them; then
+    the held request reaches the store: a file of the first member's generation over offsets the second has
+    committed. Readers leave it out (the second's generation is later), so every document is there once, for the
+    test's reader and for a trainer's snapshot."""
+    llm = fake_llm_factory(latency_s=(0.05, 0.3))
+    docs = documents(60)
+    kafka_topic.produce(docs)
+    location = resolve(s3_bucket.uri(), s3_endpoint_url=s3_bucket.endpoint_url)
+    with holding_proxy(s3_bucket.server.port) as store_link:
+        first = Consumer(kafka_topic, s3_bucket.uri(), llm.url, tmp_path, s3_endpoint_url=store_link.url, name="first")
+        consumers.append(first.start())
+        wait_committed(kafka_topic, 5)
+        hold_an_output_put(store_link, kafka_topic.name)
+        first.kill()
+        second = Consumer(
+            kafka_topic,
+            s3_bucket.uri(),
+            llm.url,
+            tmp_path,
+            "--stop-after-idle",
+            "4",
+            s3_endpoint_url=s3_bucket.endpoint_url,
+            name="second",
+        )
+        consumers.append(second.start())
+        assert second.wait() == 0, second.log()[-3000:]
+        assert read_output(s3_bucket.uri(), kafka_topic.name, s3_bucket.endpoint_url).superseded == []
+        store_link.release()
+
+        def late() -> Output | None:
+            out = read_output(s3_bucket.uri(), kafka_topic.name, s3_bucket.endpoint_url)
+            return out if out.superseded else None
+
+        out = wait_for(late, 30, "the held request to reach the store")
+    assert_exactly_once(out, docs)
+    doubled = {
+        (r["source_partition"], r["source_offset"])
+        for path in out.superseded
+        for r in pq.read_table(path, filesystem=location.fs).to_pylist()
+    }
+    assert doubled and doubled <= set(out.sources), "the late file covers offsets the second member wrote"
+    snapshot, _ = take_snapshot(location)
+    late_rows = {p for p in out.superseded if "/_rejected/" not in p}
+    assert {f"{location.root}/{p}" for p in snapshot.superseded} == late_rows
+    assert snapshot.rows == len(out.rows) and snapshot.held_back == ()
+
+
+def hold_an_output_put(store_link: HoldingProxy, topic: str) -> None:
+    """Hold the store's traffic once what is held is the whole request that makes an output file of `topic`
+    appear (a PutObject, or the CompleteMultipartUpload of pyarrow's uploads); the sink's one thread then waits on
+    it. Anything else held first (the upload's start, a marker, a listing) is let through and the hold tried
+    again."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        store_link.hold()
+        held = wait_for(store_link.held_requests, 15, "a request to the store")
+        if any(_publishes(r, topic) for r in held):
+            # its body may follow its head a little later (after `Expect: 100-continue` waited in vain)
+            whole = lambda: any(_publishes(r, topic) and _whole(r) for r in store_link.held_requests())  # noqa: E731
+            wait_for(whole, 10, "the whole request to be held")
+            return
+        store_link.release()
+    raise AssertionError("no request publishing an output file to hold in 60 s")
+
+
+def _publishes(request: bytes, topic: str) -> bool:
+    words = request.split(b"\r\n", 1)[0].split(b" ")
+    if len(words) != 3:  # held in the middle of a request's body
+        return False
+    method, target, _ = words
+    whole = (method == b"PUT" and b"partNumber=" not in target) or (method == b"POST" and b"uploadId=" in target)
+    return whole and any(f"/{topic}{plus}".encode() in target for plus in ("+", "%2B"))  # a file, not a marker
+
+
+def _whole(request: bytes) -> bool:
+    """Whether the head and all of the body of an HTTP/1.1 request are there."""
+    head, _, body = request.partition(b"\r\n\r\n")
+    fields = dict(line.split(b":", 1) for line in head.lower().split(b"\r\n")[1:] if b":" in line)
+    if fields.get(b"transfer-encoding", b"").strip() == b"chunked":
+        return body.endswith(b"0\r\n\r\n")
+    return len(body) >= int(fields.get(b"content-length", b"0"))
