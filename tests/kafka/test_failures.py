@@ -158,30 +158,23 @@ def test_a_file_that_reaches_the_store_after_its_writer_lost_the_partition_is_su
     llm = fake_llm_factory(latency_s=(0.05, 0.3))
     docs = documents(60)
     kafka_topic.produce(docs)
-    location = resolve(s3_bucket.uri(), s3_endpoint_url=s3_bucket.endpoint_url)
+    out_uri, endpoint = s3_bucket.uri(), s3_bucket.endpoint_url
+    location = resolve(out_uri, s3_endpoint_url=endpoint)
     with holding_proxy(s3_bucket.server.port) as store_link:
-        first = Consumer(kafka_topic, s3_bucket.uri(), llm.url, tmp_path, s3_endpoint_url=store_link.url, name="first")
+        first = Consumer(kafka_topic, out_uri, llm.url, tmp_path, s3_endpoint_url=store_link.url, name="first")
         consumers.append(first.start())
         wait_committed(kafka_topic, 5)
         hold_an_output_put(store_link, kafka_topic.name)
         first.kill()
-        second = Consumer(
-            kafka_topic,
-            s3_bucket.uri(),
-            llm.url,
-            tmp_path,
-            "--stop-after-idle",
-            "4",
-            s3_endpoint_url=s3_bucket.endpoint_url,
-            name="second",
-        )
+        idle = ("--stop-after-idle", "4")
+        second = Consumer(kafka_topic, out_uri, llm.url, tmp_path, *idle, s3_endpoint_url=endpoint, name="second")
         consumers.append(second.start())
         assert second.wait() == 0, second.log()[-3000:]
-        assert read_output(s3_bucket.uri(), kafka_topic.name, s3_bucket.endpoint_url).superseded == []
+        assert read_output(out_uri, kafka_topic.name, endpoint).superseded == []
         store_link.release()
 
         def late() -> Output | None:
-            out = read_output(s3_bucket.uri(), kafka_topic.name, s3_bucket.endpoint_url)
+            out = read_output(out_uri, kafka_topic.name, endpoint)
             return out if out.superseded else None
 
         out = wait_for(late, 30, "the held request to reach the store")
