@@ -3,15 +3,18 @@
 A file of the output is published before the offsets it covers are committed, and a consumer that dies in
 between leaves a file that the partition's next owner deletes and writes again, from new LLM calls. Readers
 that must see each input once (the trainer) therefore take only the files that end at or below their
-partition's marker, `<output>/_markers/<stream>/<partition>.json`, which the consumer moves forward after
-every successful offset commit (a file run: once, at the end of a complete run), and that no later
-generation's file supersedes (`core.keys.superseded`: a writer that had lost its partition published it). A
-marker never moves back, and nothing below a committed offset is ever rewritten, so a file taken once never
-changes.
+partition's marker, which the consumer moves forward after every successful offset commit (a file run: once,
+at the end of a complete run), and that no later generation's file supersedes (`core.keys.superseded`: a writer
+that had lost its partition published it). Nothing below a committed offset is ever rewritten, so a file taken
+once never changes.
 
-A marker may lag its commit (its write failed, or the process died right after committing): that holds
-files back until the next commit, never lets an uncommitted one through. Two owners of a partition racing
-across a rebalance can, rarely, leave the lower of their two offsets; the next commit moves it forward again.
+A marker is the highest of the keys `<output>/_markers/<stream>/<partition>/<committed offset>.json`. Each
+commit adds its own key and removes the lower ones, so a marker never moves back, even when two owners race
+across a rebalance or a write of an older offset reaches the store late (a lower key beside the highest does not
+count). A marker may lag its commit (its write failed, or the process died right after committing): that holds
+files back until the next commit or the partition's next assignment, never lets an uncommitted one through.
+Earlier versions kept one object per partition, `<output>/_markers/<stream>/<partition>.json`: it is still read
+(the highest of it and the keys counts), never written.
 """
 
 from __future__ import annotations
@@ -45,8 +48,14 @@ class Marker:
         return end_offset <= self.committed_offset
 
 
-def marker_path(location: Location, stream: str, partition: int) -> str:
-    return location.path(MARKERS_DIR, stream, f"{partition}.json")
+def marker_dir(location: Location, stream: str, partition: int) -> str:
+    return location.path(MARKERS_DIR, stream, str(partition))
+
+
+def marker_path(location: Location, stream: str, partition: int, committed_offset: int) -> str:
+    """One key per committed offset: a write that arrives late (a retried or delayed PUT of an older offset)
+    adds a lower key beside the highest instead of replacing it, so the marker cannot move back."""
+    return f"{marker_dir(location, stream, partition)}/{committed_offset:020d}.json"
 
 
 def _parse(data: bytes) -> Marker:
@@ -60,22 +69,48 @@ def _parse(data: bytes) -> Marker:
     )
 
 
+def _keys(location: Location, base: str) -> dict[tuple[str, int], list[tuple[int, str]]]:
+    """(offset, path) of the marker keys under `base` (a stream's partition or the whole markers tree), by
+    (stream, partition); a legacy key's offset is read from it."""
+    root = location.path(MARKERS_DIR) + "/"
+    found: dict[tuple[str, int], list[tuple[int, str]]] = {}
+    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    for info in location.fs.get_file_info(selector):
+        name = info.base_name
+        if info.type != pafs.FileType.File or not name.endswith(".json") or not name[:-5].isdigit():
+            continue
+        parts = info.path.removeprefix(root).split("/")
+        if len(parts) == 3 and parts[1].isdigit():
+            found.setdefault((parts[0], int(parts[1])), []).append((int(name[:-5]), info.path))
+        elif len(parts) == 2 and (data := location.read_bytes(info.path)) is not None:
+            found.setdefault((parts[0], int(name[:-5])), []).append((_parse(data).committed_offset, info.path))
+    return found
+
+
+def _newest(location: Location, keys: list[tuple[int, str]]) -> Marker | None:
+    for _, path in sorted(keys, reverse=True):  # the highest first; one removed meanwhile is passed over
+        data = location.read_bytes(path)
+        if data is not None:
+            return _parse(data)
+    return None
+
+
 def read_marker(location: Location, stream: str, partition: int) -> Marker | None:
-    data = location.read_bytes(marker_path(location, stream, partition))
-    return None if data is None else _parse(data)
+    """The marker of `stream`'s `partition` (None before its first commit)."""
+    keys = _keys(location, marker_dir(location, stream, partition)).get((stream, partition), [])
+    legacy = location.path(MARKERS_DIR, stream, f"{partition}.json")
+    if (data := location.read_bytes(legacy)) is not None:
+        keys.append((_parse(data).committed_offset, legacy))
+    return _newest(location, keys)
 
 
 def read_markers(location: Location) -> dict[tuple[str, int], Marker]:
     """Every marker under the location, by (stream, partition): one listing, then one read each."""
-    selector = pafs.FileSelector(location.path(MARKERS_DIR), recursive=True, allow_not_found=True)
-    found: dict[tuple[str, int], Marker] = {}
-    for info in location.fs.get_file_info(selector):
-        if info.type != pafs.FileType.File or not info.base_name.endswith(".json") or info.base_name[0] in "._":
-            continue
-        data = location.read_bytes(info.path)
-        if data is not None:
-            marker = _parse(data)
-            found[(marker.stream, marker.partition)] = marker
+    found = {}
+    for key, keys in _keys(location, location.path(MARKERS_DIR)).items():
+        marker = _newest(location, keys)
+        if marker is not None:
+            found[key] = marker
     return found
 
 
@@ -83,12 +118,21 @@ def advance_marker(
     location: Location, stream: str, partition: int, committed_offset: int, *, group: str | None = None
 ) -> Marker:
     """Move the marker of `stream`'s `partition` forward to `committed_offset`; a lower offset leaves it as it
-    is. Returns the marker now stored."""
-    current = read_marker(location, stream, partition)
-    if current is not None and current.committed_offset >= committed_offset:
-        return current
+    is. Returns the marker now stored. The keys it supersedes are removed (best effort: a lower key left over
+    never counts)."""
+    older = _keys(location, marker_dir(location, stream, partition)).get((stream, partition), [])
+    if older and max(older)[0] >= committed_offset:
+        current = _newest(location, older)
+        if current is not None and current.committed_offset >= committed_offset:
+            return current
     marker = Marker(stream, partition, committed_offset, group, datetime.now(UTC).isoformat())
-    location.publish(marker_path(location, stream, partition), orjson.dumps(asdict(marker)))
+    location.publish(marker_path(location, stream, partition, committed_offset), orjson.dumps(asdict(marker)))
+    for offset, path in older:
+        if offset < committed_offset:
+            try:
+                location.fs.delete_file(path)
+            except OSError as exc:  # removed meanwhile by a racing owner, or the store failed: harmless
+                log.debug("older commit marker %s not removed: %s", path, exc)
     return marker
 
 

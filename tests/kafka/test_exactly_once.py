@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from core.keys import parse_file_name
-from core.markers import marker_path, read_markers
+from core.markers import marker_dir, read_markers
 from core.storage import Location, resolve
 from devtools.fakeopenai import FakeOpenAI
 from devtools.tansu import KafkaTopic
@@ -193,7 +193,7 @@ def test_a_marker_left_behind_by_its_owner_catches_up_on_the_next_assignment(
     behind = {p: m for (_, p), m in read_markers(location).items()}
     assert {p: m.committed_offset for p, m in behind.items()} == committed
     for p in behind:  # as if each partition's last marker write had not happened
-        location.fs.delete_file(marker_path(location, kafka_topic.name, p))
+        location.fs.delete_dir(marker_dir(location, kafka_topic.name, p))
     assert committed_snapshot(location) == ()
 
     consumer.start()

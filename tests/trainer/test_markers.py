@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from pyarrow import fs as pafs
 
-from core.markers import CommitMarkers, advance_marker, marker_path, read_marker, read_markers
+from core.markers import CommitMarkers, advance_marker, marker_dir, marker_path, read_marker, read_markers
 from core.outcomes import PairRow, Rejection, SourceRef, Usage
 from core.storage import Location, resolve
 from streamer.recovery import clear_uncommitted
@@ -90,10 +90,32 @@ def test_markers_only_move_forward_and_are_published_whole(data: tuple[Location,
     markers.advance({0: 12, 3: 7})
     markers.advance({0: 11})
     assert {k: m.committed_offset for k, m in read_markers(loc).items()} == {(TOPIC, 0): 12, (TOPIC, 3): 7}
-    stored = json.loads(loc.read_bytes(marker_path(loc, TOPIC, 0)) or b"")
+    stored = json.loads(loc.read_bytes(marker_path(loc, TOPIC, 0, 12)) or b"")
     assert (stored["stream"], stored["partition"], stored["committed_offset"], stored["group"]) == (TOPIC, 0, 12, "g")
     listed = loc.fs.get_file_info(pafs.FileSelector(loc.root, recursive=True))
     assert not [i.path for i in listed if i.base_name.startswith(".")], "no temporary left behind"
+    assert [i.base_name for i in listed if i.path.startswith(marker_dir(loc, TOPIC, 0) + "/")] == [f"{12:020d}.json"], (
+        "the keys of lower offsets are removed"
+    )
+
+
+def test_a_marker_write_that_arrives_late_never_moves_the_marker_back(data: tuple[Location, list[str]]) -> None:
+    """Two owners racing across a rebalance, or a PUT delayed on the network: an older offset's marker lands
+    after a newer one. It is a key of its own, lower than the newest, so readers keep the newest; the next
+    advance removes it. A marker of an earlier version (one object per partition) still counts."""
+    loc, _ = data
+    advance_marker(loc, TOPIC, 0, 10, group="g")
+    late = {"stream": TOPIC, "partition": 0, "committed_offset": 5, "group": "g", "updated_at": None}
+    loc.publish(marker_path(loc, TOPIC, 0, 5), json.dumps(late).encode())
+    assert read_marker(loc, TOPIC, 0).committed_offset == 10  # type: ignore[union-attr]
+    assert read_markers(loc)[(TOPIC, 0)].committed_offset == 10
+    legacy = {**late, "partition": 1, "committed_offset": 30}
+    loc.publish(loc.path("_markers", TOPIC, "1.json"), json.dumps(legacy).encode())
+    assert {k: m.committed_offset for k, m in read_markers(loc).items()} == {(TOPIC, 0): 10, (TOPIC, 1): 30}
+    assert advance_marker(loc, TOPIC, 1, 40).committed_offset == 40
+    assert read_markers(loc)[(TOPIC, 1)].committed_offset == 40
+    advance_marker(loc, TOPIC, 0, 11)
+    assert loc.read_bytes(marker_path(loc, TOPIC, 0, 5)) is None, "the late key is removed with the next advance"
 
 
 def test_uncommitted_file_is_never_in_a_snapshot_and_its_rewrite_is_taken_once(
