@@ -83,19 +83,29 @@ def list_outputs(location: Location, stream: str | None = None, *, temporaries: 
     """Every rows and rejections file of `stream` (of every stream when None), across date directories, and
     their temporaries if asked."""
     bases = [location.root] if stream is None else [location.path(stream), location.path(REJECTED_DIR, stream)]
+    infos = [
+        info
+        for base in bases
+        for info in location.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    ]
+    return outputs_in(location, infos, stream, temporaries=temporaries)
+
+
+def outputs_in(
+    location: Location, infos: Iterable[pafs.FileInfo], stream: str | None = None, *, temporaries: bool = False
+) -> list[OutputFile]:
+    """The output files of `stream` (of every stream when None) in a listing of `location` already made."""
     rejected_prefix = location.path(REJECTED_DIR) + "/"
     found: list[OutputFile] = []
-    for base in bases:
-        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-        for info in location.fs.get_file_info(selector):
-            if info.type != pafs.FileType.File:
-                continue
-            temporary = info.base_name.startswith(TMP_PREFIX)
-            if temporary and not temporaries:
-                continue
-            key = parse_file_name(info.base_name.split("-", 2)[-1] if temporary else info.base_name)
-            if key is not None and (stream is None or key.stream == stream):
-                found.append(OutputFile(info.path, key, info.path.startswith(rejected_prefix), temporary))
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        temporary = info.base_name.startswith(TMP_PREFIX)
+        if temporary and not temporaries:
+            continue
+        key = parse_file_name(info.base_name.split("-", 2)[-1] if temporary else info.base_name)
+        if key is not None and (stream is None or key.stream == stream):
+            found.append(OutputFile(info.path, key, info.path.startswith(rejected_prefix), temporary))
     return found
 
 

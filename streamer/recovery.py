@@ -36,7 +36,8 @@ def clear_uncommitted(location: Location, stream: str, positions: dict[int, int]
     stale = [f.path for f in found if f.temporary or f.key.start_offset >= positions[f.key.partition]]
     for path in stale:
         log.info("removing uncommitted output %s", path, extra={"path": path})
-    fenced = [f.path for f in superseded(found) if f.path not in stale]
+    uncommitted = set(stale)
+    fenced = [f.path for f in superseded(found) if f.path not in uncommitted]
     for path in fenced:
         log.warning("removing output written after its writer lost the partition: %s", path, extra={"path": path})
     for path in stale + fenced:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from core.keys import FileKey, list_outputs, parse_file_name, superseded
+from core.keys import FileKey, outputs_in, superseded
 from core.markers import Marker, read_markers
 from core.storage import Location
 from trainer.exceptions import DataFileError, EmptySnapshot
@@ -123,10 +123,14 @@ def is_data_file(relative: str) -> bool:
     return parts[-1].endswith(".parquet") and not any(p.startswith((".", "_")) for p in parts)
 
 
-def list_data_files(loc: Location) -> list[pafs.FileInfo]:
-    """Every complete data file under the root, sorted by path; a missing root is an empty listing."""
+def list_files(loc: Location) -> list[pafs.FileInfo]:
+    """Every file under the root, in one listing; a missing root is an empty listing."""
     selector = pafs.FileSelector(loc.root, recursive=True, allow_not_found=True)
-    infos = [i for i in loc.fs.get_file_info(selector) if i.type == pafs.FileType.File]
+    return [i for i in loc.fs.get_file_info(selector) if i.type == pafs.FileType.File]
+
+
+def data_files(loc: Location, infos: list[pafs.FileInfo]) -> list[pafs.FileInfo]:
+    """The complete data files of a listing of the root, sorted by path."""
     return sorted((i for i in infos if is_data_file(_relative(loc, i.path))), key=lambda i: i.path)
 
 
@@ -136,16 +140,19 @@ def take_snapshot(
     """List, check against the commit markers, hash and count the complete files; a corrupt file fails the
     snapshot unless `skip_bad_files`."""
     markers = read_markers(loc)
-    fenced = {_relative(loc, f.path) for f in superseded(list_outputs(loc)) if not f.rejected}
+    infos = list_files(loc)
+    outputs = outputs_in(loc, infos)  # the streams' files, rows and rejections: both decide what is superseded
+    streams = {f.path: f.key for f in outputs if not f.rejected}
+    fenced = {_relative(loc, f.path) for f in superseded(outputs) if not f.rejected}
     known = {f.path: f for f in previous.files} if previous else {}
     entries: list[FileEntry] = []
     held: list[str] = []
     bad: list[BadFile] = []
-    for info in list_data_files(loc):
+    for info in data_files(loc, infos):
         rel = _relative(loc, info.path)
         if rel in fenced:
             continue
-        stream = parse_file_name(info.base_name)
+        stream = streams.get(info.path)
         seen = known.get(rel)
         if seen is not None and (
             (seen.size, seen.mtime_ns) != (info.size, info.mtime_ns) or (stream and seen.end_offset is None)
@@ -167,7 +174,11 @@ def take_snapshot(
     if held:
         log.info("%d published files not committed yet, left for a later snapshot: %s", len(held), ", ".join(held))
     if fenced:
-        log.warning("%d files published after their writer lost its partition, left out: %s", len(fenced), fenced)
+        log.warning(
+            "%d files published after their writer lost its partition, left out: %s",
+            len(fenced),
+            ", ".join(sorted(fenced)),
+        )
     used = tuple(markers[k] for k in sorted(markers))
     manifest = Manifest(loc.uri, tuple(entries), used, tuple(held), tuple(sorted(fenced)))
     if not manifest.files:

@@ -418,9 +418,9 @@ class KafkaRuntime:
         refused, self._refused = partitions & self._refused, self._refused - partitions
         if refused:
             # The group refused the first commit: it has moved on, and a new owner may already have cleared the
-            # partitions' uncommitted output. A file written now would outlive that clearing beside the new
-            # owner's rows for the same offsets (seen: two rows for two offsets after a member lost its
-            # generation mid-revocation). The running documents are dropped; the new owner redoes them.
+            # partitions' uncommitted output and be writing the same offsets. A file written now could never be
+            # committed and, landing after that clearing, would only be superseded (`core.keys`): the running
+            # documents are dropped unwritten; the new owner redoes them.
             log.warning("commit on revocation refused for %s: dropping their running work unwritten", sorted(refused))
             await self._drop(refused)
             partitions = partitions - refused
@@ -483,13 +483,13 @@ class KafkaRuntime:
 
     def revoke_committed(self, offsets: dict[int, int], ok: bool) -> None:
         self.metrics.commits.labels("ok" if ok else "failed").inc()
-        if not ok:
-            self._refused |= set(offsets)
         if ok:
             self.pipeline.committed(offsets)
             marking = asyncio.ensure_future(self.pipeline.io(self.markers.advance, offsets))
             self._marking.add(marking)
             marking.add_done_callback(self._marked)
+        else:
+            self._refused |= set(offsets)
 
     def _marked(self, marking: asyncio.Future[None]) -> None:
         self._marking.discard(marking)
