@@ -184,6 +184,10 @@ class Pipeline(Generic[R]):
         self.parts: dict[int, PartitionState[R]] = {}
         self.indexed: dict[int, int] = {}
         """Per partition, the offset below which every admitted row is in the dedup stage."""
+        self._unsettled: dict[int, int] = {}
+        """Closed partitions whose admitted rows (below the offset) were not all committed yet: unless the commit
+        follows (a revocation's), the next recall starts the index over, since the next owner may commit other
+        rows for those offsets."""
         self.revoking: set[int] = set()
         """Partitions on their way out (a rebalance's grace period): nothing starts there and nothing of them is
         committed outside the revocation itself."""
@@ -224,6 +228,8 @@ class Pipeline(Generic[R]):
             state = self.parts.pop(p, None)
             if state is None:
                 continue
+            if self.indexed.get(p, 0) > state.committed:
+                self._unsettled[p] = self.indexed[p]
             dropped += await state.window.cancel()
             dropped += [r.offset for r in state.backlog]
             keys.append((self.topic, p))
@@ -236,11 +242,13 @@ class Pipeline(Generic[R]):
     async def recall_dedup(self, positions: dict[int, int]) -> None:
         """Before partitions open at `positions` (hold `lock`): load the committed rows the dedup stage lacks, and
         start it over if it holds decisions about records that will be processed again."""
-        reset, ranges = dedup_ranges(self.indexed, positions)
-        if reset:
+        stale = bool(self._unsettled)
+        reset, ranges = dedup_ranges({} if stale else self.indexed, positions)
+        if reset or stale:
             log.warning("dedup index holds decisions that were never committed: rebuilding it from the output")
             self.dedup.reset()
             self.indexed.clear()
+            self._unsettled.clear()
         location = self.sink.location
         rows = await self.io(lambda: list(committed_rows(location, self.topic, ranges))) if ranges else []
         for i, (branch, request, page_hash) in enumerate(rows):
@@ -410,6 +418,8 @@ class Pipeline(Generic[R]):
             state = self.parts.get(p)
             if state is not None:
                 state.committed = max(state.committed, offset)
+            if offset >= self._unsettled.get(p, offset + 1):
+                del self._unsettled[p]  # a revocation's commit, made after the partition was closed
             self.metrics.committed.labels(str(p)).set(offset)
 
     @property

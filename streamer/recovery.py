@@ -26,14 +26,19 @@ log = logging.getLogger(__name__)
 DEDUP_COLUMNS = ["branch", "request", "page_hash", "source_partition", "source_offset"]
 
 
-def clear_uncommitted(location: Location, stream: str, positions: dict[int, int]) -> list[str]:
+def clear_uncommitted(location: Location, stream: str, positions: dict[int, int], generation: int) -> list[str]:
     """Delete the files of each partition that start at or after its committed offset, and its superseded
-    files; returns their paths.
+    files; returns their paths. `generation` is the caller's: a file of a later one belongs to an owner that came
+    after it (this member lost the partition while it was preparing it) and is left alone.
 
     On a local disk, temporary files of a write killed before its rename go too (S3 puts leave none).
     """
     found = [f for f in list_outputs(location, stream, temporaries=location.is_local) if f.key.partition in positions]
-    stale = [f.path for f in found if f.temporary or f.key.start_offset >= positions[f.key.partition]]
+    stale = [
+        f.path
+        for f in found
+        if f.key.generation <= generation and (f.temporary or f.key.start_offset >= positions[f.key.partition])
+    ]
     for path in stale:
         log.info("removing uncommitted output %s", path, extra={"path": path})
     uncommitted = set(stale)

@@ -199,6 +199,9 @@ class _Listener(AsyncConsumerRebalanceListener):
         bridge = self._bridge
         # Paused until the runtime has cleared stale output and rebuilt its dedup index for them.
         bridge.consumer.pause(*assigned)
+        # A checkpoint taken between the revocation's start and the runtime hearing of it still named these
+        # partitions under the revocation's epoch: it must not commit into the new assignment.
+        bridge.epoch += 1
         bridge.rebalancing = False
         bridge.loop.call_soon_threadsafe(bridge.handler.assign, bridge.mine(assigned), bridge.epoch, bridge.generation)
 
@@ -213,7 +216,7 @@ class ConsumerBridge:
         self.handler = handler
         self.max_poll_records = max_poll_records
         self.epoch = 0
-        """Bumped on every revocation: a commit prepared under an older epoch is not sent."""
+        """Bumped on every revocation, loss and assignment: a commit prepared under an older epoch is not sent."""
         self.rebalancing = False
         """Between a revocation (or loss) and the next assignment: the member owns nothing it may count on."""
         self.generation = -1

@@ -63,6 +63,9 @@ class DeadLetters:
         )
         self._held: dict[int, list[tuple[SourceMessage, Rejection]]] = defaultdict(list)
         self._sent: list[tuple[FutureRecordMetadata, SourceMessage, Rejection]] = []
+        self._flushing = asyncio.Lock()
+        """Flushes take turns: one that found the letters taken by another in flight would return before they
+        are acknowledged (a revocation's commit beside the background one)."""
         self.delivered = 0
 
     def hold(self, source: SourceMessage, rejection: Rejection) -> None:
@@ -98,17 +101,20 @@ class DeadLetters:
         Raises `DeadLetterError` if some were not (the broker is away): those are sent again, and the caller
         commits nothing until a later `flush()` succeeds.
         """
-        if not self._sent:
-            return 0
-        sent, self._sent = self._sent, []
-        await asyncio.get_running_loop().run_in_executor(None, self._producer.flush)
-        failed = [(f, src, rej) for f, src, rej in sent if not f.succeeded()]
-        self.delivered += len(sent) - len(failed)
-        if failed:
-            for _, source, rejection in failed:
-                self._send(source, rejection)
-            raise DeadLetterError(f"{len(failed)} dead letters not delivered to {self.topic}: {failed[0][0].exception}")
-        return len(sent)
+        async with self._flushing:
+            if not self._sent:
+                return 0
+            sent, self._sent = self._sent, []
+            await asyncio.get_running_loop().run_in_executor(None, self._producer.flush)
+            failed = [(f, src, rej) for f, src, rej in sent if not f.succeeded()]
+            self.delivered += len(sent) - len(failed)
+            if failed:
+                for _, source, rejection in failed:
+                    self._send(source, rejection)
+                raise DeadLetterError(
+                    f"{len(failed)} dead letters not delivered to {self.topic}: {failed[0][0].exception}"
+                )
+            return len(sent)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Close the producer, waiting at most `timeout_s` for what it still holds (what matters was awaited by

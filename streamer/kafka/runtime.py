@@ -104,6 +104,9 @@ class KafkaRuntime:
         self._idle_since: float | None = None
         """time.monotonic() when the idle exit's conditions last became true (a heartbeat must follow it)."""
         self._commit_wanted = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        """One commit at a time, from checkpoint to marker: the background loop's and the pump's (idle exit, stop)
+        would otherwise overlap, and the older one, held up by its dead letters, could commit after the newer."""
         self._preparing: set[asyncio.Task[None]] = set()
         self._marking: set[asyncio.Future[None]] = set()
 
@@ -336,22 +339,23 @@ class KafkaRuntime:
 
     async def _commit(self, *, flush: bool) -> bool:
         """The commit order: sink, then dead letters, then offsets. True if all that is durable is committed."""
-        async with self.pipeline.lock:
-            epoch = self.bridge.epoch
-            offsets = await self.pipeline.checkpoint(flush=flush)
-        if not offsets:
-            return True
-        try:
-            await self.pipeline.deliver_dead_letters()
-        except DeadLetterError as exc:
-            log.warning("not committing yet: %s", exc)
-            return False
-        try:
-            done = await self.pipeline.finalize(KafkaCommitter(self.bridge, epoch, self.markers), offsets)
-        except KafkaError as exc:
-            self.metrics.commits.labels("failed").inc()
-            log.warning("commit failed, will retry: %s", exc)
-            return False
+        async with self._commit_lock:
+            async with self.pipeline.lock:
+                epoch = self.bridge.epoch
+                offsets = await self.pipeline.checkpoint(flush=flush)
+            if not offsets:
+                return True
+            try:
+                await self.pipeline.deliver_dead_letters()
+            except DeadLetterError as exc:
+                log.warning("not committing yet: %s", exc)
+                return False
+            try:
+                done = await self.pipeline.finalize(KafkaCommitter(self.bridge, epoch, self.markers), offsets)
+            except KafkaError as exc:
+                self.metrics.commits.labels("failed").inc()
+                log.warning("commit failed, will retry: %s", exc)
+                return False
         self.metrics.commits.labels("ok").inc()
         log.info("committed %s", done, extra={"offsets": done})
         return True
@@ -538,7 +542,7 @@ class KafkaRuntime:
         while not self._stopping and self.bridge.epoch == epoch:
             try:
                 positions = await self.bridge.rewind(partitions)
-                await self.pipeline.io(clear_uncommitted, self.location, self.topic, positions)
+                await self.pipeline.io(clear_uncommitted, self.location, self.topic, positions, generation)
                 # A previous owner killed between its commit and its marker leaves the marker behind; catch it up.
                 await self.pipeline.io(self.markers.advance, positions)
                 async with self.pipeline.lock:

@@ -22,7 +22,7 @@ from devtools.tansu import KafkaTopic
 from streamer.kafka.deadletters import DeadLetters
 from streamer.kafka.settings import KafkaRunConfig, KafkaSettings
 from streamer.metrics import ConsumerMetrics
-from streamer.pipeline import Pipeline
+from streamer.pipeline import NoDeadLetters, Pipeline, SourceMessage
 from streamer.recovery import clear_uncommitted, committed_rows, dedup_ranges
 from streamer.settings import ConsumeSettings
 from streamer.sinks.parquet import ParquetSink, RollPolicy, SinkWriteError
@@ -141,7 +141,7 @@ def test_new_owner_clears_uncommitted_and_superseded_files_and_recalls_committed
 
     orphan = tmp_path / "t" / "dt=2026-09-21" / f".tmp-0123abcd-{file_name('t', 0, 10, 12, 4)}"
     orphan.write_bytes(b"half a file from a killed write")
-    removed = clear_uncommitted(location, "t", {0: 5, 1: 12})
+    removed = clear_uncommitted(location, "t", {0: 5, 1: 12}, 5)
     assert str(orphan) in removed and not orphan.exists()
     removed.remove(str(orphan))
     keys = [parse_file_name(Path(r).name) for r in removed]
@@ -160,6 +160,23 @@ def test_new_owner_clears_uncommitted_and_superseded_files_and_recalls_committed
     assert sorted(r[1] for r in recalled) == sorted(
         [f"request 0 {o}" for o in (0, 1, 2, 4)] + [f"request 1 {o}" for o in (2, 4, 5, 6)]
     )
+
+
+def test_a_member_that_lost_the_partition_while_preparing_it_leaves_the_next_owners_files(tmp_path: Path) -> None:
+    """Assigned in generation 4 at offset 10, this member is slow to clear (a slow rewind or listing) and loses the
+    partition meanwhile; generation 5's owner writes and commits 10..13. The late clearing must not delete that."""
+    location = resolve(str(tmp_path))
+    written = []
+    for generation, end in ((4, 12), (5, 13)):  # this member's uncommitted output, then the next owner's
+        sink = ParquetSink(location, RollPolicy(max_records=10))
+        sink.open("t", 0, generation)
+        for o in range(10, end):
+            sink.add("t", 0, o, row(0, o))
+        written += sink.flush()
+    own, next_owners = written
+
+    assert clear_uncommitted(location, "t", {0: 10}, 4) == [own.keys[0]]
+    assert [f.path for f in list_outputs(location, "t")] == list(next_owners.keys)
 
 
 def test_dedup_recall_loads_only_what_the_index_lacks_and_restarts_when_it_knows_too_much() -> None:
@@ -238,6 +255,74 @@ async def test_outcomes_leave_in_offset_order_and_only_durable_offsets_are_commi
     finally:
         dead.close()
         pipe.close()
+
+
+class CountingDedup(AdmitLog):
+    """Admits everything; counts the times it is started over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resets = 0
+
+    def recall(self, branch: str, request: str, page_hash: str) -> None:
+        pass
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+@pytest.mark.parametrize("committed_after_close", [True, False])
+async def test_a_partition_closed_with_uncommitted_rows_starts_the_dedup_index_over(
+    tmp_path: Path, committed_after_close: bool
+) -> None:
+    """Rows admitted and never committed (a lost membership, a refused commit) may be written differently by the
+    next owner: the index must not keep them, even when the partition comes back beyond them. A revocation's
+    commit arrives after the partition was closed, and then nothing is stale."""
+    dedup = CountingDedup()
+    sink = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=10))
+    metrics = ConsumerMetrics(CollectorRegistry())
+    pipe = Pipeline[ConsumerRecord](
+        "t", ReversedProcessor(), sink, NoDeadLetters(), metrics, max_in_flight=8, dedup=dedup
+    )
+    try:
+        pipe.open(0, 0, 1)
+        pipe.accept(0, [record(0, o, b'{"id": "x", "text": "a page"}') for o in range(3)])
+        pipe.dispatch()
+        while len(dedup.admitted) < 3:
+            await asyncio.wait_for(pipe.wake.wait(), 5)
+            pipe.wake.clear()
+            async with pipe.lock:
+                await pipe.emit()
+        async with pipe.lock:
+            assert await pipe.checkpoint(flush=True) == {0: 3}
+        await pipe.close_partitions([0])
+        if committed_after_close:
+            pipe.committed({0: 3})
+        async with pipe.lock:
+            await pipe.recall_dedup({0: 50})  # back, after another owner committed up to 50
+        assert dedup.resets == (0 if committed_after_close else 1)
+    finally:
+        pipe.close()
+
+
+async def test_a_flush_returns_only_once_the_letters_another_flush_took_are_acknowledged(
+    kafka_topic: KafkaTopic,
+) -> None:
+    """A revocation's commit and the background one may flush together: the second must not return while the
+    letters the first took are unacknowledged, or it commits offsets past a rejection not yet in the topic."""
+    dead = DeadLetters(kafka_topic.bootstrap, kafka_topic.name + ".dlq")
+    try:
+        for o in range(20):
+            ref = SourceRef("t", 0, o, 1_790_000_000_000)
+            dead.hold(SourceMessage("t", 0, o, b"k", b"{}", None), Rejection(None, "input", "bad", "", ref, NOW))
+        assert dead.release(0, 20) == 20
+        first = asyncio.ensure_future(dead.flush())
+        await asyncio.sleep(0)  # it has taken the letters and waits for the producer
+        assert await dead.flush() == 0
+        assert first.done() and first.result() == 20
+        assert dead.delivered == 20
+    finally:
+        dead.close()
 
 
 def test_sink_write_during_an_outage_retries_until_aborted(s3_bucket: S3Bucket) -> None:

@@ -132,7 +132,7 @@ def test_uncommitted_file_is_never_in_a_snapshot_and_its_rewrite_is_taken_once(
     assert [(m.stream, m.partition, m.committed_offset) for m in before.markers] == [(TOPIC, 0, 5)]
     assert Manifest.from_dict(before.to_dict()) == before
 
-    assert clear_uncommitted(loc, TOPIC, {0: 5}) == [orphan.keys[0]]  # the next owner starts at offset 5
+    assert clear_uncommitted(loc, TOPIC, {0: 5}, 2) == [orphan.keys[0]]  # the next owner starts at offset 5
     rewrite = write_range(loc, 5, 10, "The answer written again.", generation=2)
     unmarked, _ = take_snapshot(loc, before)
     assert unmarked.files == before.files, "published again, still not committed"
@@ -157,7 +157,7 @@ def test_a_file_its_writer_published_after_losing_the_partition_is_never_taken(
     loc, _ = data
     first = write_range(loc, 0, 5, "The first answer.")
     CommitMarkers(loc, TOPIC, "g").advance({0: 5})
-    assert clear_uncommitted(loc, TOPIC, {0: 5}) == []  # generation 2 takes the partition at offset 5
+    assert clear_uncommitted(loc, TOPIC, {0: 5}, 2) == []  # generation 2 takes the partition at offset 5
     zombie = write_range(loc, 5, 8, "A late answer from generation 1.")
     write_range(loc, 5, 7, None, generation=2)
     rows = write_range(loc, 7, 10, "The answer of generation 2.", generation=2)
@@ -167,7 +167,7 @@ def test_a_file_its_writer_published_after_losing_the_partition_is_never_taken(
     assert [f.path for f in snapshot.files] == [relative(loc, first), relative(loc, rows)]
     assert snapshot.superseded == (relative(loc, zombie),) and snapshot.held_back == ()
     assert Manifest.from_dict(snapshot.to_dict()) == snapshot
-    assert clear_uncommitted(loc, TOPIC, {0: 10}) == [zombie.keys[0]]  # generation 3 takes it at offset 10
+    assert clear_uncommitted(loc, TOPIC, {0: 10}, 3) == [zombie.keys[0]]  # generation 3 takes it at offset 10
     assert take_snapshot(loc)[0].files == snapshot.files
 
 
@@ -188,7 +188,7 @@ def test_continue_policy_never_trains_on_both_versions_of_a_range(
     assert [m["committed_offset"] for m in first["manifest"]["markers"]] == [6]
     orphan_sha = take_sha256(loc, orphan)
 
-    clear_uncommitted(loc, TOPIC, {0: 6})
+    clear_uncommitted(loc, TOPIC, {0: 6}, 2)
     rewrite = write_range(loc, 6, 12, "The second version, from the next owner.", generation=2)
     CommitMarkers(loc, TOPIC, "g").advance({0: 12})
     code, line = run_inprocess(args)
