@@ -136,6 +136,15 @@ def advance_marker(
     return marker
 
 
+def withdraw_markers(location: Location, stream: str) -> list[str]:
+    """Remove every marker of `stream` (all partitions, legacy keys included); returns the keys removed. A file
+    run does so before it writes: its files are not final again until it completes and marks them anew."""
+    keys = [path for found in _keys(location, location.path(MARKERS_DIR, stream)).values() for _, path in found]
+    for path in keys:
+        location.fs.delete_file(path)
+    return keys
+
+
 class CommitMarkers:
     """A consumer's marker writer for one stream: an offset whose marker could not be written is kept and
     written with the next commit, so a store that refuses one write only delays the marker."""

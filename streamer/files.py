@@ -2,7 +2,9 @@
 
 The file is a one-partition stream whose offsets are record positions, so ordering, dedup, rejections, metrics
 and progress are the Kafka run's own, and a file run's object keys are deterministic: running the same input
-again rewrites (and, at the end, prunes) exactly its own files and nobody else's. What differs is at the edges:
+again rewrites (and, at the end, prunes) exactly its own files and nobody else's. A rerun first withdraws the
+earlier run's marker, so readers take none of the stream's files until it completes (with another roll size its
+files overlap the earlier ones until those are pruned). What differs is at the edges:
 the source is the file, rejections go to `_rejected/` only (no dead-letter topic), and there are no offsets to
 commit: the run is done when every record has an outcome in a durable file.
 """
@@ -21,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from core.exceptions import InvalidRecord
 from core.keys import FILE_RUN_GENERATION, list_outputs
-from core.markers import advance_marker
+from core.markers import advance_marker, withdraw_markers
 from core.records import Document, iter_file
 from core.storage import Location
 from streamer.engine import Engine
@@ -90,6 +92,9 @@ async def run_file(
     written: list[WrittenFile] = []
     sink = ParquetSink(location, settings.roll_policy(), on_written=written.append)
     sink.setup()
+    if withdraw_markers(location, stream):
+        # Until this run completes, its files and an earlier run's would both sit below that run's marker.
+        log.info("%s was processed before: its output is withdrawn until this run completes", source)
     metrics = ConsumerMetrics(CollectorRegistry())
     pipeline = Pipeline[FileRecord](
         stream,

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from consumers.webr.prompts import PROMPT_VERSION
+from core.storage import resolve
 from devtools.fakeopenai import FakeOpenAI, Fault
-from tests.support.documents import consume_file, marker, page, read_outcomes, write_jsonl
+from streamer.files import file_stream_name
+from tests.support.documents import CONSUME, REPO, consume_file, marker, page, read_outcomes, write_jsonl
+from trainer.snapshot import take_snapshot
 
 SECRET = "sk-test-NEVER-LOG-THIS-1234567890"
 
@@ -156,6 +162,35 @@ def test_reruns_replace_their_own_files_and_other_inputs_add(tmp_path: Path, fak
     ids = [r["doc_id"] for r in read(out)] + [r["doc_id"] for r in read(out, rejected=True)]
     assert sorted(ids) == sorted([f"a{i}" for i in range(12)] + [f"b{i}" for i in range(5)])
     assert not [p for p in out.rglob("*") if p.name.startswith(".tmp")]
+
+
+def test_a_rerun_killed_midway_puts_no_offset_twice_in_a_snapshot(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
+    """A rerun with another roll size writes [0,3) beside the earlier [0,10), both below the earlier run's marker
+    until the rerun completes and prunes: killed before that, a snapshot would take offsets 0..2 twice. The
+    rerun withdraws the marker first, so a snapshot takes none of that input, and other inputs as before."""
+    out = tmp_path / "out"
+    a = write_jsonl(tmp_path / "a.jsonl", [{"id": f"a{i}", "webpage": page(i)} for i in range(12)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"id": f"b{i}", "webpage": page(100 + i)} for i in range(5)])
+    assert consume(a, out, fake_llm).returncode == 0
+    assert consume(b, out, fake_llm).returncode == 0
+    fake_llm.configure(latency_s=0.3)
+    common = ["--source", str(a), "--output", str(out), "--base-url", fake_llm.url, "--model", "gpt-4o-mini"]
+    flags = ["--seed", "7", "--max-concurrency", "2", "--roll-records", "3", "--no-progress"]
+    rerun = subprocess.Popen([*CONSUME, *common, *flags], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = f"{file_stream_name(str(a))}+0+{0:020d}+{3:020d}+g0.parquet"
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.rglob(first)) and rerun.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(out.rglob(first)), "the rerun published its first file"
+    finally:
+        rerun.kill()
+        rerun.wait()
+
+    snapshot, _ = take_snapshot(resolve(str(out)))
+    ids = [r["doc_id"] for f in snapshot.files for r in pq.read_table(out / f.path).to_pylist()]
+    rejected = [r["doc_id"] for r in read(out, rejected=True) if r["doc_id"].startswith("b")]
+    assert sorted(ids + rejected) == [f"b{i}" for i in range(5)]
 
 
 def test_json_array_input_and_output_loads_with_datasets(tmp_path: Path, fake_llm: FakeOpenAI) -> None:
