@@ -34,7 +34,7 @@ from core.markers import CommitMarkers
 from core.topics import ensure_topic, partition_count
 from streamer.engine import Engine
 from streamer.kafka.bridge import NOT_JOINED, ConsumerBridge, Membership
-from streamer.kafka.deadletters import DeadLetterError, DeadLetters
+from streamer.kafka.deadletters import DeadLetterError, DeadLetters, UndeliverableDeadLetter
 from streamer.kafka.settings import KafkaRunConfig
 from streamer.metrics import ConsumerMetrics, LLMStatsCollector, serve
 from streamer.pipeline import Pipeline
@@ -347,6 +347,9 @@ class KafkaRuntime:
                 return True
             try:
                 await self.pipeline.deliver_dead_letters()
+            except UndeliverableDeadLetter as exc:
+                self._fail(FatalError(f"{exc}: fix the dead-letter topic (--dlq-topic) and restart"))
+                return False
             except DeadLetterError as exc:
                 log.warning("not committing yet: %s", exc)
                 return False

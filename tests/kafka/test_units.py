@@ -325,6 +325,28 @@ async def test_a_flush_returns_only_once_the_letters_another_flush_took_are_ackn
         dead.close()
 
 
+async def test_a_dead_letter_too_large_for_the_topic_goes_without_its_value(kafka_topic: KafkaTopic) -> None:
+    """Headers add ~1 KB to a record the source topic took: near the size limit, the letter is refused for good.
+    Re-sending it as it is would hold the partition's commits back forever; it goes without the page (which the
+    output's `_rejected/` files keep), saying why."""
+    dlq = kafka_topic.name + ".dlq"
+    dead = DeadLetters(kafka_topic.bootstrap, dlq, max_request_size=2048)
+    try:
+        for o, value in enumerate((b"x" * 4096, b"{}")):
+            ref = SourceRef("t", 0, o, 1_790_000_000_000)
+            dead.hold(SourceMessage("t", 0, o, b"k", value, None), Rejection(f"d{o}", "input", "bad", "", ref, NOW))
+        dead.release(0, 2)
+        assert await dead.flush() == 2
+    finally:
+        dead.close()
+    letters = {r.offset: r for r in kafka_topic.read(2, topic=dlq, timeout=20)}
+    big, small = letters[0], letters[1]
+    assert big.value is None and small.value == b"{}"
+    assert dict(big.headers)["webr.source.offset"] == b"0"
+    assert b"too large" in dict(big.headers)["webr.value.dropped"]
+    assert "webr.value.dropped" not in dict(small.headers)
+
+
 def test_sink_write_during_an_outage_retries_until_aborted(s3_bucket: S3Bucket) -> None:
     """`retry_deadline_s=None`: a write waits out a dead store, and gives up only when told to."""
     sink = ParquetSink(
