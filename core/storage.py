@@ -48,12 +48,13 @@ class Location:
         """Make `data` (bytes, or a local file's content) appear at `path` whole, replacing what was there;
         returns the bytes written.
 
-        Locally it is written to a temporary beside `path` and renamed over it. On an object store it is one
-        PUT (or one multipart upload, visible only once completed). One gap is pyarrow's: it has no abort, and
-        completes an upload whose stream is dropped, so a Python exception raised between the chunks of a
-        local file streamed to S3 (Ctrl-C) leaves the part written so far there. A failed part upload fails the whole
-        upload, and the sink and the markers write one buffer in one call; the model store writes the file
-        that marks a run complete last."""
+        Locally it is written to a temporary beside `path`, fsynced and renamed over it, and the directory is
+        fsynced (offsets are committed once a file is published: it must survive a power loss, not only a kill).
+        On an object store it is one PUT (or one multipart upload, visible only once completed). One gap is
+        pyarrow's: it has no abort, and completes an upload whose stream is dropped, so a Python exception raised
+        between the chunks of a local file streamed to S3 (Ctrl-C) leaves the part written so far there. A failed
+        part upload fails the whole upload, and the sink and the markers write one buffer in one call; the model
+        store writes the file that marks a run complete last."""
         target = path
         if self.is_local:
             parent, name = path.rsplit("/", 1)
@@ -69,7 +70,9 @@ class Location:
                     out.write(data)
                 size = out.tell()
             if self.is_local:
+                _fsync(target)
                 self.fs.move(target, path)
+                _fsync(parent)
         except BaseException:
             if self.is_local and self.fs.get_file_info(target).type != pafs.FileType.NotFound:
                 self.fs.delete_file(target)
@@ -124,3 +127,12 @@ def resolve(
     if create:
         os.makedirs(local, exist_ok=True)
     return Location(pafs.LocalFileSystem(), local, uri)
+
+
+def _fsync(path: str) -> None:
+    """Flush a local file's or directory's data and metadata to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
