@@ -15,7 +15,7 @@ from trainer.config import PipelineArgs
 from trainer.evaluate import GateSettings, Verdict, judge, score
 from trainer.holdout import read_heldout
 from trainer.store import METADATA, ModelStore
-from trainer.workdir import Plan, WorkDir
+from trainer.workdir import Plan, WorkDir, write_json
 
 if TYPE_CHECKING:
     from trainer.sft_config import WebrSFTConfig
@@ -57,4 +57,4 @@ def _record(work: WorkDir, evaluation: dict[str, object]) -> None:
     path = work.final / METADATA
     metadata = json.loads(path.read_text())
     metadata["evaluation"] = evaluation
-    path.write_text(json.dumps(metadata, indent=1, default=str))
+    write_json(path, metadata)

@@ -6,7 +6,6 @@ broadcast to the other ranks of a distributed launch, so they all train on the s
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from trainer.lock import RunLock
 from trainer.metadata import build_metadata
 from trainer.snapshot import BadFile, Manifest, SnapshotDiff, diff, take_snapshot
 from trainer.store import METADATA, ModelStore
-from trainer.workdir import Plan, WorkDir, fingerprint
+from trainer.workdir import Plan, WorkDir, fingerprint, write_json
 
 if TYPE_CHECKING:
     from trainer.sft_config import WebrSFTConfig
@@ -210,7 +209,7 @@ def _execute(
             raise TrainingFailed(f"training run {plan.run_id} failed: {type(exc).__name__}: {exc}") from exc
         if is_main:
             metadata = build_metadata(plan, pipeline, cfg, outcome, start)
-            (work.final / METADATA).write_text(json.dumps(metadata, indent=1, default=str))
+            write_json(work.final / METADATA, metadata)
     tset = plan.training_set
     facts = {
         "run_id": plan.run_id,

@@ -4,7 +4,7 @@
     <work dir>/pending/plan.json          written last: its presence means the plan below is complete
     <work dir>/pending/train.parquet      the frozen training set
     <work dir>/pending/checkpoints/       Trainer checkpoints, the newest resumed after a crash
-    <work dir>/pending/final/             the trained model, complete once training_metadata.json is in it
+    <work dir>/pending/final/             the trained model, complete once its training_metadata.json parses
     <work dir>/models/<run id>/           a published model downloaded from object storage (policy continue)
 
 A killed run leaves `pending/`; the next run resumes it (with the snapshot it froze, even if newer data has
@@ -45,6 +45,17 @@ class Plan:
     @property
     def snapshot_id(self) -> str:
         return str(self.manifest["snapshot_id"])
+
+
+def write_json(path: Path, data: object) -> None:
+    """`data` as JSON at `path`, whole or not at all: the files that decide the work dir's state (the plan, the
+    model's metadata) must never be seen half written by the run after a kill or a power loss."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def fingerprint(pipeline: PipelineArgs, training: dict[str, object]) -> str:
@@ -88,9 +99,7 @@ class WorkDir:
             return None
 
     def save_plan(self, plan: Plan) -> None:
-        tmp = self.plan_file.with_name(".plan.json.tmp")
-        tmp.write_text(json.dumps(asdict(plan), indent=1))
-        os.replace(tmp, self.plan_file)
+        write_json(self.plan_file, asdict(plan))
 
     def fresh_pending(self) -> None:
         """An empty pending dir, for a new plan."""
@@ -103,7 +112,15 @@ class WorkDir:
             shutil.rmtree(self.pending, ignore_errors=True)
 
     def final_complete(self) -> bool:
-        return (self.final / METADATA).is_file() and (self.final / "config.json").is_file()
+        """The trained model is whole: its config and a metadata file that parses (written last, atomically; a
+        metadata file that does not parse was left by an older writer killed mid-write, and training is redone)."""
+        if not (self.final / "config.json").is_file():
+            return False
+        try:
+            json.loads((self.final / METADATA).read_text())
+        except (OSError, ValueError):
+            return False
+        return True
 
     def clear_pending(self) -> None:
         shutil.rmtree(self.pending, ignore_errors=True)

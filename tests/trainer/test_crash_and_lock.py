@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from trainer.exceptions import EXIT_LOCKED, EXIT_OK
+import pytest
+
+from trainer.exceptions import EXIT_LOCKED, EXIT_OK, EXIT_PUBLISH
 from trainer.lock import RunLock
 
 from .conftest import Dirs, rows_used, trainer_process, write_pairs
@@ -114,3 +116,31 @@ def test_lock_is_exclusive_in_one_host(tmp_path: Path) -> None:
         assert f"pid={os.getpid()}" in other.stderr
     with RunLock(path):  # released on exit: acquirable again
         pass
+
+
+@pytest.mark.parametrize("gate", ["true", "false"])
+def test_a_model_whose_metadata_a_kill_truncated_is_trained_again_not_taken(
+    dirs: Dirs, run_inprocess: Run, gate: str
+) -> None:
+    """A kill while the metadata was being written leaves the model with half a JSON file: the next run must not take
+    it as trained (the gate would fail on it forever; without the gate it would be published and break every
+    later run's `latest`)."""
+    write_pairs(dirs.data, 0, 8)
+    args = dirs.args("--eval-gate", gate, "--save-steps", "1")
+    dirs.out.write_text("not a directory")  # the publish fails (exit 5) once the model and its metadata are written
+    code, line = run_inprocess(args)
+    assert code == EXIT_PUBLISH, line
+    dirs.out.unlink()
+    metadata = dirs.work / "pending" / "final" / "training_metadata.json"
+    metadata.write_text(metadata.read_text()[:200])
+    plan = json.loads((dirs.work / "pending" / "plan.json").read_text())
+
+    code, line = run_inprocess(args)
+    assert code == EXIT_OK, line
+    assert dirs.latest() == plan["run_id"]
+    meta = json.loads((dirs.out / plan["run_id"] / "training_metadata.json").read_text())
+    assert meta["training"]["resumed_from"] == "checkpoint-2"  # trained again, from the checkpoint it had reached
+    assert ("evaluation" in meta) == (gate == "true")
+
+    code, line = run_inprocess(args)
+    assert (code, "status=nothing_to_do" in line) == (EXIT_OK, True), line
