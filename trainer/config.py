@@ -37,7 +37,8 @@ class PipelineArgs:
     work_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Local directory for the lock, the frozen training set and checkpoints (resumed after a crash). "
+            "help": "Directory for the lock, the frozen training set and checkpoints (resumed after a crash), on a "
+            "local disk; several nodes need one shared directory at the same path on each (docs/trainer.md). "
             "Default: $XDG_CACHE_HOME/webr-factory/trainer/<hash of --output-dir>."
         },
     )

@@ -3,8 +3,9 @@
 cron fires again while a long run still trains; the second run must leave at once. A lock file with a pid in
 it goes stale when a run is killed (-9, OOM, reboot) and needs a liveness check; an flock cannot go stale: it
 belongs to an open file description, which dies with the process. The holder's pid, host and start time are
-written into the file only to say who holds it. The work dir must be on a local filesystem (flock over NFS is
-not reliable everywhere).
+written into the file only to say who holds it. Only the main process of a distributed launch takes it. The
+work dir belongs on a local filesystem; a multi-node run needs a shared one (NFS), where Linux emulates flock
+with a POSIX lock over the whole file, which guards against other runs only if the server keeps such locks.
 """
 
 from __future__ import annotations
