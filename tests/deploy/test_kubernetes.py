@@ -16,7 +16,7 @@ import yaml
 from tests.deploy.files import K8S, env_items, k8s_object, k8s_resources
 from tests.deploy.grace import worst_stop_s
 from tests.deploy.settings_env import settings_from, unknown_variables
-from trainer.exceptions import EXIT_DATA, EXIT_UNEXPECTED, EXIT_USAGE
+from trainer.exceptions import EXIT_DATA, EXIT_REJECTED, EXIT_UNEXPECTED, EXIT_USAGE
 from trainer.run import parse_args
 
 K8S_VERSION = "1.33"
@@ -161,11 +161,13 @@ def test_gpu_workloads_ask_for_a_gpu() -> None:
 
 
 def test_trainer_cronjob_never_overlaps_and_fails_fast_on_hopeless_exits() -> None:
+    """A refusal by the evaluation gate (6) must fail the Job: its retry would say nothing_to_do, exit 0, and the
+    Job would show as succeeded."""
     spec = k8s_object("CronJob", "webr-trainer")["spec"]
     assert spec["concurrencyPolicy"] == "Forbid"
     rules = spec["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
     fail_now = {code for rule in rules if rule["action"] == "FailJob" for code in rule["onExitCodes"]["values"]}
-    assert {EXIT_UNEXPECTED, EXIT_USAGE, EXIT_DATA} == fail_now
+    assert {EXIT_UNEXPECTED, EXIT_USAGE, EXIT_DATA, EXIT_REJECTED} == fail_now
 
 
 def test_trainer_settings_parse_with_the_trainers_own_parser(tmp_path: Path) -> None:
