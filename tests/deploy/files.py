@@ -53,6 +53,11 @@ def interpolate(value: str, secret: str = "test-secret") -> str:
     return _INTERPOLATION.sub(one, value).replace("$$", "$")
 
 
+def required_variables(text: str) -> set[str]:
+    """The variables compose refuses to start without (`${VAR:?message}`)."""
+    return {m.group("name") for m in _INTERPOLATION.finditer(text) if m.group("op") == ":?"}
+
+
 def compose_service(name: str) -> dict[str, Any]:
     """A service of compose.yaml with its YAML anchors merged and its environment interpolated."""
     (compose,) = yaml_docs(COMPOSE)

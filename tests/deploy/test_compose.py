@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 from producers.files import make_parser as producer_parser
-from tests.deploy.files import COMPOSE, DEPLOY, compose_service, interpolate, yaml_docs
+from tests.deploy.files import COMPOSE, DEPLOY, compose_service, interpolate, required_variables, yaml_docs
 from tests.deploy.grace import worst_stop_s
 from tests.deploy.settings_env import settings_from, unknown_variables
 
@@ -103,3 +103,30 @@ def test_no_secret_value_is_written_in_the_file() -> None:
         for key, value in (service.get("environment") or {}).items():
             if re.search(r"KEY|PASSWORD|SECRET|TOKEN", key):
                 assert str(value).startswith("${"), f"{name}.{key} must come from the environment"
+
+
+def gpus(service: str) -> list[str]:
+    """The GPU indexes a service reserves, with the defaults of its variables; a `count` reservation fails."""
+    (device,) = compose_service(service)["deploy"]["resources"]["reservations"]["devices"]
+    assert "count" not in device, f"{service} reserves GPUs by count: it may take the other service's GPU"
+    return [interpolate(i) for i in device["device_ids"]]
+
+
+def test_vllm_and_the_trainer_never_share_a_gpu_unless_told() -> None:
+    """vLLM reserves most of its GPU's memory at start: a trainer on the same GPU runs out of memory."""
+    assert set(gpus("vllm")).isdisjoint(gpus("trainer"))
+    command = [interpolate(part) for part in compose_service("vllm")["command"]]
+    share = float(command[command.index("--gpu-memory-utilization") + 1])
+    assert 0 < share <= 1
+    assert "VLLM_GPU_MEMORY_UTILIZATION" in " ".join(compose_service("vllm")["command"])
+
+
+def test_every_required_variable_is_named_in_the_header_and_the_env_example() -> None:
+    """A `${VAR:?...}` left unset stops `docker compose up`: the setup steps must name each one."""
+    text = COMPOSE.read_text(encoding="utf-8")
+    required = required_variables(text)
+    header = text.split("\nname:", 1)[0]
+    example = (DEPLOY / ".env.example").read_text(encoding="utf-8")
+    assert required >= {"MINIO_ROOT_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
+    assert {name for name in required if name not in header} == set()
+    assert {name for name in required if not re.search(rf"^{name}=", example, re.M)} == set()
