@@ -33,6 +33,17 @@ class Document:
     text: str
     url: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    metadata_json: str = field(init=False, repr=False, compare=False)
+    """`metadata` as the JSON an output row carries, serialised once, when the document is made."""
+
+    def __post_init__(self) -> None:
+        # orjson reads 1024 levels of nesting but writes only 254: a record that parsed may not serialise.
+        # Found here, it is bad input, not a crash after the document's LLM calls.
+        try:
+            encoded = orjson.dumps(self.metadata, default=str).decode()
+        except orjson.JSONEncodeError as exc:
+            raise InvalidRecord("unserialisable_metadata", f"its fields cannot be written as JSON: {exc}") from exc
+        object.__setattr__(self, "metadata_json", encoded)
 
     def to_json(self) -> bytes:
         """The canonical wire form (what producers put on Kafka)."""
@@ -144,8 +155,14 @@ def iter_file(path: str | Path, stream: IO[bytes] | None = None) -> Iterator[Sou
 
 def _iter_array(fh: IO[bytes]) -> Iterator[SourceRecord]:
     for position, obj in enumerate(ijson.items(fh, "item", use_float=True)):
-        raw = orjson.dumps(obj, default=str)
-        yield _source_record(position, f"item {position}", obj, raw)
+        location = f"item {position}"
+        try:
+            raw = orjson.dumps(obj, default=str)
+        except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes
+            err = InvalidRecord("unserialisable_metadata", f"{location}: cannot be written as JSON: {exc}")
+            yield SourceRecord(position, location, None, err, b"")
+            continue
+        yield _source_record(position, location, obj, raw)
 
 
 def _iter_jsonl(fh: IO[bytes]) -> Iterator[SourceRecord]:

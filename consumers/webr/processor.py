@@ -194,8 +194,9 @@ class DocumentProcessor:
         m.advance(DocState.FILTER)
         self._require(response, "response")
         _reject_flaw(inspect_response(response, part.text, self.settings.quality))
-        m.advance(DocState.DONE)
-        return self._row(run, plan, persona, request, instruction, response, page, page_tokens, truncated)
+        row = self._row(run, plan, persona, request, instruction, response, page, page_tokens, truncated)
+        m.advance(DocState.DONE)  # last: a failure building the row is still a rejection at FILTER
+        return row
 
     @staticmethod
     def _require(text: str, what: str) -> None:
@@ -234,13 +235,14 @@ class DocumentProcessor:
             usage=run.usage,
             ref=run.ref,
             created_at=datetime.now(UTC),
-            metadata_json=orjson.dumps(run.doc.metadata, default=str).decode(),
+            metadata_json=run.doc.metadata_json,
             page_hash=page_hash(page),
         )
 
     def _reject(self, run: _Run, reason: str, detail: str) -> Rejection:
         stage = run.machine.state
-        run.machine.advance(DocState.REJECTED)
+        if not run.machine.terminal:  # never raise here: this is how a document's failure becomes an outcome
+            run.machine.advance(DocState.REJECTED)
         log.warning("document %s rejected at %s: %s (%s)", run.doc.doc_id, stage, reason, detail[:200])
         return Rejection(
             doc_id=run.doc.doc_id,

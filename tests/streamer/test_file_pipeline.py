@@ -3,6 +3,7 @@ rejections carrying their input line, and the summary and progress counted once.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from consumers.webr.dedup import DedupStage
@@ -57,3 +58,24 @@ async def test_file_run_dedups_in_offset_order_and_accounts_for_every_record(tmp
     assert summary.calls == len(client.results) == sum(r["llm_calls"] or 0 for r in rows + rejected)
     assert summary.files == 4, "11 offsets in ranges of 3 (a range's rows and rejections count as one)"
     assert progress == sorted(progress) and progress[-1] == 11, "progress follows the outcomes written"
+
+
+async def test_a_record_too_deep_to_write_back_is_rejected_as_input_and_the_run_goes_on(tmp_path: Path) -> None:
+    nested = "[" * 300 + "]" * 300
+    deep = f'{{"id": "deep", "webpage": {json.dumps(page(1))}, "extra": {nested}}}'
+    source = write_jsonl(tmp_path / "p.jsonl", [{"id": "fine", "webpage": page(2)}], [deep])
+    settings = ConsumeSettings(
+        source=str(source), output=str(tmp_path / "out"), seed=SEED, base_url="http://127.0.0.1:1/v1"
+    )
+    client = ScriptedChatClient()
+    engine = Engine(DocumentProcessor(client, settings.webr), DedupStage(settings.webr.dedup()))
+
+    summary = await run_file(settings, engine)
+
+    rows, rejected = read_outcomes(tmp_path / "out")
+    assert [r["doc_id"] for r in rows] == ["fine"]
+    ((invalid),) = rejected
+    assert (invalid["stage"], invalid["reason"], invalid["doc_id"]) == ("input", "unserialisable_metadata", "deep")
+    assert invalid["payload"] == deep.encode(), "the rejection carries the record as it came"
+    assert {c.affinity for c in client.calls} == {"fine"}, "no call is paid for a record that cannot be written"
+    assert summary.records == 2

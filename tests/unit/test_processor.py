@@ -255,3 +255,23 @@ def test_each_call_tells_the_client_its_chain_s_calls_left_and_drain_reaches_the
     by_doc = {d.doc_id: [(c.priority, c.calls_left) for c in client.calls if c.affinity == d.doc_id] for d in (wi, wr)}
     assert by_doc[wi.doc_id] == [(1, 3), (1, 2), (1, 1)]  # persona, request, response
     assert by_doc[wr.doc_id] == [(2, 4), (2, 3), (2, 2), (2, 1)]  # persona, request, rollout, refine
+
+
+class _Nameless(ScriptedChatClient):
+    """Answers every call, then fails to name its model: a bug met while the row is built, after the chain."""
+
+    @property  # type: ignore[override]
+    def model(self) -> str:
+        raise RuntimeError("no model name")
+
+    @model.setter
+    def model(self, value: str) -> None:
+        pass
+
+
+def test_a_bug_building_the_row_is_a_rejection_at_filter_not_a_crash() -> None:
+    outcome = run(doc_in("WI"), _Nameless())
+    assert isinstance(outcome, Rejection)
+    assert (outcome.stage, outcome.reason) == ("filter", "internal_error")
+    assert outcome.detail == "RuntimeError: no model name"
+    assert outcome.usage.calls == 3

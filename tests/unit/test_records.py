@@ -67,3 +67,23 @@ def test_jsonl_bad_lines_are_rejected_and_reading_goes_on() -> None:
     assert [r.position for r in records] == [0, 1, 2, 3]
     assert [r.error.reason if r.error else None for r in records] == [None, "not_json", "empty_text", None]
     assert records[1].location == "line 3" and records[1].raw == b"not json"
+
+
+DEEP = "[" * 300 + "]" * 300
+"""Nesting orjson reads (up to 1024 levels) but cannot write back (254)."""
+
+
+def test_a_field_nested_too_deep_to_write_back_is_invalid_input() -> None:
+    payload = b'{"id": "d1", "text": "a page", "extra": ' + DEEP.encode() + b"}"
+    with pytest.raises(InvalidRecord) as info:
+        parse_message(payload)
+    assert info.value.reason == "unserialisable_metadata"
+    assert parse_message(b'{"id": "d2", "text": "a page", "extra": [[1]]}').metadata_json == '{"extra":[[1]]}'
+
+
+def test_unserialisable_records_of_a_json_array_are_rejected_and_reading_goes_on() -> None:
+    data = b'[{"webpage": "a", "deep": ' + DEEP.encode() + b'}, {"webpage": "b"}]'
+    records = list(iter_file("mem.json", io.BytesIO(data)))
+    assert [r.error.reason if r.error else None for r in records] == ["unserialisable_metadata", None]
+    assert records[0].error is not None and "item 0" in records[0].error.detail
+    assert records[1].document is not None and records[1].document.text == "b"
