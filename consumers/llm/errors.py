@@ -129,14 +129,16 @@ def classify_reply(status: int, headers: Mapping[str, str], body: bytes) -> Fail
 def classify_exception(exc: BaseException) -> Failure | None:
     """Kind of an exception raised by an HTTP exchange; None for exceptions that are bugs, not call failures.
 
-    Timeouts, refused, reset or dropped connections and bodies cut short are transient; so is a status error
-    raised by a caller that used `raise_for_status` (classified by its status)."""
-    if isinstance(exc, AttemptFailed):
-        return exc.failure
-    if isinstance(exc, aiohttp.ClientResponseError):
+    Timeouts, refused, reset or dropped connections and bodies cut short are transient. So is a reply aiohttp
+    could not read (a bad status line, headers too long, a listener that does not speak HTTP/1): sessions do not
+    raise for an error status, so the `ClientResponseError` it raises then carries a status (400, or 0) of its
+    own making, not the server's. A proxy's refusal and a redirect loop are real answers, classified by status."""
+    if isinstance(exc, aiohttp.ClientHttpProxyError | aiohttp.TooManyRedirects):
         return classify_status(exc.status, exc.headers)
     if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError and ConnectionTimeoutError included
         return Failure(ErrorKind.TRANSIENT, "timeout")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return Failure(ErrorKind.TRANSIENT, "unreadable reply")
     if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | ConnectionError):
         return Failure(ErrorKind.TRANSIENT, f"connection error ({type(exc).__name__})")
     return None

@@ -213,6 +213,36 @@ async def test_connection_refused_is_transient(fake_llm_factory: Callable[..., F
     assert info.value.attempts >= 2
 
 
+@pytest.mark.parametrize(
+    "garbage",
+    [b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\nX-" + b"a" * 10_000 + b": b\r\n\r\n", b"\x00\x00\x12\x04\x00\x00"],
+    ids=["bad status line", "header too long", "not HTTP/1"],
+)
+async def test_a_reply_that_is_not_http_is_transient_and_counts_against_the_replica(garbage: bytes) -> None:
+    # aiohttp gives an unreadable reply a status of its own (400, or 0): not the server's word, not permanent.
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(garbage)
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    settings = LLMSettings(
+        base_url=f"http://127.0.0.1:{port}/v1",
+        give_up_after_s=0.5,
+        eject_after_failures=2,
+        health_check_initial_s=30.0,
+        adaptive_concurrency=False,
+    )
+    async with listener, OpenAIChatClient(settings, backoff_initial_s=0.05) as client:
+        with pytest.raises(LLMCallError) as info:
+            await client.chat(_messages("hello"))
+        assert (info.value.kind, info.value.status) == (ErrorKind.TRANSIENT, None)
+        assert info.value.attempts >= 2
+        assert client.pool.replicas[0].breaker.stats.opened == 1, "a replica that cannot answer is out of rotation"
+
+
 async def test_waiting_calls_are_served_by_priority(fake_llm: FakeOpenAI) -> None:
     fake_llm.configure(latency_s=0.2)
     async with OpenAIChatClient(_settings(fake_llm, max_concurrency=1)) as client:

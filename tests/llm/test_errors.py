@@ -5,6 +5,8 @@ from __future__ import annotations
 import aiohttp
 import orjson
 import pytest
+import yarl
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from consumers.llm.errors import (
     AttemptFailed,
@@ -147,3 +149,10 @@ def test_unusable_output_is_bad_output(body: bytes) -> None:
         parse_completion(body, 200)
     assert info.value.kind is ErrorKind.BAD_OUTPUT
     assert info.value.status == 200
+
+
+def test_a_proxys_refusal_is_classified_by_its_status() -> None:
+    info = aiohttp.RequestInfo(yarl.URL("http://llm.test/v1"), "POST", CIMultiDictProxy(CIMultiDict()))
+    refused = aiohttp.ClientHttpProxyError(info, (), status=407, message="Proxy Authentication Required")
+    failure = classify_exception(refused)
+    assert failure is not None and (failure.kind, failure.status) == (ErrorKind.PERMANENT, 407)
