@@ -80,9 +80,9 @@ class _CallState:
     max_tokens: int | None  # sent with the request when set
     seed: int | None  # sent with the request when set, plus the bad outputs so far
     affinity: str | None
-    deadline: float | None  # loop time after which an attempt waiting for a replica gives up
     priority: int  # in the queues for a replica and for the rate limits (`types.QueuedCall`)
     calls_left: int
+    deadline: float | None = None  # loop time: give_up_after_s from the first failure (while no replica is up)
     attempts: int = 0
     bad_outputs: int = 0
     replica: Replica | None = None  # of the last attempt
@@ -184,17 +184,14 @@ class OpenAIChatClient:
         cheaper than counting the messages again."""
         if not self._sessions:
             raise RuntimeError("the client is not started: use `async with client:` or `await client.start()`")
-        give_up = self.settings.give_up_after_s
-        deadline = None if give_up is None else asyncio.get_running_loop().time() + give_up
         max_tokens = self._steps.max_tokens(step) if self._send_max_tokens else None
-        state = _CallState(step, max_tokens, seed, affinity, deadline, priority, calls_left)
+        state = _CallState(step, max_tokens, seed, affinity, priority, calls_left)
         estimate = prompt_tokens if prompt_tokens is not None else prompt_estimate(messages)
-        started = time.monotonic()
         try:
             try:
                 result = await self._attempt(messages, estimate, state)
             except AttemptFailed as first:
-                result = await self._retry(first, started, messages, estimate, state)
+                result = await self._retry(first, messages, estimate, state)
         except AttemptFailed as exc:
             self.stats.calls_failed += 1
             kind = exc.kind.value
@@ -213,7 +210,6 @@ class OpenAIChatClient:
     async def _retry(
         self,
         first: AttemptFailed,
-        started: float,
         messages: list[Message],
         estimate: int,
         state: _CallState,
@@ -221,8 +217,9 @@ class OpenAIChatClient:
         """The attempts after a failed first one, driven by tenacity.
 
         Most calls succeed at once, and tenacity's machinery costs about a tenth of a call's CPU, so the first
-        attempt runs without it. Its failure is handed to tenacity as tenacity's own first attempt, and the
-        deadline counts from the call's start: wait, stop and retry decide exactly as if it had run it."""
+        attempt runs without it. Its failure is handed to tenacity as tenacity's own first attempt: wait, stop and
+        retry decide exactly as if it had run it. The give-up deadline counts from this failure, not from the
+        call's start: time spent queued for a slot or a reservation is not failing."""
         pending = [first]
 
         async def attempt() -> ChatResult:
@@ -231,8 +228,10 @@ class OpenAIChatClient:
             return await self._attempt(messages, estimate, state)
 
         give_up = self.settings.give_up_after_s
+        if give_up is not None:
+            state.deadline = asyncio.get_running_loop().time() + give_up
         retrying = AsyncRetrying(
-            stop=stop_never if give_up is None else _stop_before(started + give_up),
+            stop=stop_never if give_up is None else _stop_before(time.monotonic() + give_up),
             wait=lambda retry_state: self._wait(retry_state, state),
             retry=retry_if_exception(lambda exc: self._retryable(exc, state)),
             before_sleep=lambda retry_state: self._before_sleep(retry_state, state),

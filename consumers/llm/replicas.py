@@ -111,6 +111,7 @@ class Replica:
 @dataclass(order=True, slots=True)
 class _Waiter(QueuedCall[Replica]):
     affinity: str | None = field(default=None, compare=False)
+    deadline: float | None = field(default=None, compare=False)  # loop time: give up if no replica is in rotation
 
 
 def metrics_url(base_url: str) -> str:
@@ -186,50 +187,55 @@ class ReplicaPool:
         self, priority: int = 0, affinity: str | None = None, *, calls_left: int = 1, deadline: float | None = None
     ) -> AsyncIterator[Replica]:
         """A replica to send one attempt to; held until the block ends (the answer, or the attempt's failure).
-        Past `deadline` (loop time; a user's `give_up_after_s`) with no replica in rotation, the attempt fails
-        as transient."""
+        Past `deadline` (loop time; a user's `give_up_after_s`) while no replica is in rotation, the attempt fails
+        as transient; a call that waits only for a slot of a replica in rotation waits on."""
         held = time.monotonic() if self.stats.all_down else None
-        if deadline is None:  # the default: no timeout context to enter and leave on every attempt
-            replica = await self._acquire(priority, affinity, calls_left)
-        else:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    replica = await self._acquire(priority, affinity, calls_left)
-            except TimeoutError:
-                raise AttemptFailed(Failure(ErrorKind.TRANSIENT, "no replica in rotation")) from None
+        replica = await self._acquire(priority, affinity, calls_left, deadline)
         if held is not None:
             self.stats.held_s += time.monotonic() - held
         try:
             yield replica
         finally:
-            replica.in_flight -= 1
-            replica.stats.in_flight = replica.in_flight
-            self.in_flight -= 1
-            self._dispatch()
+            self._release(replica)
 
     def drain(self) -> None:
         """No more chains will start: the calls with the most calls left go first, those waiting now included."""
         self._draining = True
         drain_queue(self._waiters)
 
-    async def _acquire(self, priority: int, affinity: str | None, calls_left: int) -> Replica:
-        future = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(priority, calls_left, next(self._seq), future, affinity)
+    def _release(self, replica: Replica) -> None:
+        replica.in_flight -= 1
+        replica.stats.in_flight = replica.in_flight
+        self.in_flight -= 1
+        self._dispatch()
+
+    async def _acquire(self, priority: int, affinity: str | None, calls_left: int, deadline: float | None) -> Replica:
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(priority, calls_left, next(self._seq), loop.create_future(), affinity, deadline)
         if self._draining:
             waiter.drain()
         bisect.insort(self._waiters, waiter)
         self._dispatch()
+        timer = None if deadline is None else loop.call_at(deadline, self._expire)
         try:
             return await waiter.future
         except asyncio.CancelledError:
             if waiter.future.done() and not waiter.future.cancelled():
-                # Placed as we were cancelled: give the place back.
-                replica = waiter.future.result()
-                replica.in_flight -= 1
-                replica.stats.in_flight = replica.in_flight
-                self.in_flight -= 1
-                self._dispatch()
+                self._release(waiter.future.result())  # placed as we were cancelled: give the place back
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self) -> None:
+        """While no replica is in rotation, fail the waiters past their deadline (at a deadline, and whenever a
+        breaker opens); a deadline passed while some replica is in rotation holds nobody up."""
+        if not self.stats.all_down:
+            return
+        now = asyncio.get_running_loop().time()
+        for waiter in self._waiters:
+            if waiter.deadline is not None and waiter.deadline <= now and not waiter.future.done():
+                waiter.future.set_exception(AttemptFailed(Failure(ErrorKind.TRANSIENT, "no replica in rotation")))
 
     def _dispatch(self) -> None:
         """Place waiters, best priority first, while there is room; a waiter whose replica is full is passed
@@ -282,6 +288,7 @@ class ReplicaPool:
         if down:
             if replica.breaker.record(down=True):
                 self._start_health_checks(replica)
+                self._expire()
             return
         replica.breaker.record(down=False)
         if latency_s > 0:

@@ -112,7 +112,39 @@ async def test_give_up_after_rejects_a_call_still_timing_out(fake_llm: FakeOpenA
         with pytest.raises(LLMCallError) as info:
             await client.chat(_messages("hello"))
     assert info.value.kind is ErrorKind.TRANSIENT
-    assert info.value.attempts == 2
+    assert info.value.attempts == 3, "the deadline counts from the first failure, 0.3 s in: two more attempts fit"
+
+
+async def test_give_up_after_does_not_count_the_wait_for_a_slot_of_a_healthy_replica(fake_llm: FakeOpenAI) -> None:
+    # One slot, three calls of 0.4 s: the last waits 0.8 s for its first attempt, past a 0.5 s deadline. Nothing
+    # failed, so nothing is given up.
+    fake_llm.configure(latency_s=0.4)
+    settings = _settings(fake_llm, max_concurrency=1, give_up_after_s=0.5, adaptive_concurrency=False)
+    async with OpenAIChatClient(settings) as client:
+        results = await asyncio.gather(*(client.chat(_messages(f"call {i}")) for i in range(3)))
+    assert [r.attempts for r in results] == [1, 1, 1]
+    assert client.stats.calls_failed == 0
+
+
+async def test_give_up_after_counts_from_the_first_failure_while_no_replica_is_in_rotation(
+    fake_llm_factory: Callable[..., FakeOpenAI],
+) -> None:
+    server = fake_llm_factory()
+    url = server.url
+    server.stop()
+    settings = LLMSettings(
+        base_url=url, give_up_after_s=0.5, eject_after_failures=1, health_check_initial_s=30.0, request_timeout_s=2.0
+    )
+    async with OpenAIChatClient(settings) as client:
+        started = time.monotonic()
+        with pytest.raises(LLMCallError) as info:
+            await client.chat(_messages("hello"))
+    assert (info.value.kind, info.value.reason, info.value.attempts) == (
+        ErrorKind.TRANSIENT,
+        "no replica in rotation",
+        2,
+    )
+    assert 0.45 <= time.monotonic() - started < 1.5
 
 
 async def test_bad_request_is_permanent_and_not_retried(client: OpenAIChatClient, fake_llm: FakeOpenAI) -> None:
