@@ -57,6 +57,7 @@ class LimitFeedback:
         lead: float = 0.05,
     ) -> None:
         self.limiter = limiter
+        self.initial_scale = initial_scale
         self.growth = growth
         self.increase = increase
         self.backoff = backoff
@@ -76,7 +77,7 @@ class LimitFeedback:
         """Every answer from the server, with its headers and the time (loop clock) its request was sent."""
         self.limiter.heard_from_server()
         h = {k.lower(): v for k, v in headers.items()} if headers else {}
-        self._learn_limits(h)
+        self._learn_limits(h, sent_at)
         if self.limiter.takes_turns:
             pass  # whole windows of its own: a 429 is a moment of overlap (a rebalance), not too large a share
         elif rate_limited:
@@ -89,7 +90,9 @@ class LimitFeedback:
             self._align(end)
             self.limiter.report_room(room, end)
 
-    def _learn_limits(self, h: dict[str, str]) -> None:
+    def _learn_limits(self, h: dict[str, str], now: float) -> None:
+        """The server's limits replace ours; limits learnt where none were configured start at `initial_scale`,
+        as configured ones do, unless the process has a known share (`RateLimiter.set_share`)."""
         told = {d: _int(h.get(f"x-ratelimit-limit-{d}")) for d in _DIMENSIONS}
         rpm = told["requests"] or self.limiter.requests_per_minute
         tpm = told["tokens"] or self.limiter.tokens_per_minute
@@ -100,7 +103,10 @@ class LimitFeedback:
                 tpm,
                 extra={"rpm": rpm, "tpm": tpm},
             )
+            enabled = self.limiter.enabled
             self.limiter.set_limits(rpm, tpm)
+            if not enabled and not self.limiter.has_share:
+                self._set(self.initial_scale, now)
 
     def _read_window(self, h: dict[str, str], sent_at: float) -> tuple[float, dict[str, float]] | None:
         """(end of the server's current window, room left in it by dimension), or None without usable headers."""

@@ -246,6 +246,11 @@ class RateLimiter:
                 self._wake()
 
     @property
+    def has_share(self) -> bool:
+        """Whether this process was told its share of the limits (`set_share`)."""
+        return self._turns is not None
+
+    @property
     def takes_turns(self) -> bool:
         """Whether this process sends only in its own server windows (a share is set and the windows known)."""
         return self._turns is not None and self._aligned() is not None

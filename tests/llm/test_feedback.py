@@ -102,3 +102,20 @@ async def test_a_member_with_its_own_windows_keeps_its_whole_share_through_a_429
     assert limiter.takes_turns and limiter.scale == 1.0
     feedback.on_answer(_headers(remaining_tokens=0, reset_ms=400), now + 0.1, rate_limited=True)
     assert limiter.scale == 1.0  # an overlap while the group rebalances, not too large a share
+
+
+def test_limits_learnt_from_the_server_start_at_the_initial_scale_too() -> None:
+    limiter = RateLimiter()
+    feedback = LimitFeedback(limiter, initial_scale=0.3, growth=1.25)
+    feedback.on_answer({}, 0.0)
+    feedback.on_answer({"x-ratelimit-limit-tokens": str(TPM)}, 1.0)
+    assert limiter.enabled and limiter.scale == 0.3, "N processes told the limit by the server start low as well"
+    feedback.on_answer({}, 2.0)
+    assert limiter.scale == pytest.approx(0.375)
+
+
+def test_a_process_with_a_known_share_keeps_its_scale_when_it_learns_the_limits() -> None:
+    limiter = RateLimiter()
+    limiter.set_share({0}, 2)
+    LimitFeedback(limiter, initial_scale=0.3).on_answer({"x-ratelimit-limit-tokens": str(TPM)}, 1.0)
+    assert limiter.scale == 1.0
