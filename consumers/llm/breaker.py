@@ -8,8 +8,9 @@ when every replica is out. Health checks (a GET of the API's model list, see the
 schedule (`probe_initial_s` doubling to `probe_max_s`); any answer below 500 readmits the replica on trial: it
 takes one call at a time until a call succeeds, and a transient failure on trial opens the breaker again at once
 (the health-check interval keeps doubling, so a server that answers health checks but fails its calls is tried
-less and less often). Answers to requests sent before the breaker opened prove nothing about now (a server going
-down finishes a few): they change nothing while it is open.
+less and less often). Answers to requests sent before the breaker last opened prove nothing about now (a server going
+down finishes a few, or times them out late): they change nothing, neither while it is open nor on trial. A call
+tags its result with `stats.opened` as it was when the call was placed.
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self.stats.open
 
-    def record(self, *, down: bool) -> bool:
-        """The result of a call: `down` True for a transient failure, False for any answer from the server.
-        Returns True when this result opened the breaker."""
-        if self.stats.open:
+    def record(self, *, down: bool, opened: int) -> bool:
+        """The result of a call placed when the breaker had opened `opened` times: `down` True for a transient
+        failure, False for any answer from the server. Returns True when this result opened the breaker."""
+        if self.stats.open or opened != self.stats.opened:
             return False
         if not down:
             self._failures = 0

@@ -3,8 +3,9 @@
 No SDK on the hot path: one HTTP exchange is `transport.post_chat` (aiohttp, orjson), and what went wrong is
 decided in `errors.py` from statuses, headers and body fields. Retries are ours (tenacity): one attempt is a lease
 on a replica from the `ReplicaPool` (priority-ordered, with the document's affinity; replicas out of rotation get
-none), a rate-limit reservation, one HTTP request to that replica; the backoff sleep between attempts holds none of
-them, and every attempt shows in the stats.
+none), then, within that lease, a rate-limit reservation (its wait, a 429's cooldown included, holds the lease)
+and one HTTP request to that replica; the backoff sleep between attempts holds neither, and every attempt shows in
+the stats.
 
 Transient is never final: a 429, a 5xx, a timeout or a refused connection is retried for as long as it takes
 (or until `give_up_after_s`, when the user asked for a deadline), so a document keeps the calls it has completed
@@ -96,14 +97,14 @@ def _ejected(state: _CallState) -> bool:
 class OpenAIChatClient:
     """`ChatClient` for OpenAI-compatible endpoints. Use `async with client:` (or `start()` / `aclose()`).
 
-    `limiter` may be shared by several clients that draw on one organisation's limits.
+    The client owns its `RateLimiter` and the one `LimitFeedback` that adapts it: two clients adapting one
+    limiter would each cut and grow its scale per window, breaking AIMD.
     """
 
     def __init__(
         self,
         settings: LLMSettings,
         *,
-        limiter: RateLimiter | None = None,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 10.0,
         initial_completion_estimate: int = 300,
@@ -111,7 +112,7 @@ class OpenAIChatClient:
         self.settings = settings
         self.model: str = settings.model
         self.stats = ClientStats()
-        self.limiter = limiter or RateLimiter(
+        self.limiter = RateLimiter(
             settings.max_requests_per_minute, settings.max_tokens_per_minute, headroom=settings.rate_limit_share
         )
         self.pool = ReplicaPool(settings)
@@ -250,6 +251,7 @@ class OpenAIChatClient:
         lease = self.pool.lease(state.priority, state.affinity, calls_left=state.calls_left, deadline=state.deadline)
         async with lease as replica:
             state.replica = replica
+            opened = replica.breaker.stats.opened  # a result from before the replica's next ejection counts
             session, url = self._sessions[replica.url]
             tokens = estimate + self._completion_estimate(state)
             reservation = await self.limiter.acquire(tokens, priority=state.priority, calls_left=state.calls_left)
@@ -262,7 +264,7 @@ class OpenAIChatClient:
                 failure = classify_exception(exc)
                 if failure is None:
                     raise
-                self.pool.record(replica, down=failure.kind is ErrorKind.TRANSIENT)
+                self.pool.record(replica, down=failure.kind is ErrorKind.TRANSIENT, opened=opened)
                 self._on_failure(failure, None, sent_at)
                 raise AttemptFailed(failure) from exc
             finally:
@@ -270,21 +272,25 @@ class OpenAIChatClient:
             latency = time.monotonic() - started
             if not 200 <= raw.status < 300:
                 failure = classify_reply(raw.status, raw.headers, raw.body)
-                self.pool.record(replica, down=failure.kind is ErrorKind.TRANSIENT)
+                self.pool.record(replica, down=failure.kind is ErrorKind.TRANSIENT, opened=opened)
                 self._on_failure(failure, raw.headers, sent_at)
                 raise AttemptFailed(failure)
+            bad: AttemptFailed | None = None
             try:
                 completion = self._with_usage(parse_completion(raw.body, raw.status), messages)
             except AttemptFailed as exc:
-                self.pool.record(replica, down=False)
-                self._feedback.on_answer(raw.headers, sent_at)
-                self._on_bad_output(exc.failure, state)
-                raise
-            # Reply lengths vary tenfold: the replica's limit tells a long reply from a queue by its length.
-            reply_tokens = completion.completion_tokens or 0
-            self.pool.record(replica, down=False, latency_s=latency, completion_tokens=reply_tokens)
-        reservation.settle(estimate + (state.max_tokens or reply_tokens))
-        self._feedback.on_answer(raw.headers, sent_at)
+                bad = exc
+                self.pool.record(replica, down=False, opened=opened)
+            else:
+                # Reply lengths vary tenfold: the replica's limit tells a long reply from a queue by its length.
+                reply_tokens = completion.completion_tokens or 0
+                self.pool.record(replica, down=False, opened=opened, latency_s=latency, completion_tokens=reply_tokens)
+        if bad is None:
+            reservation.settle(estimate + (state.max_tokens or reply_tokens))
+        self._feedback.on_answer(raw.headers, sent_at)  # after the refund: waiters it wakes see the room it made
+        if bad is not None:
+            self._on_bad_output(bad.failure, state)
+            raise bad
         return ChatResult(
             text=completion.text,
             prompt_tokens=completion.prompt_tokens or 0,

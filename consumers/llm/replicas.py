@@ -282,15 +282,17 @@ class ReplicaPool:
 
     # -- results --------------------------------------------------------------------------------------------
 
-    def record(self, replica: Replica, *, down: bool, latency_s: float = 0.0, completion_tokens: int = 0) -> None:
+    def record(
+        self, replica: Replica, *, down: bool, opened: int, latency_s: float = 0.0, completion_tokens: int = 0
+    ) -> None:
         """An attempt's result: `down` for a transient failure, else an answer (`latency_s` and the reply's
-        `completion_tokens` when it succeeded)."""
+        `completion_tokens` when it succeeded); `opened` is the replica's breaker count when it was leased."""
         if down:
-            if replica.breaker.record(down=True):
+            if replica.breaker.record(down=True, opened=opened):
                 self._start_health_checks(replica)
                 self._expire()
             return
-        replica.breaker.record(down=False)
+        replica.breaker.record(down=False, opened=opened)
         if latency_s > 0:
             replica.limit.on_answer(latency_s, completion_tokens, replica.in_flight)
             replica.stats.limit = replica.limit.value

@@ -14,7 +14,7 @@ from consumers.llm.client import OpenAIChatClient
 from consumers.llm.concurrency import FixedLimit, GradientLimit, SchedulerLimit
 from consumers.llm.replicas import Replica, ReplicaPool, metrics_url, read_gauges
 from consumers.llm.settings import LLMSettings, Sampling
-from devtools.fakeopenai import FakeOpenAI
+from devtools.fakeopenai import FakeOpenAI, Fault
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -216,6 +216,22 @@ async def test_a_stopped_replica_is_ejected_and_back_in_rotation_once_it_answers
     assert client.stats.calls_ok == 60
     assert replica_b.breaker.stats.opened == 1 and not replica_b.breaker.is_open
     assert any(text.startswith("after") for text in _served(b)), "the restarted replica got no traffic"
+
+
+async def test_a_late_failure_of_a_call_sent_before_the_ejection_changes_nothing(fake_llm: FakeOpenAI) -> None:
+    # The first call hangs until its timeout; the second's 503 ejects the replica, a health check readmits it and
+    # the second succeeds there. The first's timeout arrives after that: it says nothing about the server now.
+    fake_llm.inject(Fault.timeout(hang_s=10.0))
+    fake_llm.inject(Fault.server_error(503))
+    settings = _settings(fake_llm.url, request_timeout_s=1.0, eject_after_failures=1, adaptive_concurrency=False)
+    async with OpenAIChatClient(settings, backoff_initial_s=0.02, backoff_max_s=0.05) as client:
+        late = asyncio.create_task(client.chat(_messages("hangs")))
+        await asyncio.sleep(0.2)  # the first call is at the server, hanging
+        await client.chat(_messages("fails, then succeeds on trial"))
+        breaker = client.pool.replicas[0].breaker
+        assert breaker.stats.opened == 1 and not breaker.is_open
+        assert (await late).attempts == 2
+    assert breaker.stats.opened == 1, "a timeout from before the ejection took the replica out again"
 
 
 async def test_calls_wait_while_every_replica_is_out_and_go_on_when_one_answers(

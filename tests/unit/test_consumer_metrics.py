@@ -33,7 +33,7 @@ def test_llm_gauges_by_replica_and_endpoint_down_only_when_all_are_out() -> None
     registry = CollectorRegistry()
     registry.register(LLMStatsCollector(stats))
     for _ in range(3):
-        a.breaker.record(down=True)
+        a.breaker.record(down=True, opened=0)
     a.stats.in_flight, b.stats.in_flight = 0, 5
 
     def value(name: str, endpoint: str | None = None) -> float | None:
@@ -45,5 +45,5 @@ def test_llm_gauges_by_replica_and_endpoint_down_only_when_all_are_out() -> None
     assert value("webr_llm_endpoint_down") == 0
     assert value("webr_llm_endpoint_outages_total") == 1
     for _ in range(3):
-        b.breaker.record(down=True)
+        b.breaker.record(down=True, opened=0)
     assert value("webr_llm_endpoint_down") == 1
