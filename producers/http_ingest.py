@@ -7,9 +7,10 @@
 answer comes only once Kafka acknowledged them all, so a 200 means durable: `{"ids": [...], "errors": [{"index",
 "reason", "detail"}]}`. When more documents are waiting for acknowledgement than `--max-buffered`, the whole request
 is refused with 429 and `Retry-After` (nothing of it sent: never a silent drop, never half a batch). A Kafka failure
-answers 503 with `Retry-After`; resending is safe because ids are stable and consumers dedup by `doc_id`.
-`GET /healthz` (503 while shutting down) and `GET /metrics` (Prometheus). SIGTERM stops accepting, lets requests in
-progress get their acknowledgements, flushes the producer and exits.
+answers 503 with `Retry-After`; a document larger than the producer's `max_request_size` is not a Kafka failure but
+a per-record error (`too_large`), like an invalid record. Resending is safe because ids are stable and consumers
+dedup by `doc_id`. `GET /healthz` (503 while shutting down) and `GET /metrics` (Prometheus). SIGTERM stops
+accepting, lets requests in progress get their acknowledgements, flushes the producer and exits.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from kafka import KafkaProducer
+from kafka.errors import MessageSizeTooLargeError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import ValidationError
 
@@ -94,20 +96,36 @@ class Ingest:
             detail = f"{self.buffered} documents awaiting Kafka; retry after {RETRY_AFTER_S}s"
             return self._answer(429, {"error": detail}, {"Retry-After": str(RETRY_AFTER_S)})
         try:
-            await self._send(docs)
+            too_large = await self._send(docs)
         except Exception as exc:
             return self._answer(503, {"error": f"kafka: {exc}"}, {"Retry-After": str(RETRY_AFTER_S)})
-        self.metrics.accepted.inc(len(docs))
-        return self._answer(200, {"ids": [d.doc_id for d in docs], "errors": errors})
+        for error in too_large:
+            self.metrics.invalid.labels(error["reason"]).inc()
+        rejected = {error["index"] for error in too_large}
+        ids = [doc.doc_id for index, doc in docs if index not in rejected]
+        self.metrics.accepted.inc(len(ids))
+        errors = sorted([*errors, *too_large], key=lambda error: int(error["index"]))
+        return self._answer(200, {"ids": ids, "errors": errors})
 
-    async def _send(self, docs: list[Document]) -> None:
-        """Send and wait for every acknowledgement; the buffered count covers exactly the wait."""
+    async def _send(self, docs: list[tuple[int, Document]]) -> list[dict[str, Any]]:
+        """Send and wait for every acknowledgement; the buffered count covers exactly the wait.
+
+        A document the producer refuses as too large is answered as an error of its own (returned), so that the
+        rest of its batch is acknowledged: as a Kafka failure it would make every retry of the request fail again
+        and send the rest again. Any other error is transient and raised (the request answers 503)."""
         loop = asyncio.get_running_loop()
         self.buffered += len(docs)
         self.metrics.buffered.set(self.buffered)
         try:
-            waiters = [self._acked(loop, d) for d in docs]
+            waiters: list[asyncio.Future[Any]] = []
+            too_large: list[dict[str, Any]] = []
+            for index, doc in docs:
+                try:
+                    waiters.append(self._acked(loop, doc))
+                except MessageSizeTooLargeError as exc:
+                    too_large.append({"index": index, "reason": "too_large", "detail": str(exc)})
             await asyncio.wait_for(asyncio.gather(*waiters), self.settings.delivery_timeout_s)
+            return too_large
         finally:
             self.buffered -= len(docs)
             self.metrics.buffered.set(self.buffered)
@@ -162,15 +180,15 @@ def parse_body(body: bytes) -> list[Any]:
     return out
 
 
-def validate(records: list[Any]) -> tuple[list[Document], list[dict[str, Any]]]:
-    """Valid documents, and one error per invalid record with its 0-based index in the body."""
-    docs: list[Document] = []
+def validate(records: list[Any]) -> tuple[list[tuple[int, Document]], list[dict[str, Any]]]:
+    """Valid documents with their 0-based index in the body, and one error per invalid record with its index."""
+    docs: list[tuple[int, Document]] = []
     errors: list[dict[str, Any]] = []
     for index, record in enumerate(records):
         try:
             if isinstance(record, InvalidRecord):
                 raise record
-            docs.append(parse_record(record))
+            docs.append((index, parse_record(record)))
         except InvalidRecord as exc:
             errors.append({"index": index, "reason": exc.reason, "detail": exc.detail})
     return docs, errors

@@ -40,9 +40,13 @@ async def make_client(kafka_topic: KafkaTopic) -> AsyncIterator[Callable[..., Aw
     """Start the service in-process on a fresh topic, with `IngestSettings` overrides; stopped at teardown."""
     clients: list[TestClient] = []
 
-    async def make(linger_ms: int = 5, **settings: Any) -> TestClient:
+    async def make(linger_ms: int = 5, max_request_size: int = 1 << 20, **settings: Any) -> TestClient:
         producer = KafkaProducer(
-            bootstrap_servers=kafka_topic.bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms
+            bootstrap_servers=kafka_topic.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=linger_ms,
+            max_request_size=max_request_size,
         )
         ingest = Ingest(IngestSettings(kafka_topic.name, frozenset({TOKEN}), **settings), producer)
         client = TestClient(TestServer(make_app(ingest)))
@@ -77,6 +81,28 @@ async def test_array_and_jsonl_bodies_answer_ids_and_per_record_errors(
         metrics = await (await client.get("/metrics")).text()
         assert "webr_ingest_documents_total 6.0" in metrics
         assert (await client.get("/healthz")).status == 200
+    finally:
+        await client.close()
+
+
+async def test_a_document_too_large_for_the_producer_is_rejected_alone(
+    make_client: Callable[..., Awaitable[TestClient]], kafka_topic: KafkaTopic
+) -> None:
+    """A valid record over the producer's `max_request_size`: its own error, the rest of the batch acknowledged once
+    (it used to answer 503 forever, the rest sent again on every retry)."""
+    client = await make_client(max_request_size=64 << 10)
+    try:
+        body = [*_docs("e", 2), {"id": "huge", "text": "word " * 20_000}, *_docs("f", 1)]
+        resp = await client.post("/v1/documents", data=orjson.dumps(body), headers=AUTH)
+        assert resp.status == 200, await resp.text()
+        answer = await resp.json()
+        assert answer["ids"] == ["e-0", "e-1", "f-0"]
+        assert [(e["index"], e["reason"]) for e in answer["errors"]] == [(2, "too_large")]
+        keys = sorted(r.key.decode() for r in kafka_topic.read(4, timeout=5))
+        assert keys == ["e-0", "e-1", "f-0"]
+        metrics = await (await client.get("/metrics")).text()
+        assert 'webr_ingest_invalid_total{reason="too_large"} 1.0' in metrics
+        assert "webr_ingest_documents_total 3.0" in metrics
     finally:
         await client.close()
 
