@@ -223,6 +223,9 @@ class FileRun:
             partition, offset = recovered[item.record_id]
             assert self.progress is not None
             self.progress.scan_from[partition] = max(self.progress.scan_from.get(partition, 0), offset + 1)
+            # In flight until the next checkpoint records them, as a sent record's keys are: a later record of the
+            # file repeating its URL or text is a duplicate of it.
+            self.in_flight.update(keys)
             self.acked_keys.extend(keys)
             return _Entry(item.next_offset)
         headers = [(FILE_HEADER, self.key.encode()), (RECORD_HEADER, item.record_id.encode())]

@@ -224,6 +224,34 @@ def test_killed_mid_file_and_restarted_every_record_lands_once(kafka_broker: Tan
     assert summary["records"] == int(summary["produced"]) + int(summary["recovered"]) < len(pages)
 
 
+def _rewind(state: Path) -> None:
+    """Make the state what a run killed after its first commit and before recording it leaves: the file's progress
+    at its start (scan from offset 0) and none of its dedup keys; the topic keeps what was committed."""
+    with sqlite3.connect(state / "producer-state.sqlite3") as conn:
+        conn.execute("UPDATE files SET next_offset = 0, done = 0, scan_from = '{}'")
+        conn.execute("DELETE FROM seen")
+
+
+def test_a_record_duplicating_a_recovered_one_is_still_dropped_after_a_resume(
+    kafka_broker: TansuBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A page found sent before the crash counts for dedup at once: a later record with its URL is not sent."""
+    topic = _fresh(kafka_broker)
+    pages = crawl_pages()
+    same_url = Page(pages[0].url, article_html("fr", "Une autre version").encode()).with_id()
+    path = write_warc(tmp_path / "c.warc.gz", [response_record(p) for p in [*pages[:2], same_url, *pages[2:]]])
+    assert main([*_args(topic, tmp_path / "state"), str(path)]) == 0
+    first = _summary(capsys.readouterr().out)
+    assert (first["produced"], first["dropped"]) == (5, {"duplicate_url": 1})
+
+    _rewind(tmp_path / "state")
+    assert main([*_args(topic, tmp_path / "state"), str(path)]) == 0
+    again = _summary(capsys.readouterr().out)
+    assert (again["recovered"], again["produced"], again["dropped"]) == (5, 0, {"duplicate_url": 1})
+    ids = Counter(dict(m.headers)[RECORD_HEADER].decode() for m in topic.read(7, timeout=5))
+    assert ids == Counter(p.record_id for p in pages)
+
+
 def test_a_frozen_producer_that_wakes_after_a_takeover_lands_nothing(kafka_broker: TansuBroker, tmp_path: Path) -> None:
     """The late-append race, made deterministic: a producer frozen mid-file (SIGSTOP) holds sends in its buffers and
     an open transaction; its lease lapses, a rerun takes the file over (fencing it) and completes it; then the frozen
