@@ -37,6 +37,7 @@ from producers.files import create_topic
 from producers.filters import FilterConfig
 from producers.language import LanguageIdentifier
 from producers.pages import PageOptions, wanted_languages
+from producers.recovery import ScanTimeout
 from producers.settings import CrawlSettings
 from producers.state import StateStore
 
@@ -87,7 +88,8 @@ def run(settings: CrawlSettings) -> CrawlSummary:
 
 
 def _run_file(ctx: CrawlContext, path: Path, wait: bool, key: str | None = None) -> bool:
-    """Produce one file; False if another producer holds it (after waiting for it, when `wait`)."""
+    """Produce one file; False if it is left for a later poll: another producer holds it (after waiting for it,
+    when `wait`), or, when watching, the topic could not be scanned for what an earlier run sent."""
     try:
         while not FileRun(ctx, path, key).run():
             if not wait or ctx.stopping:
@@ -97,6 +99,13 @@ def _run_file(ctx: CrawlContext, path: Path, wait: bool, key: str | None = None)
         return True
     except DeliveryError:
         raise
+    except ScanTimeout as exc:
+        if not wait:
+            log.warning("%s: %s; trying again at the next poll", key or path, exc)
+            return False
+        ctx.summary.failed_files += 1
+        print(f"{key or path}: not resumed: {exc}; a rerun tries again", file=sys.stderr)
+        return True
     except OSError as exc:
         ctx.summary.failed_files += 1
         print(f"{key or path}: cannot be read: {exc}", file=sys.stderr)
@@ -104,20 +113,29 @@ def _run_file(ctx: CrawlContext, path: Path, wait: bool, key: str | None = None)
 
 
 def _watch(ctx: CrawlContext, source: CrawlSource) -> None:
+    """Poll until SIGTERM. A source that cannot be listed or copied from (an S3 outage) is tried again at the
+    next poll, and the poll timestamp stays old meanwhile: the watcher outlives the outage."""
     done = ctx.store.done_paths()
     while not ctx.stopping:
-        for key in source.ready():
-            if ctx.stopping:
-                break
-            if key in done:
-                continue
-            with source.local(key) as path:
-                if _run_file(ctx, path, wait=False, key=key):
-                    done.add(key)
-        ctx.metrics.polled()
+        try:
+            _poll(ctx, source, done)
+            ctx.metrics.polled()
+        except OSError as exc:
+            log.warning("%s: %s; trying again at the next poll", ctx.settings.watch, exc)
         deadline = time.monotonic() + ctx.settings.poll_seconds
         while not ctx.stopping and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+def _poll(ctx: CrawlContext, source: CrawlSource, done: set[str]) -> None:
+    for key in source.ready():
+        if ctx.stopping:
+            break
+        if key in done:
+            continue
+        with source.local(key) as path:
+            if _run_file(ctx, path, wait=False, key=key):
+                done.add(key)
 
 
 def make_parser() -> argparse.ArgumentParser:

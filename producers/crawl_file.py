@@ -154,7 +154,9 @@ class FileRun:
             # Recorded before the first send, so that a run killed before its first checkpoint is resumed by a scan.
             self._record(progress, ())
         else:
-            recovered = sent_records(kafka.bootstrap_servers, kafka.topic, progress.scan_from, self.key)
+            recovered = sent_records(
+                kafka.bootstrap_servers, kafka.topic, progress.scan_from, self.key, ctx.settings.scan_timeout_s
+            )
             log.warning(
                 "%s: resuming at byte %d; %d records found sent", self.path, progress.next_offset, len(recovered)
             )

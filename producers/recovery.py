@@ -25,6 +25,11 @@ FILE_HEADER = "webr-crawl-file"
 RECORD_HEADER = "webr-crawl-record"
 
 
+class ScanTimeout(Exception):
+    """The topic could not be read to its end in time (a transaction held open, a slow broker): transient, the
+    file is left for a later try, never reported as unreadable."""
+
+
 def transactional_id(topic: str, file_key: str) -> str:
     """The same for every run of one file into one topic (so a run fences the runs before it), of bounded length."""
     digest = hashlib.sha256(f"{topic}\0{file_key}".encode()).hexdigest()[:32]
@@ -44,7 +49,7 @@ def end_offsets(bootstrap_servers: str, topic: str) -> dict[int, int]:
 
 
 def sent_records(
-    bootstrap_servers: str, topic: str, scan_from: dict[int, int], file_key: str, timeout: float = 120.0
+    bootstrap_servers: str, topic: str, scan_from: dict[int, int], file_key: str, timeout: float
 ) -> dict[str, tuple[int, int]]:
     """{record id: (partition, offset)} of the messages from `file_key` at or after `scan_from` that consumers see.
 
@@ -72,7 +77,7 @@ def sent_records(
         # offset + 1.
         while any(consumer.position(tp) < ends[tp.partition] for tp in tps):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic} to its end within {timeout:.0f}s")
+                raise ScanTimeout(f"could not read {topic} to its end within {timeout:.0f}s")
             for batch in consumer.poll(timeout_ms=500).values():
                 for message in batch:
                     headers = dict(message.headers or [])

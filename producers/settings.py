@@ -74,6 +74,9 @@ class CrawlSettings(LayeredSettings):
     claim_ttl_s: float = Field(
         default=60.0, gt=0, description="a file's lease: another producer takes over a dead holder's file after this"
     )
+    scan_timeout_s: float = Field(
+        default=120.0, gt=0, description="resuming a file: reading the topic for what was sent may take this long"
+    )
     delivery_timeout_s: float = Field(default=300.0, gt=0, description="wait this long for one ack")
     progress: bool = Field(default=True, description="progress bar (on a terminal)")
     storage: StorageSettings

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from kafka import KafkaProducer
 
 from core.records import parse_message
 from devtools.fakeopenai import FakeOpenAI
@@ -360,6 +361,82 @@ def test_watch_mode_takes_each_settled_file_once_and_serves_metrics(kafka_broker
         out, err = restarted.communicate(timeout=60)
     assert restarted.returncode == 0, err
     assert (_summary(out)["files"], _summary(out)["produced"]) == (0, 0)
+
+
+def test_watch_retries_a_file_whose_resume_scan_timed_out(kafka_broker: TansuBroker, tmp_path: Path) -> None:
+    """An open transaction of another producer holds `read_committed` readers, so resuming a file cannot read the
+    topic to its end: the file is tried again at later polls (it was reported unreadable and never retried), and is
+    completed once the transaction ends."""
+    topic = _fresh(kafka_broker, partitions=1)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    pages = crawl_pages()
+    path = write_warc(incoming / "a.warc.gz", [response_record(p) for p in pages])
+    assert main([*_args(topic, tmp_path / "state"), str(path)]) == 0
+    _rewind(tmp_path / "state")
+    blocker = KafkaProducer(bootstrap_servers=topic.bootstrap, transactional_id=f"blocker-{topic.name}")
+    blocker.init_transactions()
+    blocker.begin_transaction()
+    blocker.send(topic.name, b"held open").get(timeout=30)
+    port = free_port()
+    options = ["--watch", str(incoming), "--settle-seconds", "0", "--poll-seconds", "0.2", "--scan-timeout-s", "1"]
+    cmd = [sys.executable, "-m", "producers.crawl", *_args(topic, tmp_path / "state"), *options]
+    watcher = subprocess.Popen(
+        [*cmd, "--metrics-port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(lambda: _metric(port, "webr_producer_last_poll_timestamp_seconds"), 60, "a directory poll")
+        time.sleep(4)  # several polls, each scan timing out
+        blocker.abort_transaction()
+        wait_for(lambda: _metric(port, "webr_producer_files_total") == 1.0, 60, "the file completed")
+    finally:
+        blocker.close()
+        watcher.send_signal(signal.SIGTERM)
+        out, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == 0, err
+    assert err.count("trying again at the next poll") >= 2, err
+    assert "cannot be read" not in err
+    summary = _summary(out)
+    assert (summary["recovered"], summary["produced"], summary["failed_files"]) == (5, 0, 0)
+
+
+def test_an_s3_watcher_outlives_a_store_outage(kafka_broker: TansuBroker, s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """The store refuses connections for a few polls (the watcher died of the first one), then an object arrives."""
+    topic = _fresh(kafka_broker)
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "producers.crawl",
+        *_args(topic, tmp_path / "state"),
+        "--watch",
+        s3_bucket.uri("crawl"),
+        "--s3-endpoint-url",
+        s3_bucket.endpoint_url,
+        "--poll-seconds",
+        "0.2",
+        "--metrics-port",
+        str(port),
+    ]
+    watcher = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _metric(port, "webr_producer_last_poll_timestamp_seconds"), 60, "a first listing")
+        s3_bucket.server.stop()
+        time.sleep(3)
+        assert watcher.poll() is None, watcher.communicate()[1]
+        s3_bucket.server.start()
+        pages = crawl_pages()
+        body = write_warc(tmp_path / "x.warc.gz", [response_record(p) for p in pages]).read_bytes()
+        s3_bucket.server.client().put_object(Bucket=s3_bucket.name, Key="crawl/x.warc.gz", Body=body)
+        wait_for(lambda: _metric(port, "webr_producer_files_total") == 1.0, 60, "the object produced")
+    finally:
+        if not s3_bucket.server.running:
+            s3_bucket.server.start()
+        watcher.send_signal(signal.SIGTERM)
+        out, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == 0, err
+    assert "trying again at the next poll" in err
+    assert _summary(out)["produced"] == 5
 
 
 def _metric(port: int, sample: str) -> float | None:
