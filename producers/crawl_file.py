@@ -30,7 +30,15 @@ from producers.crawl_metrics import CrawlMetrics
 from producers.files import make_producer
 from producers.language import LanguageIdentifier
 from producers.pages import PageOptions, text_key, to_page, url_key
-from producers.recovery import FILE_HEADER, RECORD_HEADER, end_offsets, sent_records, transactional_id
+from producers.recovery import (
+    FILE_HEADER,
+    POSITION_HEADER,
+    RECORD_HEADER,
+    SentKey,
+    end_offsets,
+    sent_records,
+    transactional_id,
+)
 from producers.settings import CrawlSettings
 from producers.state import FileProgress, StateStore
 from producers.warc_records import CrawlRecord, Item, RecordError, iter_warc
@@ -148,7 +156,7 @@ class FileRun:
         ctx = self.ctx
         kafka = ctx.settings.kafka
         assert self.producer is not None
-        recovered: dict[str, tuple[int, int]] = {}
+        recovered: dict[SentKey, tuple[int, int]] = {}
         if progress is None:
             progress = FileProgress(self.key, self.size, 0, False, end_offsets(kafka.bootstrap_servers, kafka.topic))
             # Recorded before the first send, so that a run killed before its first checkpoint is resumed by a scan.
@@ -200,7 +208,7 @@ class FileRun:
             return FileTakenOver(f"{self.path}: taken over by another producer ({exc}); leaving the file to it")
         return DeliveryError(f"{self.path}: {exc}")
 
-    def _handle(self, item: Item, recovered: dict[str, tuple[int, int]]) -> _Entry:
+    def _handle(self, item: Item, recovered: dict[SentKey, tuple[int, int]]) -> _Entry:
         ctx = self.ctx
         if isinstance(item, RecordError):
             ctx.summary.count(ctx.summary.unreadable, item.reason)
@@ -219,10 +227,11 @@ class FileRun:
         for kind, key in keys:
             if (kind, key) in self.in_flight or ctx.store.seen(kind, key):
                 return self._drop(item, f"duplicate_{kind}")
-        if item.record_id in recovered:
+        sent = recovered.get((item.position, item.record_id))
+        if sent is not None:
             ctx.summary.recovered += 1
             ctx.metrics.record("recovered", "sent_before_crash")
-            partition, offset = recovered[item.record_id]
+            partition, offset = sent
             assert self.progress is not None
             self.progress.scan_from[partition] = max(self.progress.scan_from.get(partition, 0), offset + 1)
             # In flight until the next checkpoint records them, as a sent record's keys are: a later record of the
@@ -230,7 +239,11 @@ class FileRun:
             self.in_flight.update(keys)
             self.acked_keys.extend(keys)
             return _Entry(item.next_offset)
-        headers = [(FILE_HEADER, self.key.encode()), (RECORD_HEADER, item.record_id.encode())]
+        headers = [
+            (FILE_HEADER, self.key.encode()),
+            (RECORD_HEADER, item.record_id.encode()),
+            (POSITION_HEADER, item.position.encode()),
+        ]
         topic = ctx.settings.kafka.topic
         assert self.producer is not None
         future = self.producer.send(topic, key=doc.doc_id.encode(), value=doc.to_json(), headers=headers)

@@ -1,12 +1,14 @@
 """Find what an earlier run of a file sent, so a resumed run sends it no second time.
 
-Every message a crawl producer sends carries two headers: the file it came from and its WARC-Record-ID. A run that
+Every message a crawl producer sends carries three headers: the file it came from, its WARC-Record-ID and its
+position in the file (byte offset of its record or gzip member, and its index in the member); a record is known by
+position and id together, since ids may be missing or repeated in real crawl files. A run that
 dies (kill -9) between a send and its checkpoint leaves messages in the topic that its progress does not know
 about. Each file is sent by a transactional producer whose `transactional_id` is derived from the file
 (`transactional_id`), so a run taking the file over first calls `init_transactions()`: the broker bumps the
 producer epoch, aborts the dead run's open transaction and refuses every request of the dead run it handles from
 then on, however late it arrives. Only then does the new run read each partition from the file's `scan_from`
-offset (at or before its first unacknowledged message) to the end and collect the record ids of that file: those
+offset (at or before its first unacknowledged message) to the end and collect the records of that file: those
 are skipped.
 
 The scan reads `read_committed`, as every consumer of the topic must: what it finds is then exactly what the
@@ -23,6 +25,10 @@ from kafka import KafkaConsumer, TopicPartition
 
 FILE_HEADER = "webr-crawl-file"
 RECORD_HEADER = "webr-crawl-record"
+POSITION_HEADER = "webr-crawl-position"
+
+SentKey = tuple[str, str]
+"""A sent record as a resumed run recognises it: (position in the file, WARC-Record-ID)."""
 
 
 class ScanTimeout(Exception):
@@ -50,8 +56,9 @@ def end_offsets(bootstrap_servers: str, topic: str) -> dict[int, int]:
 
 def sent_records(
     bootstrap_servers: str, topic: str, scan_from: dict[int, int], file_key: str, timeout: float
-) -> dict[str, tuple[int, int]]:
-    """{record id: (partition, offset)} of the messages from `file_key` at or after `scan_from` that consumers see.
+) -> dict[SentKey, tuple[int, int]]:
+    """{(position, record id): (partition, offset)} of the messages from `file_key` at or after `scan_from` that
+    consumers see.
 
     Call it only after fencing the file's earlier runs (`init_transactions()`). It reads to the end offsets taken
     then, which a `read_committed` reader reaches once every transaction before them is committed or aborted:
@@ -65,7 +72,7 @@ def sent_records(
         isolation_level="read_committed",
     )
     wanted = file_key.encode()
-    found: dict[str, tuple[int, int]] = {}
+    found: dict[SentKey, tuple[int, int]] = {}
     try:
         tps = [TopicPartition(topic, p) for p in sorted(ends)]
         consumer.assign(tps)
@@ -81,8 +88,9 @@ def sent_records(
             for batch in consumer.poll(timeout_ms=500).values():
                 for message in batch:
                     headers = dict(message.headers or [])
-                    if headers.get(FILE_HEADER) == wanted and RECORD_HEADER in headers:
-                        found[headers[RECORD_HEADER].decode()] = (message.partition, message.offset)
+                    if headers.get(FILE_HEADER) == wanted and RECORD_HEADER in headers and POSITION_HEADER in headers:
+                        key = (headers[POSITION_HEADER].decode(), headers[RECORD_HEADER].decode())
+                        found[key] = (message.partition, message.offset)
         return found
     finally:
         consumer.close(autocommit=False)

@@ -60,10 +60,18 @@ class CrawlRecord:
     charset: str | None
     payload: bytes
     language_hint: str | None
+    index: int = 0
+    """Its place among the records of its gzip member (0 in a plain file): `offset` alone is shared by them."""
 
     @property
     def location(self) -> str:
         return f"byte {self.offset}"
+
+    @property
+    def position(self) -> str:
+        """Unique within the file, unlike the WARC-Record-ID (which may be missing or repeated): what a resumed run
+        matches the messages an earlier run sent by."""
+        return f"{self.offset}:{self.index}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +119,11 @@ def _iter_gzip(data: mmap.mmap, pos: int) -> Iterator[Item]:
         # A position inside a member cannot be sought to in the compressed file: a resumed run re-reads the whole
         # member, so only its last item moves progress past it.
         for i, item in enumerate(items):
-            yield _at(item, pos, next_offset if i == len(items) - 1 else pos)
+            yield _at(item, pos, next_offset if i == len(items) - 1 else pos, i)
         pos = next_offset
 
 
-def _at(item: Item, offset: int, next_offset: int) -> Item:
+def _at(item: Item, offset: int, next_offset: int, index: int) -> Item:
     if isinstance(item, RecordError):
         return RecordError(offset, next_offset, item.reason, item.detail)
     if isinstance(item, OtherRecord):
@@ -131,6 +139,7 @@ def _at(item: Item, offset: int, next_offset: int) -> Item:
         item.charset,
         item.payload,
         item.language_hint,
+        index,
     )
 
 

@@ -253,6 +253,39 @@ def test_a_record_duplicating_a_recovered_one_is_still_dropped_after_a_resume(
     assert ids == Counter(p.record_id for p in pages)
 
 
+def _without_id(record: bytes) -> bytes:
+    """A WARC record with its WARC-Record-ID field removed, as some crawlers write them."""
+    head, sep, rest = record.partition(b"\r\n\r\n")
+    return b"\r\n".join(f for f in head.split(b"\r\n") if not f.startswith(b"WARC-Record-ID:")) + sep + rest
+
+
+def test_records_without_or_with_repeated_ids_are_told_apart_on_resume(
+    kafka_broker: TansuBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run committed the first two records and died: on resume the later id-less record and the later one
+    repeating an id are sent, not taken for those two (which lost them)."""
+    topic = _fresh(kafka_broker)
+    pages = _many_pages(4)
+    repeated = pages[3].record_id
+    records = [
+        _without_id(response_record(pages[0])),
+        response_record(Page(pages[1].url, pages[1].body, record_id=repeated)),
+        _without_id(response_record(pages[2])),
+        response_record(pages[3]),
+    ]
+    path = write_warc(tmp_path / "c.warc.gz", records[:2])
+    assert main([*_args(topic, tmp_path / "state"), str(path)]) == 0
+    assert _summary(capsys.readouterr().out)["produced"] == 2
+
+    write_warc(path, records)
+    _rewind(tmp_path / "state")
+    assert main([*_args(topic, tmp_path / "state"), str(path)]) == 0
+    summary = _summary(capsys.readouterr().out)
+    assert (summary["recovered"], summary["produced"]) == (2, 2)
+    urls = Counter(parse_message(m.value).url for m in topic.read(6, timeout=5))
+    assert urls == Counter(p.url for p in pages)
+
+
 def test_a_frozen_producer_that_wakes_after_a_takeover_lands_nothing(kafka_broker: TansuBroker, tmp_path: Path) -> None:
     """The late-append race, made deterministic: a producer frozen mid-file (SIGSTOP) holds sends in its buffers and
     an open transaction; its lease lapses, a rerun takes the file over (fencing it) and completes it; then the frozen
