@@ -85,6 +85,8 @@ class _Entry:
     next_offset: int
     future: FutureRecordMetadata | None = None
     keys: tuple[tuple[str, bytes], ...] = ()
+    found_at: tuple[int, int] | None = None
+    """(partition, offset) of a record found sent by an earlier run."""
 
 
 @dataclass
@@ -115,6 +117,8 @@ class FileRun:
         self.in_flight: set[tuple[str, bytes]] = set()
         self.acked_keys: list[tuple[str, bytes]] = []
         self.acked = 0
+        self.unsettled: dict[int, int] = {}
+        """Per partition, past the messages of records resolved since `next_offset` last moved."""
         self.progress: FileProgress | None = None
         self.producer: KafkaProducer | None = None
         self.last_checkpoint = time.monotonic()
@@ -231,14 +235,11 @@ class FileRun:
         if sent is not None:
             ctx.summary.recovered += 1
             ctx.metrics.record("recovered", "sent_before_crash")
-            partition, offset = sent
-            assert self.progress is not None
-            self.progress.scan_from[partition] = max(self.progress.scan_from.get(partition, 0), offset + 1)
             # In flight until the next checkpoint records them, as a sent record's keys are: a later record of the
             # file repeating its URL or text is a duplicate of it.
             self.in_flight.update(keys)
             self.acked_keys.extend(keys)
-            return _Entry(item.next_offset)
+            return _Entry(item.next_offset, found_at=sent)
         headers = [
             (FILE_HEADER, self.key.encode()),
             (RECORD_HEADER, item.record_id.encode()),
@@ -264,22 +265,33 @@ class FileRun:
         return _Entry(item.next_offset)
 
     def _resolve(self, bar: tqdm, block: bool) -> None:
-        """Resolve the head of the queue in file order (all of it when `block`)."""
-        assert self.progress is not None
+        """Resolve the head of the queue in file order (all of it when `block`).
+
+        `scan_from` moves past a message only once `next_offset` moved past its record: the records of a gzip member
+        all resume at the member's start, so until its last one resolves, a resumed run reads the whole member
+        again and its scan must find every message sent from it."""
+        progress = self.progress
+        assert progress is not None
         while self.pending:
             head = self.pending[0]
+            sent_at = head.found_at
             if head.future is not None:
                 if not head.future.is_done and not block:
                     break
                 metadata = head.future.get(timeout=self.ctx.settings.delivery_timeout_s)
                 self.acked += 1
-                partition = metadata.partition
-                self.progress.scan_from[partition] = max(self.progress.scan_from.get(partition, 0), metadata.offset + 1)
+                sent_at = (metadata.partition, metadata.offset)
                 self.acked_keys.extend(head.keys)
+            if sent_at is not None:
+                partition, offset = sent_at
+                self.unsettled[partition] = max(self.unsettled.get(partition, 0), offset + 1)
             self.pending.popleft()
-            if head.next_offset > self.progress.next_offset:
-                bar.update(head.next_offset - self.progress.next_offset)
-                self.progress.next_offset = head.next_offset
+            if head.next_offset > progress.next_offset:
+                bar.update(head.next_offset - progress.next_offset)
+                progress.next_offset = head.next_offset
+                for partition, after in self.unsettled.items():
+                    progress.scan_from[partition] = max(progress.scan_from.get(partition, 0), after)
+                self.unsettled.clear()
             self.resolved_since += 1
 
     def _checkpoint(self, bar: tqdm, done: bool) -> None:

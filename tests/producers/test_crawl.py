@@ -286,6 +286,49 @@ def test_records_without_or_with_repeated_ids_are_told_apart_on_resume(
     assert urls == Counter(p.url for p in pages)
 
 
+def _updated_at(state: Path) -> float:
+    """When the file's progress was last recorded (0 before its first record)."""
+    try:
+        with sqlite3.connect(state / "producer-state.sqlite3", timeout=10) as conn:
+            row = conn.execute("SELECT updated_at FROM files").fetchone()
+    except sqlite3.OperationalError:  # no state yet
+        return 0.0
+    return float(row[0]) if row else 0.0
+
+
+def test_stopped_inside_a_gzip_member_without_dedup_the_resume_sends_nothing_twice(
+    kafka_broker: TansuBroker, tmp_path: Path
+) -> None:
+    """One gzip member holding many records: a checkpoint inside it leaves progress at the member's start, so the
+    resume reads it again; with the dedup store off only the scan can know what was sent (it was scanned past)."""
+    topic = _fresh(kafka_broker)
+    pages = _many_pages(1500)
+    path = tmp_path / "one-member.warc.gz"
+    path.write_bytes(gzip.compress(b"".join(response_record(p) for p in pages)))
+    cmd = [sys.executable, "-m", "producers.crawl", *_args(topic, tmp_path / "state", "--dedup", ""), str(path)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _updated_at(tmp_path / "state") > 0, 60, "the first progress record")
+        first = _updated_at(tmp_path / "state")
+        wait_for(lambda: _updated_at(tmp_path / "state") > first or proc.poll() is not None, 60, "a checkpoint")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    stopped = _summary(out)
+    assert _progress(tmp_path / "state") == 0 and 0 < int(stopped["produced"]) < len(pages), stopped
+
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = _summary(rerun.stdout)
+    assert (summary["recovered"], summary["produced"]) == (stopped["produced"], len(pages) - int(stopped["produced"]))
+    ids = Counter(dict(m.headers)[RECORD_HEADER].decode() for m in topic.read(len(pages) + 10, timeout=30))
+    assert set(ids) == {p.record_id for p in pages}
+    assert [rid for rid, count in ids.items() if count > 1] == []
+
+
 def test_a_frozen_producer_that_wakes_after_a_takeover_lands_nothing(kafka_broker: TansuBroker, tmp_path: Path) -> None:
     """The late-append race, made deterministic: a producer frozen mid-file (SIGSTOP) holds sends in its buffers and
     an open transaction; its lease lapses, a rerun takes the file over (fencing it) and completes it; then the frozen
