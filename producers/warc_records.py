@@ -144,18 +144,24 @@ def _at(item: Item, offset: int, next_offset: int, index: int) -> Item:
 
 
 def _inflate_member(data: mmap.mmap, pos: int) -> tuple[bytes | None, int, tuple[str, str] | None]:
-    """Decompress the gzip member at `pos`: (bytes, compressed length, None) or (None, 0, (reason, detail))."""
+    """Decompress the gzip member at `pos`: (bytes, compressed length, None) or (None, 0, (reason, detail)).
+
+    Each step inflates at most `_FEED` bytes (the rest of its input waits in `unconsumed_tail`), so a member that
+    inflates hugely is refused once past `MAX_RECORD_BYTES` having held no more than that."""
     inflater = zlib.decompressobj(31)
     chunks: list[bytes] = []
     size = 0
     fed = pos
     try:
         while not inflater.eof:
-            if fed >= len(data):
+            if inflater.unconsumed_tail:
+                chunk = inflater.unconsumed_tail
+            else:
+                chunk = data[fed : fed + _FEED]
+                fed += len(chunk)
+            out = inflater.decompress(chunk, _FEED)
+            if not out and not chunk:
                 return None, 0, ("truncated_gzip", f"gzip member cut off after {fed - pos} bytes")
-            chunk = data[fed : fed + _FEED]
-            fed += len(chunk)
-            out = inflater.decompress(chunk)
             size += len(out)
             if size > MAX_RECORD_BYTES:
                 return None, 0, ("record_too_large", f"more than {MAX_RECORD_BYTES} bytes decompressed")
@@ -184,6 +190,12 @@ def _iter_plain(data: bytes | mmap.mmap, pos: int, end: int, base: int) -> Itera
             pos = resync
             continue
         record_end = header_end + 4 + int(match.group(1))
+        if record_end - pos > MAX_RECORD_BYTES:
+            after = _skip_separators(data, record_end, end) if record_end <= end else _next_record(data, pos, end)
+            detail = f"{record_end - pos} bytes, more than {MAX_RECORD_BYTES}"
+            yield RecordError(base + pos, base + after, "record_too_large", detail)
+            pos = after
+            continue
         if record_end > end:
             resync = _next_record(data, pos, end)
             detail = f"Content-Length {match.group(1).decode()} runs {record_end - end} bytes past the end"
@@ -206,6 +218,19 @@ def _next_record(data: bytes | mmap.mmap, pos: int, end: int) -> int:
     return end if found < 0 else found + 1
 
 
+def _read_capped(record: WarcRecord) -> bytes | None:
+    """The record's body, decoded (a gzip or chunked HTTP body can be far larger than the record): None once past
+    `MAX_RECORD_BYTES`, read `_FEED` bytes at a time so that no more than that is ever held."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := record.reader.read(_FEED):
+        size += len(chunk)
+        if size > MAX_RECORD_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _parse(raw: bytes, offset: int, next_offset: int) -> Item:
     try:
         record = WarcRecord.from_bytes(raw)
@@ -226,6 +251,9 @@ def _parse(raw: bytes, offset: int, next_offset: int) -> Item:
     else:
         content_type = headers.get("Content-Type")
         charset = None
+    payload = _read_capped(record)
+    if payload is None:
+        return RecordError(offset, next_offset, "record_too_large", f"body over {MAX_RECORD_BYTES} bytes decoded")
     return CrawlRecord(
         offset=offset,
         next_offset=next_offset,
@@ -235,6 +263,6 @@ def _parse(raw: bytes, offset: int, next_offset: int) -> Item:
         date=headers.get("WARC-Date"),
         content_type=content_type,
         charset=charset,
-        payload=record.reader.read(),
+        payload=payload,
         language_hint=headers.get("WARC-Identified-Content-Language"),
     )

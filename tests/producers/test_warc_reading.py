@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import random
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from devtools.warcs import (
     warcinfo_record,
     write_warc,
 )
+from producers import warc_records
 from producers.extract import choose_charset
 from producers.warc_records import CrawlRecord, OtherRecord, RecordError, iter_warc
 
@@ -116,3 +119,57 @@ def test_empty_file_has_no_records(tmp_path: Path) -> None:
 )
 def test_charset_from_bom_utf8_header_meta_then_detection(body: bytes, declared: str | None, expected: str) -> None:
     assert choose_charset(body, declared) == expected
+
+
+CAP = 1 << 20
+
+
+@pytest.fixture
+def small_cap(monkeypatch: pytest.MonkeyPatch) -> int:
+    """`MAX_RECORD_BYTES` at 1 MiB, so that records past it stay small enough to write in a test."""
+    monkeypatch.setattr(warc_records, "MAX_RECORD_BYTES", CAP)
+    return CAP
+
+
+def _zeros_gzipped(size: int) -> bytes:
+    """`size` zero bytes as one gzip member, compressed piecewise (never all held at once)."""
+    deflater = zlib.compressobj(9, zlib.DEFLATED, 31)
+    piece = bytes(1 << 20)
+    out = [deflater.compress(piece) for _ in range(size // len(piece))]
+    return b"".join([*out, deflater.flush()])
+
+
+def _read(path: Path) -> tuple[list[warc_records.Item], int]:
+    """The items of a file, and the most memory (bytes) Python held while reading it."""
+    tracemalloc.start()
+    try:
+        items = list(iter_warc(path))
+        return items, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_plain_record_over_the_cap_is_too_large_and_the_next_is_read(tmp_path: Path, small_cap: int) -> None:
+    big = Page("https://big.test/video", bytes(small_cap + 1000), "video/mp4")
+    small = crawl_pages()[0]
+    items, _ = _read(write_warc(tmp_path / "p.warc", [response_record(big), response_record(small)]))
+    assert [getattr(i, "reason", None) for i in items] == ["record_too_large", None]
+    assert isinstance(items[1], CrawlRecord) and items[1].url == small.url
+
+
+def test_a_gzip_http_body_is_decoded_only_up_to_the_cap(tmp_path: Path, small_cap: int) -> None:
+    """A 200 KB record whose gzip-encoded body decodes to 200 MB."""
+    body = _zeros_gzipped(200 << 20)
+    http = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\n\r\n" + body
+    record = warc_record("response", http, "https://bomb.test/", content_type="application/http; msgtype=response")
+    items, _ = _read(write_warc(tmp_path / "b.warc.gz", [record, response_record(crawl_pages()[0])]))
+    assert [getattr(i, "reason", None) for i in items] == ["record_too_large", None]
+
+
+def test_a_gzip_member_is_inflated_only_up_to_the_cap(tmp_path: Path, small_cap: int) -> None:
+    """A 200 KB member that inflates to 200 MB is refused having held about the cap, not all of it at once."""
+    path = tmp_path / "m.warc.gz"
+    path.write_bytes(_zeros_gzipped(200 << 20) + gzip.compress(response_record(crawl_pages()[0])))
+    items, peak = _read(path)
+    assert [getattr(i, "reason", None) for i in items] == ["record_too_large", None]
+    assert peak < 8 * small_cap, f"{peak} bytes held"
