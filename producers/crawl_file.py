@@ -145,7 +145,7 @@ class FileRun:
             ctx.summary.files_already_done += 1
             return True
         ctx.summary.files += 1
-        self.producer = make_producer(kafka, transactional_id(kafka.topic, self.key))
+        self.producer = make_producer(kafka, transactional_id(kafka.topic, self.key), ctx.settings.delivery_timeout_s)
         try:
             # Fences every earlier run of this file: the broker aborts its open transaction and refuses its requests
             # from now on, so what the scan below finds is all it will ever have sent.

@@ -166,8 +166,11 @@ def produce_file(
             bar.close()
 
 
-def make_producer(kafka: ProducerKafkaSettings, transactional_id: str | None = None) -> KafkaProducer:
-    """Idempotent, acks=all, batched and compressed; transactional when given a `transactional_id`."""
+def make_producer(
+    kafka: ProducerKafkaSettings, transactional_id: str | None = None, delivery_timeout_s: float = 120.0
+) -> KafkaProducer:
+    """Idempotent, acks=all, batched and compressed; transactional when given a `transactional_id`. A send not
+    acknowledged within `delivery_timeout_s` fails (the client's own retries included)."""
     return KafkaProducer(
         bootstrap_servers=kafka.bootstrap_servers,
         client_id="webr-producer",
@@ -178,6 +181,7 @@ def make_producer(kafka: ProducerKafkaSettings, transactional_id: str | None = N
         linger_ms=kafka.linger_ms,
         batch_size=kafka.batch_size,
         max_request_size=kafka.max_request_size,
+        delivery_timeout_ms=int(delivery_timeout_s * 1000),
     )
 
 

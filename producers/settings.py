@@ -77,7 +77,9 @@ class CrawlSettings(LayeredSettings):
     scan_timeout_s: float = Field(
         default=120.0, gt=0, description="resuming a file: reading the topic for what was sent may take this long"
     )
-    delivery_timeout_s: float = Field(default=300.0, gt=0, description="wait this long for one ack")
+    delivery_timeout_s: float = Field(
+        default=300.0, gt=0, description="a send not acknowledged within this long fails (retries included)"
+    )
     progress: bool = Field(default=True, description="progress bar (on a terminal)")
     storage: StorageSettings
     kafka: ProducerKafkaSettings
@@ -86,6 +88,9 @@ class CrawlSettings(LayeredSettings):
     def _files_or_watch(self) -> CrawlSettings:
         if bool(self.files) == bool(self.watch):
             raise ValueError("give crawl files or --watch DIR (not both)")
+        # The Kafka client's own rule: a batch may wait `linger_ms`, then a request `request_timeout_ms` (30 s).
+        if self.delivery_timeout_s * 1000 < self.kafka.linger_ms + 30_000:
+            raise ValueError("--delivery-timeout-s must be at least --linger-ms + 30 s")
         return self
 
     def filters(self) -> FilterConfig:

@@ -140,6 +140,17 @@ def test_language_selection_on_the_command_line(
     assert langs == ["ru", "zh"]
 
 
+def test_a_delivery_timeout_the_kafka_client_cannot_take_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--delivery-timeout-s` is the client's own `delivery_timeout_ms` (its 120 s default used to expire batches
+    before the flag's 300 s), so it must leave room for `linger_ms` and a request's 30 s."""
+    path = write_warc(tmp_path / "c.warc", [response_record(crawl_pages()[0])])
+    args = ["--bootstrap-servers", "127.0.0.1:9", "--topic", "t", "--state-dir", str(tmp_path / "state")]
+    assert main([*args, "--delivery-timeout-s", "10", str(path)]) == 2
+    assert "--delivery-timeout-s must be at least --linger-ms + 30 s" in capsys.readouterr().err
+
+
 def test_warc_to_parquet_rows_with_their_urls(kafka_broker: TansuBroker, fake_llm: FakeOpenAI, tmp_path: Path) -> None:
     """WARC -> producers.crawl -> Kafka -> streamer.consume (fake OpenAI) -> Parquet: one outcome per page."""
     topic = _fresh(kafka_broker)
