@@ -6,7 +6,8 @@ Each record is validated and normalised by `core.records` (the parser every cons
 `doc_id` (so one document always lands on the same partition) and sent as `Document.to_json()`. Records repeating
 a `doc_id` already sent in this run are exact duplicates and are skipped. Invalid records are reported with their
 line or array position and counted; `--strict` stops at the first one. The producer is idempotent with acks=all,
-batches with `linger_ms` and compresses, so a retried send never lands twice.
+batches with `linger_ms` and compresses, so a retried send never lands twice. There is no resume: a rerun sends
+everything again, and the consumers' dedup by `doc_id` drops what had landed.
 """
 
 from __future__ import annotations
@@ -116,13 +117,21 @@ class _Delivery:
     """Delivery callbacks: count acknowledged and failed sends (they run on the producer's I/O thread)."""
 
     summary: Summary
+    sent: int = 0
+    settled: int = 0
 
     def ok(self, _metadata: Any) -> None:
         self.summary.produced += 1
+        self.settled += 1
 
     def failed(self, exc: BaseException) -> None:
         self.summary.failed += 1
+        self.settled += 1
         log.error("send failed: %s", exc)
+
+    @property
+    def outstanding(self) -> int:
+        return self.sent - self.settled
 
 
 def _progress(path: str, progress: bool) -> tqdm | None:
@@ -132,9 +141,19 @@ def _progress(path: str, progress: bool) -> tqdm | None:
 
 
 def produce_file(
-    path: str, producer: KafkaProducer, summary: Summary, *, strict: bool, progress: bool, seen: set[str]
+    path: str,
+    producer: KafkaProducer,
+    summary: Summary,
+    *,
+    strict: bool,
+    progress: bool,
+    seen: set[str],
+    max_outstanding: int,
 ) -> None:
-    """Send every valid record of one file (or stdin); raises `StrictModeError` on an invalid one if `strict`."""
+    """Send every valid record of one file (or stdin); raises `StrictModeError` on an invalid one if `strict`.
+
+    With `max_outstanding` sends unacknowledged it waits for them: the Kafka client would otherwise hold every
+    record of a file faster than the broker in memory (it has no buffer limit)."""
     bar = _progress(path, progress)
     delivery = _Delivery(summary)
     fh: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115 - closed below
@@ -159,6 +178,9 @@ def produce_file(
             future = producer.send(summary.topic, key=doc.doc_id.encode(), value=doc.to_json())
             future.add_callback(delivery.ok)
             future.add_errback(delivery.failed)
+            delivery.sent += 1
+            if delivery.outstanding >= max_outstanding:
+                producer.flush()
     finally:
         if fh is not sys.stdin.buffer:
             fh.close()
@@ -200,7 +222,15 @@ def run(settings: FilesSettings) -> Summary:
         for path in settings.files:
             summary.files += 1
             try:
-                produce_file(path, producer, summary, strict=settings.strict, progress=settings.progress, seen=seen)
+                produce_file(
+                    path,
+                    producer,
+                    summary,
+                    strict=settings.strict,
+                    progress=settings.progress,
+                    seen=seen,
+                    max_outstanding=settings.max_outstanding,
+                )
             except StrictModeError:
                 raise
             except Exception as exc:  # a broken JSON array cannot be resynchronised: report it, go on

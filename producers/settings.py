@@ -42,6 +42,9 @@ class FilesSettings(LayeredSettings):
     files: list[str] = Field(description="JSON array or JSONL files; '-' reads stdin")
     strict: bool = Field(default=False, description="stop at the first invalid record (exit 2)")
     progress: bool = Field(default=True, description="progress bar (on a terminal)")
+    max_outstanding: int = Field(
+        default=10_000, gt=0, description="unacknowledged sends before waiting for them (bounds memory)"
+    )
     kafka: ProducerKafkaSettings
 
 

@@ -17,6 +17,7 @@ from core.topics import partition_count
 from devtools.tansu import KafkaTopic, TansuBroker
 from producers.files import main, make_parser, make_producer
 from producers.settings import FilesSettings
+from tests.support.documents import REPO
 
 GOOD = [
     {"id": "a1", "url": "https://example.org/a", "text": "Alpha page about gardens.", "lang": "en"},
@@ -162,3 +163,32 @@ def test_large_page_and_producer_guarantees(
         assert producer.config["compression_type"] == "gzip"
     finally:
         producer.close()
+
+
+def test_sends_wait_for_acknowledgement_past_max_outstanding(make_topic: Callable[..., KafkaTopic]) -> None:
+    """With a linger far longer than the test, records reach the topic while stdin is still open only because the
+    producer waits for its sends once `--max-outstanding` are unacknowledged (unbounded, they sat in memory)."""
+    topic = make_topic(1)
+    args = ["--bootstrap-servers", topic.bootstrap, "--topic", topic.name, "--no-progress", "--linger-ms", "60000"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producers.files", *args, "--max-outstanding", "5", "-"],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    try:
+        for i in range(12):
+            proc.stdin.write(orjson.dumps({"id": f"o{i}", "text": f"Outstanding page {i}."}) + b"\n")
+        proc.stdin.flush()
+        early = topic.read(5, timeout=20)
+        assert proc.poll() is None
+        assert len(early) >= 5
+        out, err = proc.communicate(timeout=60)  # closes stdin: the end of the input
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert _summary(out.decode())["produced"] == 12
+    assert sorted(r.key for r in topic.read(12)) == sorted(f"o{i}".encode() for i in range(12))
