@@ -23,13 +23,11 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
-import orjson
 from prometheus_client import REGISTRY, CollectorRegistry
-from pydantic import ValidationError
 
+from producers.cli import files_parser, load_settings, print_summary
 from producers.crawl_file import CrawlContext, CrawlSummary, DeliveryError, FileRun
 from producers.crawl_metrics import CrawlMetrics
 from producers.crawl_sources import CrawlSource, open_source
@@ -139,30 +137,22 @@ def _poll(ctx: CrawlContext, source: CrawlSource, done: set[str]) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m producers.crawl", description=__doc__.split("\n\n")[0])
-    help_ = CrawlSettings.model_fields["files"].description
-    parser.add_argument("files", nargs="*", metavar="FILE", default=argparse.SUPPRESS, help=help_)
-    CrawlSettings.add_flags(parser)
-    return parser
+    return files_parser("python -m producers.crawl", __doc__, CrawlSettings, "*")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = CrawlSettings.from_args(make_parser().parse_args(argv))
-    except (ValidationError, FileNotFoundError) as exc:
-        print(f"invalid settings: {exc}", file=sys.stderr)
+    settings = load_settings(CrawlSettings, make_parser(), argv)
+    if settings is None:
         return 2
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = run(settings)
     except DeliveryError as exc:
         print(f"stopping: {exc}; a rerun resumes after the last checkpoint", file=sys.stderr)
         return 1
-    print(orjson.dumps(asdict(summary)).decode())
-    print(
+    print_summary(
+        summary,
         f"{summary.produced} documents sent to {summary.topic} from {summary.files} file(s) in {summary.seconds:.1f}s;"
         f" dropped {sum(summary.dropped.values())}, unreadable {sum(summary.unreadable.values())}",
-        file=sys.stderr,
     )
     return 1 if summary.failed_files else 0
 

@@ -18,16 +18,15 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import IO, Any
 
-import orjson
 from kafka import KafkaProducer
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from core.records import iter_file
 from core.topics import ensure_topic
+from producers.cli import files_parser, load_settings, print_summary
 from producers.settings import FilesSettings, ProducerKafkaSettings
 
 log = logging.getLogger("producers.files")
@@ -246,30 +245,22 @@ def run(settings: FilesSettings) -> Summary:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m producers.files", description=__doc__.split("\n\n")[0])
-    help_ = FilesSettings.model_fields["files"].description
-    parser.add_argument("files", nargs="+", metavar="FILE", default=argparse.SUPPRESS, help=help_)
-    FilesSettings.add_flags(parser)
-    return parser
+    return files_parser("python -m producers.files", __doc__, FilesSettings, "+")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = FilesSettings.from_args(make_parser().parse_args(argv))
-    except (ValidationError, FileNotFoundError) as exc:
-        print(f"invalid settings: {exc}", file=sys.stderr)
+    settings = load_settings(FilesSettings, make_parser(), argv)
+    if settings is None:
         return 2
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = run(settings)
     except StrictModeError as exc:
         print(f"--strict: stopping at the first invalid record: {exc}", file=sys.stderr)
         return 2
-    print(orjson.dumps(asdict(summary)).decode())
-    print(
+    print_summary(
+        summary,
         f"{summary.produced} documents sent to {summary.topic} from {summary.files} file(s) in {summary.seconds:.1f}s;"
         f" {summary.invalid} invalid, {summary.duplicates} duplicate, {summary.failed} failed",
-        file=sys.stderr,
     )
     return summary.exit_code
 
