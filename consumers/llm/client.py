@@ -275,22 +275,18 @@ class OpenAIChatClient:
                 self.pool.record(replica, down=failure.kind is ErrorKind.TRANSIENT, opened=opened)
                 self._on_failure(failure, raw.headers, sent_at)
                 raise AttemptFailed(failure)
-            bad: AttemptFailed | None = None
             try:
                 completion = self._with_usage(parse_completion(raw.body, raw.status), messages)
-            except AttemptFailed as exc:
-                bad = exc
+            except AttemptFailed as exc:  # an answer all the same: the server and its limits are fine
                 self.pool.record(replica, down=False, opened=opened)
-            else:
-                # Reply lengths vary tenfold: the replica's limit tells a long reply from a queue by its length.
-                reply_tokens = completion.completion_tokens or 0
-                self.pool.record(replica, down=False, opened=opened, latency_s=latency, completion_tokens=reply_tokens)
-        if bad is None:
-            reservation.settle(estimate + (state.max_tokens or reply_tokens))
+                self._feedback.on_answer(raw.headers, sent_at)
+                self._on_bad_output(exc.failure, state)
+                raise
+            # Reply lengths vary tenfold: the replica's limit tells a long reply from a queue by its length.
+            reply_tokens = completion.completion_tokens or 0
+            self.pool.record(replica, down=False, opened=opened, latency_s=latency, completion_tokens=reply_tokens)
+        reservation.settle(estimate + (state.max_tokens or reply_tokens))
         self._feedback.on_answer(raw.headers, sent_at)  # after the refund: waiters it wakes see the room it made
-        if bad is not None:
-            self._on_bad_output(bad.failure, state)
-            raise bad
         return ChatResult(
             text=completion.text,
             prompt_tokens=completion.prompt_tokens or 0,
