@@ -491,21 +491,7 @@ def test_an_s3_watcher_outlives_a_store_outage(kafka_broker: TansuBroker, s3_buc
     """The store refuses connections for a few polls (the watcher died of the first one), then an object arrives."""
     topic = _fresh(kafka_broker)
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "producers.crawl",
-        *_args(topic, tmp_path / "state"),
-        "--watch",
-        s3_bucket.uri("crawl"),
-        "--s3-endpoint-url",
-        s3_bucket.endpoint_url,
-        "--poll-seconds",
-        "0.2",
-        "--metrics-port",
-        str(port),
-    ]
-    watcher = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = _watch_s3(topic, tmp_path / "state", s3_bucket, port)
     try:
         wait_for(lambda: _metric(port, "webr_producer_last_poll_timestamp_seconds"), 60, "a first listing")
         s3_bucket.server.stop()
@@ -524,6 +510,13 @@ def test_an_s3_watcher_outlives_a_store_outage(kafka_broker: TansuBroker, s3_buc
     assert watcher.returncode == 0, err
     assert "trying again at the next poll" in err
     assert _summary(out)["produced"] == 5
+
+
+def _watch_s3(topic: KafkaTopic, state: Path, bucket: S3Bucket, port: int) -> subprocess.Popen[str]:
+    """`producers.crawl --watch s3://BUCKET/crawl`, polling every 0.2 s, with its metrics on `port`."""
+    watch = ["--watch", bucket.uri("crawl"), "--s3-endpoint-url", bucket.endpoint_url, "--poll-seconds", "0.2"]
+    cmd = [sys.executable, "-m", "producers.crawl", *_args(topic, state), *watch, "--metrics-port", str(port)]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _metric(port: int, sample: str) -> float | None:
@@ -548,21 +541,7 @@ def test_watch_an_s3_prefix(kafka_broker: TansuBroker, s3_bucket: S3Bucket, tmp_
     client.put_object(Bucket=s3_bucket.name, Key="crawl/2026/x.warc.gz", Body=body)
     client.put_object(Bucket=s3_bucket.name, Key="crawl/2026/notes.txt", Body=b"not a crawl file")
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "producers.crawl",
-        *_args(topic, tmp_path / "state"),
-        "--watch",
-        s3_bucket.uri("crawl"),
-        "--s3-endpoint-url",
-        s3_bucket.endpoint_url,
-        "--poll-seconds",
-        "0.2",
-        "--metrics-port",
-        str(port),
-    ]
-    watcher = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = _watch_s3(topic, tmp_path / "state", s3_bucket, port)
     try:
         wait_for(lambda: _metric(port, "webr_producer_files_total") == 1.0, 60, "the object produced")
     finally:
