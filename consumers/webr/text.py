@@ -75,23 +75,20 @@ def clean(text: str, *, refined: bool = False) -> str:
     return _strip_quotes(out)
 
 
-_REFUSALS = (
-    "i'm sorry",
-    "i am sorry",
-    "i apologize",
-    "i apologise",
-    "sorry, but",
-    "i can't assist",
-    "i cannot assist",
-    "i can't help",
-    "i cannot help",
-    "i'm unable to",
-    "i am unable to",
-    "as an ai",
+# A refusal is the assistant declining: "I'm sorry, but I can't help with that.", "I cannot assist with this
+# request.", "As an AI language model, I cannot ...". A bare apology or "I can't" is not one: a request in a
+# user's voice ("I'm sorry to bother you, but ...", "I can't help but wonder ...", "I'm unable to get my dough to
+# rise ...") or an apology letter ("I apologize for the delay ...") opens the same way.
+_CANNOT = r"i(?: can't| cannot| can not| won't| will not|(?: am|'m) (?:unable|not able) to)"
+_DECLINED = r"(?:help|assist|provide|fulfil|fulfill|comply|create|write|generate|answer|complete|do that|do this)"
+_REFUSAL = re.compile(
+    rf"(?:(?:i'm|i am) sorry|i apologi[sz]e|sorry)\s*[,.!;:\u2014-]?\s*(?:but\s+)?{_CANNOT} {_DECLINED}\b(?! but)"
+    rf"|{_CANNOT} (?:assist|help (?:with|you))\b"
+    r"|as an ai(?: (?:language )?model| assistant)?\s*,?\s+i\b"
 )
 
 
 def is_refusal(text: str) -> bool:
-    """A reply that opens with a refusal or apology is not a usable training response."""
-    head = text.strip().lower().replace("’", "'")[:80]
-    return head.startswith(_REFUSALS)
+    """A reply that opens by declining the task is not a usable training response."""
+    head = text.strip().lower().replace("\u2019", "'")[:200]
+    return _REFUSAL.match(head) is not None

@@ -59,14 +59,37 @@ def test_clean_refined_answer_label() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["I'm sorry, but I can't help with that.", "I apologize, but...", "  I’m sorry", "As an AI, I cannot"],
+    [
+        "I'm sorry, but I can't help with that.",
+        "I apologize, but I am unable to fulfil this request.",
+        "  I’m sorry, I cannot provide that information.",
+        "Sorry, but I won't write that.",
+        "As an AI, I cannot browse the web.",
+        "As an AI language model, I cannot give medical advice.",
+        "I cannot assist with this request.",
+        "I'm unable to help with that.",
+    ],
 )
 def test_refusals_detected(text: str) -> None:
     assert is_refusal(text)
 
 
-def test_answers_mentioning_sorry_later_are_not_refusals() -> None:
-    assert not is_refusal("The minister said she was sorry for the delays.")
+@pytest.mark.parametrize(
+    "text",
+    [
+        "As an airline pilot, how should I plan my sleep across time zones?",
+        "As an aid worker, what vaccinations do I need before a posting?",
+        "As an aide to a council member, how do I draft a briefing?",
+        "As an AI researcher, which benchmarks should I report?",
+        "I'm unable to get my sourdough to rise. What am I doing wrong?",
+        "I can't help but wonder why the ferry timetable changes in winter.",
+        "I'm sorry to bother you, but how do I reset my library PIN?",
+        "I apologize for the delay in shipping your order; it leaves our warehouse on Monday.",
+        "The minister said she was sorry for the delays.",
+    ],
+)
+def test_user_voice_and_apology_letters_are_not_refusals(text: str) -> None:
+    assert not is_refusal(text)
 
 
 def test_every_section_is_a_text_prefix_of_the_normalised_page() -> None:
