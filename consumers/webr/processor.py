@@ -175,7 +175,7 @@ class DocumentProcessor:
             )
         )
         self._require(request, "request")
-        _reject_flaw(inspect_request(request, part.text, self.settings.quality))
+        _reject_flaw(inspect_request(request, part.text, self.settings.quality, wi=plan.category.is_wi))
 
         if plan.category.is_wi:
             m.advance(DocState.RESPONSE)

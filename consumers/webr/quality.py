@@ -56,7 +56,8 @@ class QualitySettings(BaseModel):
         default=0.6,
         gt=0.0,
         le=1.0,
-        description="reject a request whose words are more than this share copied from the page (copied_request)",
+        description="reject a WI request whose words are more than this share copied from the page "
+        "(copied_request)",
     )
 
 
@@ -196,7 +197,9 @@ def wrong_language(response: str, page: str) -> Flaw | None:
 
 
 def copied_request(request: str, page: str, limit: float) -> Flaw | None:
-    """A request that is mostly the page pasted back: nothing was asked."""
+    """A WI request that is mostly the page pasted back: its training prompt holds the page already, so nothing
+    was asked. Not for WR, whose request is the whole prompt: a page of questions and answers is best answered
+    by the question on it, word for word."""
     share = copied_share(words(request), words(page))
     if share <= limit:
         return None
@@ -207,13 +210,14 @@ def inspect_persona(persona: str, settings: QualitySettings) -> Flaw | None:
     return repetition(persona, "persona", settings.max_repetition)
 
 
-def inspect_request(request: str, page: str, settings: QualitySettings) -> Flaw | None:
-    """Checked as soon as the request exists, so a looping request costs no response call."""
+def inspect_request(request: str, page: str, settings: QualitySettings, *, wi: bool) -> Flaw | None:
+    """Checked as soon as the request exists, so a looping request costs no response call; `wi` for a request
+    made about the page (web as instruction), not answered by it."""
     s = settings
     return (
         length(request, "request", s.min_request_words, s.max_request_words)
         or repetition(request, "request", s.max_repetition)
-        or copied_request(request, page, s.max_request_copy)
+        or (copied_request(request, page, s.max_request_copy) if wi else None)
     )
 
 

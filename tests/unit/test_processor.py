@@ -138,6 +138,18 @@ def test_a_filter_rejects_where_it_stands_and_no_call_follows(
     assert outcome.source_url == "https://news.test/1" and outcome.payload is None
 
 
+@pytest.mark.parametrize(("branch", "kept"), [("WI", False), ("WR", True)])
+def test_a_request_copied_from_the_page_is_rejected_in_wi_only(branch: str, kept: bool) -> None:
+    """WI's training prompt holds the page, so a pasted request asks nothing; WR's is the request alone."""
+    copied = f"{marker(1)} Harbour council meeting report number 1."  # the page's first line, always kept
+    outcome = run(doc_in(branch), ScriptedChatClient({"request": [copied]}))
+    if kept:
+        assert isinstance(outcome, PairRow) and outcome.request == copied
+    else:
+        assert isinstance(outcome, Rejection)
+        assert (outcome.stage, outcome.reason) == ("request", "copied_request")
+
+
 @pytest.mark.parametrize("kind", list(ErrorKind))
 @pytest.mark.parametrize(("step", "made_before"), [("persona", 0), ("request", 1)])
 def test_a_failed_call_rejects_with_its_kind_and_counts_its_attempts(kind: ErrorKind, step: str, made_before: int):

@@ -33,7 +33,7 @@ def _verdict(record: dict) -> str | None:
     if record["step"] == "persona":
         flaw = inspect_persona(text, s)
     elif record["step"].startswith("request"):
-        flaw = inspect_request(text, page, s)
+        flaw = inspect_request(text, page, s, wi=record["step"] == "request_wi")
     else:
         flaw = inspect_response(text, page, s)
     return flaw.reason if flaw else None
@@ -81,24 +81,33 @@ def test_a_response_that_repeats_one_sentence_is_rejected_and_one_restatement_is
 def test_length_bounds_of_request_and_response() -> None:
     s = QualitySettings(min_request_words=3, max_request_words=10, min_response_words=2, max_response_words=5)
     page = PAGES["demo-01-compost"]
-    assert inspect_request("Why?", page, s).reason == "short_request"
-    assert inspect_request("one two three four five six seven eight nine ten eleven", page, s).reason == (
+    assert inspect_request("Why?", page, s, wi=True).reason == "short_request"
+    assert inspect_request("one two three four five six seven eight nine ten eleven", page, s, wi=False).reason == (
         "long_request"
     )
-    assert inspect_request("How do I compost?", page, s) is None
+    assert inspect_request("How do I compost?", page, s, wi=True) is None
     assert inspect_response("Mix.", page, s).reason == "short_response"
     assert inspect_response("Mix greens and browns and turn it.", page, s).reason == "long_response"
     assert inspect_response("Mix greens, browns.", page, s) is None
 
 
-def test_a_request_that_pastes_the_page_back_is_rejected() -> None:
+def test_a_wi_request_that_pastes_the_page_back_is_rejected() -> None:
     page = PAGES["demo-03-library-hours"]
     pasted = page.split("\n\n")[1]  # the first paragraph after the title, verbatim
-    flaw = inspect_request(pasted, page, DEFAULTS)
+    flaw = inspect_request(pasted, page, DEFAULTS, wi=True)
     assert flaw is not None
     assert flaw.reason == "copied_request"
     quoting = "Write a notice for parents about the Sunday opening, quoting 'open from 10 am to 4 pm' once."
     assert copied_request(quoting, page, DEFAULTS.max_request_copy) is None
+
+
+def test_a_wr_request_may_be_the_question_on_the_page_word_for_word() -> None:
+    """WR back-translates the request a page answers; on a page of questions and answers that is its question,
+    and the request alone is the training prompt, so nothing is pasted twice."""
+    question = "How do I renew a book that is already overdue at the Market Street library?"
+    faq = f"Library FAQ\n\n{question}\n\nLog in to your account and press Renew; overdue books can be renewed once."
+    assert inspect_request(question, faq, DEFAULTS, wi=False) is None
+    assert inspect_request(question, faq, DEFAULTS, wi=True).reason == "copied_request"
 
 
 def test_a_response_in_another_language_than_its_page() -> None:
