@@ -193,7 +193,7 @@ class DocumentProcessor:
 
         m.advance(DocState.FILTER)
         self._require(response, "response")
-        _reject_flaw(inspect_response(response, part.text, self.settings.quality))
+        _reject_flaw(inspect_response(response, part.text, request, self.settings.quality, wi=plan.category.is_wi))
         row = self._row(run, plan, persona, request, instruction, response, page, page_tokens, truncated)
         m.advance(DocState.DONE)  # last: a failure building the row is still a rejection at FILTER
         return row

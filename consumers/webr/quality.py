@@ -29,7 +29,7 @@ REPEAT_NGRAM = 5  # words per n-gram of the repeated-phrase measure
 COPY_NGRAM = 6  # words per n-gram of the copied-request measure
 MIN_WORDS_FOR_NGRAMS = 2 * REPEAT_NGRAM  # below this, n-gram shares are noise
 MIN_WORDS_FOR_LANGUAGE = 8  # fastText guesses wildly on a few words
-MIN_LANGUAGE_SCORE = 0.5  # both the page's and the response's language must be this sure to disagree
+MIN_LANGUAGE_SCORE = 0.5  # both the prompt's and the response's language must be this sure to disagree
 _LANGUAGE_CHARS = 2000  # fastText reads the first characters of a text, white space folded
 
 
@@ -50,7 +50,9 @@ class QualitySettings(BaseModel):
     min_response_words: int = Field(default=3, ge=0, description="shorter responses are rejected (short_response)")
     max_response_words: int = Field(default=3000, gt=0, description="longer responses are rejected (long_response)")
     response_language: bool = Field(
-        default=True, description="reject a response not in its page's language (wrong_language_response)"
+        default=True,
+        description="reject a response not in the language of its page (WI) or request (WR) "
+        "(wrong_language_response)",
     )
     max_request_copy: float = Field(
         default=0.6,
@@ -183,16 +185,17 @@ def _folded_head(text: str, n: int) -> str:
     return head[:n]
 
 
-def wrong_language(response: str, page: str) -> Flaw | None:
-    """A response in another language than its page (small models drift into English or into the page's
-    code-switching); only when both guesses are confident, so short or mixed texts pass."""
+def wrong_language(response: str, prompt: str, what: str = "page") -> Flaw | None:
+    """A response in another language than its training prompt, `prompt` being the part of it named `what`
+    (small models drift into English or into the page's code-switching); only when both guesses are confident,
+    so short or mixed texts pass."""
     said = language(response)
     if said is None or said[1] < MIN_LANGUAGE_SCORE:
-        return None  # the page's language cannot make it a flaw: not asked
-    about = language(page)
-    if about is None or about[0] == said[0] or about[1] < MIN_LANGUAGE_SCORE:
+        return None  # the prompt's language cannot make it a flaw: not asked
+    asked = language(prompt)
+    if asked is None or asked[0] == said[0] or asked[1] < MIN_LANGUAGE_SCORE:
         return None
-    detail = f"response in {said[0]} ({said[1]:.2f}), page in {about[0]} ({about[1]:.2f})"
+    detail = f"response in {said[0]} ({said[1]:.2f}), {what} in {asked[0]} ({asked[1]:.2f})"
     return Flaw("wrong_language_response", detail)
 
 
@@ -221,10 +224,13 @@ def inspect_request(request: str, page: str, settings: QualitySettings, *, wi: b
     )
 
 
-def inspect_response(response: str, page: str, settings: QualitySettings) -> Flaw | None:
+def inspect_response(response: str, page: str, request: str, settings: QualitySettings, *, wi: bool) -> Flaw | None:
+    """The response's language is held to its training prompt's: WI's holds the page, WR's is the request alone
+    (an English question about a French page is rightly answered in English)."""
     s = settings
+    prompt, what = (page, "page") if wi else (request, "request")
     return (
         length(response, "response", s.min_response_words, s.max_response_words)
         or repetition(response, "response", s.max_repetition)
-        or (wrong_language(response, page) if s.response_language else None)
+        or (wrong_language(response, prompt, what) if s.response_language else None)
     )

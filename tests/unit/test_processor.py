@@ -150,6 +150,20 @@ def test_a_request_copied_from_the_page_is_rejected_in_wi_only(branch: str, kept
         assert (outcome.stage, outcome.reason) == ("request", "copied_request")
 
 
+@pytest.mark.parametrize(("branch", "kept"), [("WI", False), ("WR", True)])
+def test_a_response_in_its_request_s_language_not_the_page_s_is_kept_in_wr_only(branch: str, kept: bool) -> None:
+    """The response's language is held to the training prompt's: WI's holds the (English) page, WR's is the
+    (French) request alone."""
+    request = "Quand le conseil du port a-t-il discuté du budget et des lignes de ferry cette année ?"
+    answer = "Le conseil du port a discuté des lignes budgétaires et de la ligne de ferry lors de sa réunion."
+    outcome = run(doc_in(branch), ScriptedChatClient({"request": [request], "response": [answer], "refine": [answer]}))
+    if kept:
+        assert isinstance(outcome, PairRow) and outcome.response == answer
+    else:
+        assert isinstance(outcome, Rejection)
+        assert (outcome.stage, outcome.reason) == ("filter", "wrong_language_response")
+
+
 @pytest.mark.parametrize("kind", list(ErrorKind))
 @pytest.mark.parametrize(("step", "made_before"), [("persona", 0), ("request", 1)])
 def test_a_failed_call_rejects_with_its_kind_and_counts_its_attempts(kind: ErrorKind, step: str, made_before: int):

@@ -27,15 +27,22 @@ PAGES = {
 DEFAULTS = QualitySettings()
 
 
+# The request each recorded response answers: the record of the same page and seed for the same branch.
+REQUESTS = {(r["doc_id"], r.get("seed", 1), r["step"]): clean(r["text"]) for r in RECORDED}
+
+
 def _verdict(record: dict) -> str | None:
     """What the filters say about a recorded output, checked as the pipeline checks its step."""
-    text, page, s = clean(record["text"], refined=record["step"] == "refine"), PAGES[record["doc_id"]], DEFAULTS
-    if record["step"] == "persona":
+    step, s = record["step"], DEFAULTS
+    text, page = clean(record["text"], refined=step == "refine"), PAGES[record["doc_id"]]
+    if step == "persona":
         flaw = inspect_persona(text, s)
-    elif record["step"].startswith("request"):
-        flaw = inspect_request(text, page, s, wi=record["step"] == "request_wi")
+    elif step.startswith("request"):
+        flaw = inspect_request(text, page, s, wi=step == "request_wi")
     else:
-        flaw = inspect_response(text, page, s)
+        wi = step == "response_wi"
+        request = REQUESTS[(record["doc_id"], record.get("seed", 1), "request_wi" if wi else "request_wr")]
+        flaw = inspect_response(text, page, request, s, wi=wi)
     return flaw.reason if flaw else None
 
 
@@ -70,12 +77,12 @@ def test_a_persona_that_says_the_same_thing_three_times_is_rejected() -> None:
 def test_a_response_that_repeats_one_sentence_is_rejected_and_one_restatement_is_not() -> None:
     sentence = "Turn the compost heap every two weeks so that air reaches the middle."
     looped = " ".join([sentence] * 3)
-    assert inspect_response(looped, PAGES["demo-01-compost"], DEFAULTS).reason == "repetitive_response"
+    assert inspect_response(looped, PAGES["demo-01-compost"], "", DEFAULTS, wi=True).reason == "repetitive_response"
     fine = (
         f"{sentence} Keep it as damp as a wrung-out sponge, and leave out meat and cooked food, which draw rats. "
         "In autumn spread the finished compost on the beds, or dig it in before the spring planting."
     )
-    assert inspect_response(fine, PAGES["demo-01-compost"], DEFAULTS) is None
+    assert inspect_response(fine, PAGES["demo-01-compost"], "", DEFAULTS, wi=True) is None
 
 
 def test_length_bounds_of_request_and_response() -> None:
@@ -86,9 +93,10 @@ def test_length_bounds_of_request_and_response() -> None:
         "long_request"
     )
     assert inspect_request("How do I compost?", page, s, wi=True) is None
-    assert inspect_response("Mix.", page, s).reason == "short_response"
-    assert inspect_response("Mix greens and browns and turn it.", page, s).reason == "long_response"
-    assert inspect_response("Mix greens, browns.", page, s) is None
+    request = "How do I compost?"
+    assert inspect_response("Mix.", page, request, s, wi=False).reason == "short_response"
+    assert inspect_response("Mix greens and browns and turn it.", page, request, s, wi=False).reason == "long_response"
+    assert inspect_response("Mix greens, browns.", page, request, s, wi=True) is None
 
 
 def test_a_wi_request_that_pastes_the_page_back_is_rejected() -> None:
@@ -110,7 +118,8 @@ def test_a_wr_request_may_be_the_question_on_the_page_word_for_word() -> None:
     assert inspect_request(question, faq, DEFAULTS, wi=True).reason == "copied_request"
 
 
-def test_a_response_in_another_language_than_its_page() -> None:
+def test_a_wi_response_in_another_language_than_its_page() -> None:
+    """WI's training prompt holds the page: the response answers in the page's language."""
     french_page = PAGES["demo-06-marche"]
     english = next(r["text"] for r in RECORDED if r["doc_id"] == "demo-06-marche" and r["step"] == "persona")
     flaw = wrong_language(english, french_page)
@@ -118,8 +127,25 @@ def test_a_response_in_another_language_than_its_page() -> None:
     assert flaw.reason == "wrong_language_response"
     assert "response in en" in flaw.detail and "page in fr" in flaw.detail
     assert wrong_language("Oui.", french_page) is None  # too short to tell
-    assert inspect_response(english, french_page, QualitySettings(response_language=False)) is None
-    assert inspect_response(english, french_page, DEFAULTS).reason == "wrong_language_response"
+    off = QualitySettings(response_language=False)
+    assert inspect_response(english, french_page, "Summarise the text.", off, wi=True) is None
+    assert inspect_response(english, french_page, "Summarise the text.", DEFAULTS, wi=True).reason == (
+        "wrong_language_response"
+    )
+
+
+def test_a_wr_response_answers_in_its_request_s_language_whatever_the_page_s() -> None:
+    """WR's training prompt is the request alone: an English question about a French page is answered in
+    English, and a French answer to it is the wrong language."""
+    french_page = PAGES["demo-06-marche"]
+    request = "When does the Saturday market come back to the church square, and what will the stalls sell?"
+    english = "It is back from this Saturday: about thirty local producers sell vegetables, cheese, bread and flowers."
+    french = "Une trentaine de producteurs de la région vendront des légumes, du fromage, du pain et des fleurs."
+    assert inspect_response(english, french_page, request, DEFAULTS, wi=False) is None
+    flaw = inspect_response(french, french_page, request, DEFAULTS, wi=False)
+    assert flaw is not None
+    assert flaw.reason == "wrong_language_response"
+    assert "response in fr" in flaw.detail and "request in en" in flaw.detail
 
 
 def test_settings_refuse_thresholds_out_of_range() -> None:
