@@ -25,6 +25,7 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 # A word, or a sentence end (punctuation before white space, or a line break): one pass finds both, where
 # splitting into sentences and then each sentence into words took two.
 _WORD_OR_END = re.compile(r"(\w+)|[.!?。！？](?=\s)|\n")
+_SEGMENT_END = re.compile(r"[\n|]")
 REPEAT_NGRAM = 5  # words per n-gram of the repeated-phrase measure
 COPY_NGRAM = 6  # words per n-gram of the copied-request measure
 MIN_WORDS_FOR_NGRAMS = 2 * REPEAT_NGRAM  # below this, n-gram shares are noise
@@ -83,6 +84,12 @@ def has_words(text: str, n: int) -> bool:
     return sum(1 for _ in islice(_WORD.finditer(text), n)) >= n
 
 
+def segments(text: str) -> list[tuple[str, ...]]:
+    """Lower-cased words of each line and table cell: a phrase that runs across a line break or a `|` is no
+    phrase (rows of a table or items of a list would repeat their shared layout in every n-gram spanning them)."""
+    return [found for part in _SEGMENT_END.split(text.lower()) if (found := tuple(_WORD.findall(part)))]
+
+
 def sentences(text: str) -> list[str]:
     """Sentences and lines, lower-cased with their punctuation and spacing folded, empty ones dropped."""
     found: list[str] = []
@@ -110,19 +117,24 @@ def repeated_sentence_share(text: str) -> float:
     return repeated / total if total else 0.0
 
 
-def repeated_ngram_share(tokens: Sequence[str], n: int = REPEAT_NGRAM) -> float:
-    """Share of words covered by a word n-gram that occurs more than once (Gopher's duplicate n-gram fraction)."""
-    if len(tokens) < max(n, MIN_WORDS_FOR_NGRAMS):
+def repeated_ngram_share(parts: Sequence[Sequence[str]], n: int = REPEAT_NGRAM) -> float:
+    """Share of words covered by a word n-gram that occurs more than once (Gopher's duplicate n-gram fraction),
+    the n-grams taken within each of `parts` (see `segments`)."""
+    total = sum(len(part) for part in parts)
+    if total < max(n, MIN_WORDS_FOR_NGRAMS):
         return 0.0
-    grams = list(ngrams(tokens, n))
-    counts = Counter(grams)
-    if len(counts) == len(grams):
+    grams = [list(ngrams(part, n)) for part in parts]
+    counts = Counter(gram for part_grams in grams for gram in part_grams)
+    if counts.total() == len(counts):
         return 0.0  # no n-gram occurs twice: the usual case, without a pass over the grams
-    covered = [False] * len(tokens)
-    for i, gram in enumerate(grams):
-        if counts[gram] > 1:
-            covered[i : i + n] = [True] * n
-    return sum(covered) / len(tokens)
+    covered = 0
+    for part, part_grams in zip(parts, grams, strict=True):
+        marks = [False] * len(part)
+        for i, gram in enumerate(part_grams):
+            if counts[gram] > 1:
+                marks[i : i + n] = [True] * n
+        covered += sum(marks)
+    return covered / total
 
 
 def copied_share(request: Sequence[str], page: Sequence[str], n: int = COPY_NGRAM) -> float:
@@ -149,7 +161,7 @@ def ngrams(tokens: Sequence[str], n: int) -> Iterator[tuple[str, ...]]:
 def repetition(text: str, what: str, limit: float) -> Flaw | None:
     """A text that loops: the same sentence again and again, or the same phrase running through it."""
     by_sentence = repeated_sentence_share(text)
-    by_phrase = repeated_ngram_share(words(text))
+    by_phrase = repeated_ngram_share(segments(text))
     worst = max(by_sentence, by_phrase)
     if worst <= limit:
         return None

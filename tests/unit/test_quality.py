@@ -85,6 +85,38 @@ def test_a_response_that_repeats_one_sentence_is_rejected_and_one_restatement_is
     assert inspect_response(fine, PAGES["demo-01-compost"], "", DEFAULTS, wi=True) is None
 
 
+def test_rows_of_a_table_and_items_of_a_list_sharing_their_layout_are_not_repetition() -> None:
+    """Phrases are taken within a line or table cell: across a row or item boundary, every n-gram spanning
+    shared cells ('3 to 5 minutes | just boiled |') or a shared item ending and opening ('three to five minutes.
+    - Brew') repeats without the text saying anything twice."""
+    page = PAGES["demo-04-sourdough"]
+    table = (
+        "| Tea | Steeping time | Water |\n|---|---|---|\n"
+        "| Black | 3 to 5 minutes | just boiled |\n| Oolong | 3 to 5 minutes | just boiled |\n"
+        "| Herbal | 3 to 5 minutes | just boiled |\n| Rooibos | 3 to 5 minutes | just boiled |"
+    )
+    bullets = (
+        "- Brew black tea with boiling water for three to five minutes.\n"
+        "- Brew oolong in water just off the boil, three to five minutes.\n"
+        "- Brew Darjeeling a little cooler, again three to five minutes.\n"
+        "- Brew green tea at 80 °C for two to three minutes."
+    )
+    assert inspect_response(table, page, "Tabulate steeping times.", DEFAULTS, wi=True) is None
+    assert inspect_response(bullets, page, "How long do I brew tea?", DEFAULTS, wi=False) is None
+
+
+def test_a_loop_is_repetition_on_one_line_or_across_lines() -> None:
+    sentence = "Turn the compost heap every two weeks so that air reaches the middle."
+    page = PAGES["demo-01-compost"]
+    for sep in (" ", "\n", " | "):
+        flaw = inspect_response(sep.join([sentence] * 20), page, "", DEFAULTS, wi=True)
+        assert flaw is not None and flaw.reason == "repetitive_response", sep
+    phrase = "and it keeps the heap warm and it keeps the heap warm and it keeps the heap warm"
+    assert inspect_response(f"Turn it weekly.\n{phrase}.", page, "", DEFAULTS, wi=True).reason == (
+        "repetitive_response"
+    )
+
+
 def test_length_bounds_of_request_and_response() -> None:
     s = QualitySettings(min_request_words=3, max_request_words=10, min_response_words=2, max_response_words=5)
     page = PAGES["demo-01-compost"]
