@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from consumers.llm.types import Message
 
-PROMPT_VERSION = "webr-v1"
+PROMPT_VERSION = "webr-v2"
 SYSTEM = "You are a helpful assistant."
 
 
@@ -34,6 +34,8 @@ def persona_messages(page: str) -> list[Message]:
 
 
 def _wi_task(persona: str, noun: str, words: int, part: bool) -> str:
+    """The WI request names the text without a direction: the training prompt puts the page before or after it
+    (`training_prompt`), so a request saying 'the text above' would point the wrong way half the time."""
     focus = (
         "Pick one specific piece of the document (a paragraph, a claim, a list, a set of figures) and make the "
         f"{noun} about that piece only, quoting or naming it precisely enough that there is no doubt which part "
@@ -43,12 +45,13 @@ def _wi_task(persona: str, noun: str, words: int, part: bool) -> str:
     )
     return (
         f"Author profile: {persona}\n\n"
-        f"Imagine a reader of this author who has the document above in front of them and asks an AI assistant "
+        f"Imagine a reader of this author who has the document in front of them and asks an AI assistant "
         f"to do something with it. Write that {noun}. {focus} Ask for a transformation of the content into a "
         f"different form: for example a summary for a given audience, a set of notes, a table, a letter, a "
         f"dialogue, a list of questions, a change of tone or format. Spell out concrete constraints: length, "
         f"style, structure, format, audience. Do not use the words 'rewrite' or 'new version'. "
-        f"Refer to the text as 'the text above' or 'the document'; do not copy it. "
+        f"Refer to it only as 'the text' or 'the document', without saying where it is (it may come before or "
+        f"after the {noun}); do not copy it. "
         f"Keep the {noun} under {words} words and reply with the {noun} alone, without any preamble."
     )
 

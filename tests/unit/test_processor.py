@@ -94,6 +94,25 @@ def test_wr_document_answers_without_the_page_then_refines_with_it() -> None:
     assert row.usage.calls == 4 and row.usage.cost_usd is None  # no price known, none invented
 
 
+def test_a_wi_request_placed_before_its_page_was_never_told_to_call_it_the_text_above() -> None:
+    """The training prompt puts the page after the request for about half the WI documents: the request call
+    must not have the model point at 'the text above' (nor 'below', which is wrong for the other half)."""
+    settings = WebRSettings(seed=SEED)
+    ids = (f"doc-1-{n}" for n in range(200))
+    shapes: set[tuple[bool, bool]] = set()
+    for doc_id in ids:
+        plan = plan_of(doc_id, page(1), settings)
+        if not plan.category.is_wi or (plan.page_first, plan.category.is_part) in shapes:
+            continue
+        shapes.add((plan.page_first, plan.category.is_part))
+        client = ScriptedChatClient({"request": ["Turn the council report into a table of its budget lines."]})
+        row = run(Document(doc_id, page(1)), client)
+        assert isinstance(row, PairRow) and row.instruction.startswith(row.request) != plan.page_first
+        task = client.calls[1].user_text.split("</document>", 1)[1]
+        assert "above" not in task and "below" not in task, task
+    assert len(shapes) == 4, "request first and page first, whole and part"
+
+
 def test_every_call_carries_a_sampling_seed_of_its_run_document_and_step() -> None:
     def seeds(doc: Document, seed: int = SEED) -> list[int | None]:
         client = ScriptedChatClient()
