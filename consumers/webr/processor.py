@@ -185,7 +185,7 @@ class DocumentProcessor:
         else:
             m.advance(DocState.ROLLOUT)
             rollout = clean(await self._call(run, prompts.rollout_messages(request)))
-            self._require(rollout, "rollout")
+            self._require(rollout, "rollout", refusal=False)
             m.advance(DocState.REFINE)
             messages = prompts.refine_messages(part.text, request, rollout)
             response = clean(await self._call(run, messages, part.text, part_tokens), refined=True)
@@ -199,10 +199,13 @@ class DocumentProcessor:
         return row
 
     @staticmethod
-    def _require(text: str, what: str) -> None:
+    def _require(text: str, what: str, *, refusal: bool = True) -> None:
+        """Empty text and (where `refusal`) a refusal make no pair. The rollout is exempt from the refusal: it is
+        a draft written without the page, which often declines a question about the page's own facts, and the
+        refinement answers it from the page (the paper filters the final response only)."""
         if not text.strip():
             raise _Rejected(f"empty_{what}", f"the model returned an empty {what}")
-        if is_refusal(text):
+        if refusal and is_refusal(text):
             raise _Rejected(f"refused_{what}", text[:200])
 
     def _row(

@@ -140,7 +140,6 @@ def test_every_call_carries_a_sampling_seed_of_its_run_document_and_step() -> No
         ("WI", "response", REFUSAL, "filter", "refused_response"),
         ("WR", "request", REFUSAL, "request", "refused_request"),
         ("WR", "rollout", "", "rollout", "empty_rollout"),
-        ("WR", "rollout", REFUSAL, "rollout", "refused_rollout"),
         ("WR", "refine", "", "filter", "empty_response"),
         ("WR", "refine", REFUSAL, "filter", "refused_response"),
     ],
@@ -155,6 +154,17 @@ def test_a_filter_rejects_where_it_stands_and_no_call_follows(
     assert client.steps[-1] == step, "the chain stops at the step that failed"
     assert outcome.usage.calls == len(client.calls), "the calls made before the rejection are accounted"
     assert outcome.source_url == "https://news.test/1" and outcome.payload is None
+
+
+def test_a_refused_rollout_is_refined_from_the_page_not_rejected() -> None:
+    """The rollout is a draft without the page; declining a question about the page's facts is what the
+    refinement, which has the page, corrects."""
+    client = ScriptedChatClient({"rollout": [REFUSAL], "refine": ["The council cut budget line 18 in winter."]})
+    row = run(doc_in("WR"), client)
+    assert isinstance(row, PairRow)
+    assert client.steps == ["persona", "request", "rollout", "refine"]
+    assert REFUSAL in client.calls[3].user_text
+    assert row.response == "The council cut budget line 18 in winter."
 
 
 @pytest.mark.parametrize(("branch", "kept"), [("WI", False), ("WR", True)])
