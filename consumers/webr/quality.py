@@ -52,15 +52,13 @@ class QualitySettings(BaseModel):
     max_response_words: int = Field(default=3000, gt=0, description="longer responses are rejected (long_response)")
     response_language: bool = Field(
         default=True,
-        description="reject a response not in the language of its page (WI) or request (WR) "
-        "(wrong_language_response)",
+        description="reject a response not in the language of its page (WI) or request (WR) (wrong_language_response)",
     )
     max_request_copy: float = Field(
         default=0.6,
         gt=0.0,
         le=1.0,
-        description="reject a WI request whose words are more than this share copied from the page "
-        "(copied_request)",
+        description="reject a WI request whose words are more than this share copied from the page (copied_request)",
     )
 
 
