@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import math
 import time
 from collections import deque
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 
 from consumers.llm.types import QueuedCall, drain_queue
 
+log = logging.getLogger("consumers.llm")
 _EPS = 1e-9
 # Timers fire up to the loop's clock resolution early; count an entry as expired that close to its end.
 _EXPIRY_SLACK_S = 1e-3
@@ -158,8 +160,9 @@ class RateLimiter:
     """Requests-per-minute and tokens-per-minute budgets enforced per `slice_s` (default one second).
 
     `headroom` (0 < h <= 1) scales both budgets for good: a static share of limits that several processes draw
-    on. `scale` (0 < s <= 1, set by `consumers.llm.feedback`) scales them for now: the share of the limit that
-    the server's answers say is free.
+    on, for processes outside a Kafka group; while a share is set (`set_share`) it is ignored, since the
+    partitions already divide the whole limit among the members. `scale` (0 < s <= 1, set by
+    `consumers.llm.feedback`) scales them for now: the share of the limit that the server's answers say is free.
     """
 
     def __init__(
@@ -181,6 +184,7 @@ class RateLimiter:
         self.tokens_per_minute = tokens_per_minute
         self.scale = 1.0
         self._turns: tuple[frozenset[int], int] | None = None
+        self._warned_headroom = False
         self._heard = False  # whether the server has answered anything yet
         self._probe_at = -math.inf  # when the last call went out while a member waits for its first answer
         self._wall_offset = time.time() - time.monotonic()  # the loop's clock is time.monotonic()
@@ -203,9 +207,10 @@ class RateLimiter:
 
     def set_limits(self, requests_per_minute: int | None, tokens_per_minute: int | None) -> None:
         """Replace the per-minute limits (the server told different ones); what is in the window still counts."""
+        headroom = 1.0 if self._turns is not None else self._headroom
         for name, per_minute in (("_requests", requests_per_minute), ("_tokens", tokens_per_minute)):
             old: _SlidingBudget | None = getattr(self, name)
-            new = self._budget(per_minute, self._slice_s, self._headroom)
+            new = self._budget(per_minute, self._slice_s, headroom)
             if old is not None and new is not None:
                 new._entries, new.used = old._entries, old.used
                 new.boundary, new.guard_s, new.lead_s = old.boundary, old.guard_s, old.lead_s
@@ -231,11 +236,19 @@ class RateLimiter:
         and has each of them whole, so no two members ever charge one window. Before that, and where the
         server refills a per-minute bucket, it uses len(owned) / total of the limits, and until the server's
         first answer it sends one call a window (members starting together would otherwise collide before any
-        answer dates the windows). The adaptive scale starts over at 1: a known share needs no probing. Nothing
-        owned: back to sharing by the server's answers alone.
+        answer dates the windows). The shares are of the whole limit: a fixed `headroom` would cut the member's
+        share a second time, so it is ignored while a share is set. The adaptive scale starts over at 1: a known
+        share needs no probing. Nothing owned: back to sharing by the server's answers alone.
         """
         turns = frozenset(p % total for p in owned) if total > 0 else frozenset()
+        if turns and self._headroom < 1.0 and not self._warned_headroom:
+            self._warned_headroom = True
+            log.warning(
+                "ignoring the fixed rate-limit share %.3g: group members share the limit by their partitions",
+                self._headroom,
+            )
         self._turns = (turns, total) if turns else None
+        self.set_limits(self.requests_per_minute, self.tokens_per_minute)  # with or without the fixed share
         self.set_scale(1.0)
 
     def heard_from_server(self) -> None:

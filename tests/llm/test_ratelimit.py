@@ -239,3 +239,21 @@ async def test_a_member_sends_one_call_a_window_until_the_server_first_answers()
     assert not second.done()  # 333 tokens of share left, but no answer has dated the windows yet
     limiter.heard_from_server()
     assert await second - t0 < 0.4
+
+
+async def test_a_member_taking_turns_has_its_partitions_share_of_the_whole_limit_despite_a_fixed_share() -> None:
+    limiter = RateLimiter(6000, headroom=0.25)  # 100 requests a second, a fixed quarter of them: 25
+    limiter.set_share({0}, 4)  # a group member: one partition of four is a quarter of the whole limit, not of 25
+    limiter.heard_from_server()
+    t0 = _now()
+    times: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire(0)
+        times.append(_now() - t0)
+
+    await asyncio.gather(*(one() for _ in range(25)))
+    assert max(times) < 0.5  # 25 fit in the first second (6 would, with the fixed share applied again)
+    limiter.set_share(set(), 4)  # owning nothing: outside a group's turns the fixed share holds again
+    await limiter.acquire(0)
+    assert _now() - t0 >= 0.9  # the 26th waits for the second's 25 to leave the window
