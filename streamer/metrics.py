@@ -132,10 +132,12 @@ class ConsumerMetrics:
         self.summary.count(outcome)
 
     def partitions_gone(self, partitions: Iterable[int]) -> None:
-        """Drop the lag of partitions this member no longer owns, so the gauge never shows a stale value."""
+        """Drop the lag and committed offset of partitions this member no longer owns, so neither gauge shows a
+        stale value (their new owner exports them)."""
         for p in partitions:
-            with contextlib.suppress(KeyError):
-                self.lag.remove(str(p))
+            for gauge in (self.lag, self.committed):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(str(p))
 
     def file_written(self, bytes_written: int) -> None:
         self.summary.file_written(bytes_written)

@@ -418,9 +418,9 @@ class Pipeline(Generic[R]):
             state = self.parts.get(p)
             if state is not None:
                 state.committed = max(state.committed, offset)
+                self.metrics.committed.labels(str(p)).set(offset)  # not for a partition gone: its owner's now
             if offset >= self._unsettled.get(p, offset + 1):
                 del self._unsettled[p]  # a revocation's commit, made after the partition was closed
-            self.metrics.committed.labels(str(p)).set(offset)
 
     @property
     def uncommitted(self) -> dict[int, int]:

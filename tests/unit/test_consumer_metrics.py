@@ -10,20 +10,23 @@ from consumers.llm.settings import LLMSettings
 from streamer.metrics import ConsumerMetrics, LLMStatsCollector
 
 
-def lag_partitions(registry: CollectorRegistry) -> set[str]:
-    return {s.labels["partition"] for m in registry.collect() for s in m.samples if s.name == "webr_consumer_lag"}
+def partitions(registry: CollectorRegistry, name: str) -> set[str]:
+    return {s.labels["partition"] for m in registry.collect() for s in m.samples if s.name == name}
 
 
-def test_lag_of_a_partition_that_left_is_removed_not_left_stale() -> None:
+def test_lag_and_committed_offset_of_a_partition_that_left_are_removed_not_left_stale() -> None:
     registry = CollectorRegistry()
     metrics = ConsumerMetrics(registry)
     for p in (0, 1, 2):
         metrics.lag.labels(str(p)).set(10 * p)
+        metrics.committed.labels(str(p)).set(100 * p)
 
     metrics.partitions_gone([1, 7])  # 7 was never reported: nothing to remove, no error
 
-    assert lag_partitions(registry) == {"0", "2"}
+    for name in ("webr_consumer_lag", "webr_committed_offset"):
+        assert partitions(registry, name) == {"0", "2"}
     assert registry.get_sample_value("webr_consumer_lag", {"partition": "2"}) == 20
+    assert registry.get_sample_value("webr_committed_offset", {"partition": "2"}) == 200
 
 
 def test_llm_gauges_by_replica_and_endpoint_down_only_when_all_are_out() -> None:
