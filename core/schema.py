@@ -56,6 +56,8 @@ REJECTED_SCHEMA = pa.schema(
         pa.field("llm_attempts", pa.int32()),
         pa.field("prompt_tokens", pa.int64()),
         pa.field("completion_tokens", pa.int64()),
+        pa.field("cached_tokens", pa.int64()),
+        pa.field("cost_usd", pa.float64()),  # None: the model has no price
         pa.field("payload", pa.binary()),
         pa.field("created_at", TIMESTAMP, nullable=False),
     ]
@@ -117,6 +119,8 @@ def rejected_table(rejections: Sequence[Rejection]) -> pa.Table:
                 "llm_attempts": r.usage.attempts,
                 "prompt_tokens": r.usage.prompt_tokens,
                 "completion_tokens": r.usage.completion_tokens,
+                "cached_tokens": r.usage.cached_tokens,
+                "cost_usd": r.usage.cost_usd,
                 "payload": r.payload,
                 "created_at": r.created_at,
             }

@@ -1,5 +1,6 @@
 """The Parquet sink on a local disk: keys, roll, read-back, replay without doubles."""
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -72,6 +73,25 @@ def test_roll_on_record_count_and_read_back(tmp_path: Path) -> None:
     rej = pq.read_table(tmp_path / "_rejected" / "t" / names[0])
     assert rej.schema.remove_metadata() == REJECTED_SCHEMA
     assert not list(tmp_path.rglob(".tmp-*")), "temporary files must not stay visible"
+
+
+def test_a_rejection_keeps_its_llm_usage_cost_and_cached_tokens_included(tmp_path: Path) -> None:
+    """A document rejected after paid LLM calls (bad output, refusal) costs what a row does: summing the output's
+    cost must reach the run's, so its file carries the cost and the cached tokens, None when unpriced."""
+    sink = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=10))
+    sink.setup()
+    sink.open("t", 0, 1)
+    paid = replace(rejection(0), usage=Usage(3, 900, 200, 640, 0.0042, attempts=4))
+    unpriced = replace(rejection(1), usage=Usage(1, 300, 50, 0, None, attempts=1))
+    for i, r in enumerate((paid, unpriced)):
+        sink.add("t", 0, i, r)
+    sink.flush()
+    (f,) = (tmp_path / "_rejected" / "t").rglob("*.parquet")
+    got = pq.read_table(f).to_pylist()
+    assert [(r["llm_calls"], r["prompt_tokens"], r["cached_tokens"], r["cost_usd"]) for r in got] == [
+        (3, 900, 640, 0.0042),
+        (1, 300, 0, None),
+    ]
 
 
 def test_a_file_of_many_outcomes_holds_each_once_in_offset_order(tmp_path: Path) -> None:
