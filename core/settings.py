@@ -27,6 +27,8 @@ from pydantic import BaseModel, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from core.exceptions import SettingsError
+
 
 @dataclass(frozen=True, slots=True)
 class Knob:
@@ -188,8 +190,11 @@ class _TomlSource(PydanticBaseSettingsSource):
         raise NotImplementedError
 
     def __call__(self) -> dict[str, Any]:
-        with self.path.open("rb") as fh:
-            table = tomllib.load(fh)
+        try:
+            with self.path.open("rb") as fh:
+                table = tomllib.load(fh)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read config file {self.path}: {exc}") from exc
         by_name = {leaf.name: leaf for leaf in leaves(self.settings_cls)}
         tables = sections(self.settings_cls)
         values: dict[str, Any] = {}
@@ -284,7 +289,7 @@ class LayeredSettings(BaseSettings):
     def load(cls, flags: Mapping[str, object], config_file: Path | None = None) -> Self:
         """Build from the flags given (flat leaf names), the environment and an optional TOML file."""
         if config_file is not None and not config_file.is_file():
-            raise FileNotFoundError(f"config file {config_file} does not exist")
+            raise SettingsError(f"config file {config_file} does not exist")
         token = _CONFIG_FILE.set(config_file)
         try:
             return cls(**dict(flags))

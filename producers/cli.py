@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import ValidationError
 
+from core.exceptions import SettingsError
 from core.settings import LayeredSettings
 
 S = TypeVar("S", bound=LayeredSettings)
@@ -32,7 +33,7 @@ def load_settings(settings: type[S], parser: argparse.ArgumentParser, argv: Sequ
     """The settings from flags, environment and file, with logging set up; None (reported) when they are invalid."""
     try:
         loaded = settings.from_args(parser.parse_args(argv))
-    except (ValidationError, FileNotFoundError) as exc:
+    except (ValidationError, SettingsError) as exc:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

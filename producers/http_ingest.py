@@ -30,7 +30,7 @@ from kafka.errors import MessageSizeTooLargeError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import ValidationError
 
-from core.exceptions import InvalidRecord
+from core.exceptions import InvalidRecord, SettingsError
 from core.records import Document, parse_record
 from producers.files import create_topic, make_producer
 from producers.settings import HttpIngestSettings
@@ -221,7 +221,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         cli = HttpIngestSettings.from_args(make_parser().parse_args(argv))
-    except (ValidationError, FileNotFoundError) as exc:
+    except (ValidationError, SettingsError) as exc:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return 2
     create_topic(cli.kafka)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from consumers.webr.dedup import DedupStage
 from consumers.webr.processor import DocumentProcessor
-from core.exceptions import PipelineError
+from core.exceptions import PipelineError, SettingsError
 from streamer.engine import Engine
 from streamer.files import count_records, run_file
 from streamer.kafka.settings import KafkaRunConfig
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         settings = ConsumeSettings.from_args(args)
-    except (ValidationError, FileNotFoundError) as exc:
+    except (ValidationError, SettingsError) as exc:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.run.log_level, settings.run.log_format)

@@ -74,7 +74,7 @@ def yaml_to_args(path: Path, parser: HfArgumentParser) -> list[str]:
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise TrainerConfigError(f"cannot read config {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise TrainerConfigError(f"config {path} must be a YAML mapping of setting names to values")

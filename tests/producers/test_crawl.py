@@ -151,6 +151,15 @@ def test_a_delivery_timeout_the_kafka_client_cannot_take_is_refused(
     assert "--delivery-timeout-s must be at least --linger-ms + 30 s" in capsys.readouterr().err
 
 
+def test_a_config_file_that_is_not_toml_is_refused_as_invalid_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "crawl.toml"
+    config.write_text("topic = [\n")
+    assert main(["--config", str(config), str(tmp_path / "c.warc")]) == 2
+    assert f"invalid settings: cannot read config file {config}" in capsys.readouterr().err
+
+
 def test_warc_to_parquet_rows_with_their_urls(kafka_broker: TansuBroker, fake_llm: FakeOpenAI, tmp_path: Path) -> None:
     """WARC -> producers.crawl -> Kafka -> streamer.consume (fake OpenAI) -> Parquet: one outcome per page."""
     topic = _fresh(kafka_broker)

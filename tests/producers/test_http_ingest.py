@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,7 +21,7 @@ from kafka import KafkaProducer
 from core.records import parse_message, text_doc_id
 from devtools.ports import free_port
 from devtools.tansu import KafkaTopic, TansuBroker, wait_for
-from producers.http_ingest import Ingest, IngestSettings, make_app
+from producers.http_ingest import Ingest, IngestSettings, main, make_app
 from tests.support.documents import REPO
 
 TOKEN = "test-token-1"
@@ -217,3 +218,12 @@ def test_sigterm_flushes_what_was_accepted(kafka_broker: TansuBroker) -> None:
     assert len(ids) == 20
     wait_for(lambda: len(topic.read(20, timeout=5)) >= 20, 30, "accepted documents in the topic")
     assert sorted(parse_message(r.value).doc_id for r in topic.read(20)) == ids
+
+
+def test_a_config_file_that_is_not_toml_is_refused_as_invalid_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "ingest.toml"
+    config.write_bytes(b"port = 80\x00\n")
+    assert main(["--config", str(config)]) == 2
+    assert f"invalid settings: cannot read config file {config}" in capsys.readouterr().err

@@ -220,6 +220,26 @@ def test_invalid_settings_are_refused_with_a_clear_message(tmp_path: Path, fake_
     assert "modle" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [(b'model = "unterminated\n', "Illegal character"), (b'model = "caf\xe9"\n', "codec can't decode")],
+)
+def test_a_config_file_that_is_not_toml_is_invalid_settings_not_a_crash(
+    tmp_path: Path, fake_llm: FakeOpenAI, content: bytes, said: str
+) -> None:
+    source = write_jsonl(tmp_path / "p.jsonl", [{"webpage": "x"}])
+    config = tmp_path / "c.toml"
+    config.write_bytes(content)
+    result = consume(source, tmp_path / "out", fake_llm, "--config", str(config))
+    assert result.returncode == 2
+    assert f"invalid settings: cannot read config file {config}" in result.stderr
+    assert said in result.stderr
+    assert "Traceback" not in result.stderr
+    result = consume(source, tmp_path / "out", fake_llm, "--config", str(tmp_path / "none.toml"))
+    assert result.returncode == 2
+    assert f"invalid settings: config file {tmp_path / 'none.toml'} does not exist" in result.stderr
+
+
 def test_flags_override_environment_override_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from streamer.settings import ConsumeSettings
 

@@ -86,6 +86,13 @@ def test_yaml_values_go_through_the_validators(tmp_path: Path, line: str, messag
         parse_args(["--config", str(config)])
 
 
+def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_bytes(b"data: caf\xe9\n")
+    with pytest.raises(TrainerConfigError, match="cannot read config"):
+        parse_args(["--config", str(config)])
+
+
 def test_cli_exits_2_on_an_unknown_config_key(
     tmp_path: Path, run_inprocess: Callable[[list[str]], tuple[int, str]]
 ) -> None:
