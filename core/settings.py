@@ -117,8 +117,11 @@ def _help(leaf: Leaf) -> str:
     text = info.description or leaf.name.replace("_", " ")
     if leaf.repeated:
         text += " (repeat the flag for several)"
-    if info.default not in (None, (), []) and not info.is_required() and not isinstance(info.default, SecretStr):
-        text += f" (default: {info.default})"
+    default = info.default
+    if default not in (None, (), []) and not info.is_required() and not isinstance(default, SecretStr):
+        # As the user would type it: a repeated leaf's values comma-separated, not as a Python tuple.
+        shown = ", ".join(map(str, default)) if isinstance(default, tuple | list) else default
+        text += f" (default: {shown})"
     return text
 
 

@@ -106,7 +106,8 @@ class LLMSettings(BaseModel):
         default=1.0,
         gt=0,
         le=1,
-        description="fixed share of the limits for this process, e.g. 0.25 for 4 (default: adapt to the server)",
+        description="fixed share of the limits for a process outside a Kafka group, e.g. 0.25 for each of 4 (a group "
+        "member ignores it: its partitions are its share); within it the share still adapts to the server's answers",
     )
     sampling: Sampling = Sampling()
     price_table: Path | None = Field(

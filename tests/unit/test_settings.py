@@ -171,6 +171,16 @@ def test_every_setting_has_a_flag_a_variable_and_a_toml_key(
             assert reached(command.model.load(base, sectioned), leaf) == value, f"TOML [{leaf.path[:-1]}]"
 
 
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_help_states_each_default_once_and_as_it_is_typed(name: str) -> None:
+    helps = {a.option_strings[0]: a.help or "" for a in COMMANDS[name].parser()._actions if a.option_strings}
+    for flag, text in helps.items():
+        assert text.count("default:") <= 1, flag
+        assert "(default: (" not in text and "(default: [" not in text, flag
+    if "--base-url" in helps:
+        assert helps["--base-url"].endswith("(default: https://api.openai.com/v1)")
+
+
 def test_the_consume_settings_are_the_components_own() -> None:
     sections = {leaf.path[0] for leaf in leaves(ConsumeSettings)}
     assert sections == {"run", "sink", "storage", "llm", "webr", "kafka"}
