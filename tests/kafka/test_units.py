@@ -305,6 +305,27 @@ async def test_a_partition_closed_with_uncommitted_rows_starts_the_dedup_index_o
         pipe.close()
 
 
+async def test_a_revoked_partition_leaves_no_committed_offset_gauge_even_when_its_commit_follows(
+    tmp_path: Path,
+) -> None:
+    """A revocation commits after the partition was closed; its offset is the next owner's to export, so this
+    member must not set the gauge again for a partition it no longer owns."""
+    registry = CollectorRegistry()
+    sink = ParquetSink(resolve(str(tmp_path)), RollPolicy(max_records=10))
+    pipe = Pipeline[ConsumerRecord](
+        "t", ReversedProcessor(), sink, NoDeadLetters(), ConsumerMetrics(registry), max_in_flight=8, dedup=AdmitLog()
+    )
+    try:
+        for p in (0, 1):
+            pipe.open(p, 5, 1)
+        await pipe.close_partitions([0])
+        pipe.committed({0: 7, 1: 9})
+        assert registry.get_sample_value("webr_committed_offset", {"partition": "0"}) is None
+        assert registry.get_sample_value("webr_committed_offset", {"partition": "1"}) == 9
+    finally:
+        pipe.close()
+
+
 async def test_a_flush_returns_only_once_the_letters_another_flush_took_are_acknowledged(
     kafka_topic: KafkaTopic,
 ) -> None:
